@@ -1,0 +1,113 @@
+"""How well a model's attention realises its impulse targets, per block and head.
+
+`target_mass`: mean attention probability on the target key, over queries whose target is
+inside the grid; `argmax_hit`: the share of those queries whose most-attended key is the target.
+Measured on the pseudo input each block was solved on, or on the real inputs each block's
+attention sees in a forward pass over a batch of images (class token included as a key there).
+"""
+from __future__ import annotations
+
+import torch
+from timm.layers import Attention
+from timm.models.vision_transformer import VisionTransformer
+
+from structinit.inits import InitResult
+from structinit.inits.targets import impulse_targets, mass_and_hit
+from structinit.models import grid_size
+
+
+@torch.no_grad()
+def attention_probs(attn: Attention, x: torch.Tensor) -> torch.Tensor:
+    """(B, heads, T, T) softmax attention of `attn` on its input x (B, T, D), as its forward computes it."""
+    b, t, _ = x.shape
+    q, k, _ = attn.qkv(x).reshape(b, t, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    return (attn.scale * q @ k.transpose(-2, -1)).float().softmax(-1)
+
+
+def _block_entry(index: int, probs: torch.Tensor, offsets, grid, prefix: int) -> dict:
+    targets = torch.stack([impulse_targets(grid, o) for o in offsets])
+    targets = torch.where(targets >= 0, targets + prefix, -1)
+    mass, hit = mass_and_hit(probs[..., prefix:, :], targets)
+    return {"block": index, "heads": [
+        {"head": h, "offset": list(o), "target_mass": round(float(m), 4), "argmax_hit": round(float(a), 4)}
+        for h, (o, m, a) in enumerate(zip(offsets, mass, hit))]}
+
+
+@torch.no_grad()
+def pseudo_input_fidelity(model: VisionTransformer, offsets, inputs) -> list[dict]:
+    """Per block, fidelity of its attention on LayerNorm(pseudo input) (patch tokens only)."""
+    grid = grid_size(model)
+    return [_block_entry(i, attention_probs(blk.attn, blk.norm1(p.to(blk.norm1.weight))[None]), offsets[i], grid, 0)
+            for i, (blk, p) in enumerate(zip(model.blocks, inputs))]
+
+
+@torch.no_grad()
+def data_fidelity(model: VisionTransformer, offsets, images: torch.Tensor) -> list[dict]:
+    """Per block, fidelity on the real inputs its attention sees in a forward pass of `images`."""
+    seen: dict[int, torch.Tensor] = {}
+    hooks = [blk.attn.register_forward_pre_hook(lambda m, args, i=i: seen.__setitem__(i, args[0]))
+             for i, blk in enumerate(model.blocks)]
+    was_training = model.training
+    try:
+        model.eval()
+        model(images)
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    grid, prefix = grid_size(model), model.num_prefix_tokens
+    return [_block_entry(i, attention_probs(blk.attn, seen[i]), offsets[i], grid, prefix)
+            for i, blk in enumerate(model.blocks)]
+
+
+def measure(model: VisionTransformer, result: InitResult, images: torch.Tensor | None = None) -> dict:
+    """{"pseudo": per-block fidelity on the pseudo input, "data": the same on `images` or None}."""
+    return {"pseudo": pseudo_input_fidelity(model, result.offsets, result.pseudo_inputs),
+            "data": None if images is None else data_fidelity(model, result.offsets, images)}
+
+
+def summary(blocks: list[dict]) -> dict:
+    """Mean, min and max of both measures over every block and head."""
+    heads = [h for b in blocks for h in b["heads"]]
+    out = {}
+    for key in ("target_mass", "argmax_hit"):
+        values = [h[key] for h in heads]
+        out[key] = {"mean": sum(values) / len(values), "min": min(values), "max": max(values)}
+    return out
+
+
+@torch.no_grad()
+def plot_attention(model: VisionTransformer, result: InitResult, path: str, block: int = 0, queries: int = 4) -> None:
+    """PNG of block `block`'s initial attention on its pseudo input: one row per head, one column
+    per query position (spread over the grid), each the query's attention over the patch grid
+    with the query (circle) and its impulse target (square) marked."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    blk = model.blocks[block]
+    probs = attention_probs(blk.attn, blk.norm1(result.pseudo_inputs[block])[None])[0]
+    gh, gw = grid_size(model)
+    cells = [(gh * (i + 1) // (queries + 1), gw * (j + 1) // (queries + 1)) for i, j in
+             zip(range(queries), reversed(range(queries)))]
+    heads = probs.shape[0]
+    fig, axes = plt.subplots(heads, queries, figsize=(2.2 * queries, 2.2 * heads), squeeze=False)
+    for h in range(heads):
+        dy, dx = result.offsets[block][h]
+        for j, (r, c) in enumerate(cells):
+            ax = axes[h][j]
+            ax.imshow(probs[h, r * gw + c].reshape(gh, gw).numpy(), cmap="viridis")
+            ax.scatter([c], [r], s=30, facecolors="none", edgecolors="white")
+            if 0 <= r + dy < gh and 0 <= c + dx < gw:
+                ax.scatter([c + dx], [r + dy], s=60, marker="s", facecolors="none", edgecolors="red")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(f"head {h} ({dy:+d},{dx:+d})")
+            if h == 0:
+                ax.set_title(f"query ({r},{c})", fontsize=9)
+    fig.suptitle(f"block {block}: initial attention on the pseudo input")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

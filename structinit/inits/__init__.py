@@ -1,0 +1,121 @@
+"""Init strategies for timm ViTs, a registry by name.
+
+    result = apply_init(model, InitConfig(name="impulse", filter_size=3), seed=0)
+
+Every strategy is a small function `fn(model, cfg) -> InitResult` registered with
+`@register("name")`; its docstring holds its math. `apply_init` validates the config
+against the model, seeds torch in a forked RNG (same seed, bit-identical weights, the
+caller's RNG untouched) and times the call.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+from structinit.models import grid_size
+from structinit.validate import check, choice
+
+BASES = ("timm", "torch")
+OFFSETS = ("cover", "random")
+PSEUDO_INPUTS = ("pe", "uniform", "gaussian", "pe+uniform", "pe+gaussian")
+SOLVERS = ("closed_form", "gradient")
+QK_MODES = ("per_block", "shared")
+VALUE_PROJ = ("default", "mimetic")
+
+
+@dataclass(frozen=True)
+class InitConfig:
+    """Everything an init strategy reads. Fields a strategy does not use are ignored by it."""
+
+    name: str = "impulse"
+    base: str = "timm"  # what every weight the strategy does not set gets: timm trunc-normal or PyTorch defaults
+    # impulse
+    filter_size: int = 3
+    offsets: str = "cover"
+    pseudo_input: str = "pe"
+    solver: str = "closed_form"
+    target_mass: float | None = 0.9  # None: the gradient solver's raw v1 map (mass set by its norm constraint)
+    qk: str = "per_block"
+    value_proj: str = "default"
+    pe_scale: float | None = None  # None: 18 on a learned PE (the follow-up), 1 on a fixed sin-cos PE
+    rank_rtol: float = 1e-2  # closed form: keep singular values of the pseudo input >= rank_rtol * largest
+    solver_steps: int = 10_000  # gradient solver (v1): Adam steps, lr, norm constraint every 100 steps
+    solver_lr: float = 1e-4
+    # mimetic (also the follow-up's value/projection init)
+    alpha_qk: float = 0.7
+    beta_qk: float = 0.7
+    alpha_vo: float = 0.4
+    beta_vo: float = 0.4
+
+    def __post_init__(self):
+        choice("init", self.name, sorted(INITS))
+        choice("base", self.base, BASES)
+        check("filter_size", self.filter_size, "an odd integer >= 3",
+              isinstance(self.filter_size, int) and self.filter_size >= 3 and self.filter_size % 2 == 1)
+        choice("offsets", self.offsets, OFFSETS)
+        choice("pseudo_input", self.pseudo_input, PSEUDO_INPUTS)
+        choice("solver", self.solver, SOLVERS)
+        if self.target_mass is None:
+            check("target_mass", None, "a number in (0, 1) with solver='closed_form'", self.solver == "gradient")
+        else:
+            check("target_mass", self.target_mass, "a number in (0, 1)", 0 < self.target_mass < 1)
+        choice("qk", self.qk, QK_MODES)
+        choice("value_proj", self.value_proj, VALUE_PROJ)
+        check("pe_scale", self.pe_scale, "a positive number or None", self.pe_scale is None or self.pe_scale > 0)
+        check("rank_rtol", self.rank_rtol, "a number in (0, 1)", 0 < self.rank_rtol < 1)
+        check("solver_steps", self.solver_steps, "a positive integer",
+              isinstance(self.solver_steps, int) and self.solver_steps > 0)
+        check("solver_lr", self.solver_lr, "a positive number", self.solver_lr > 0)
+        for name in ("alpha_qk", "beta_qk", "alpha_vo", "beta_vo"):
+            check(name, getattr(self, name), "a number >= 0", getattr(self, name) >= 0)
+
+    def check_model(self, model) -> None:
+        check("model", type(model).__name__, "a timm VisionTransformer", isinstance(model, VisionTransformer))
+        grid = grid_size(model)
+        check("filter_size", self.filter_size, f"at most the patch grid's side {min(grid)} (grid {grid[0]}x{grid[1]})",
+              self.filter_size <= min(grid))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class InitResult:
+    """What an init did: per block, the impulse offset of each head and the pseudo input the
+    fidelity is measured on. For inits without impulse targets these are the reference: the
+    `cover` offsets of `filter_size` on the model's position embedding."""
+
+    offsets: list[list[tuple[int, int]]]
+    pseudo_inputs: list[torch.Tensor]
+    solve_seconds: float = 0.0
+    notes: dict = field(default_factory=dict)
+
+
+INITS: dict[str, Callable[[VisionTransformer, InitConfig], InitResult]] = {}
+
+
+def register(name: str):
+    def wrap(fn):
+        INITS[name] = fn
+        return fn
+    return wrap
+
+
+def apply_init(model: VisionTransformer, cfg: InitConfig, seed: int = 0) -> InitResult:
+    """Initialise `model` in place by `cfg.name`; deterministic in `seed`."""
+    check("seed", seed, "a non-negative integer", isinstance(seed, int) and seed >= 0)
+    cfg.check_model(model)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        start = time.perf_counter()
+        result = INITS[cfg.name](model, cfg)
+        result.solve_seconds = time.perf_counter() - start
+    return result
+
+
+# The strategies register themselves on import.
+from structinit.inits import default, impulse, mimetic  # noqa: E402,F401

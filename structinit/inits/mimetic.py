@@ -1,0 +1,60 @@
+"""Mimetic init (Trockman & Kolter 2023) and the helpers that write Q/K and V/proj into timm."""
+from __future__ import annotations
+
+import torch
+from timm.layers import Attention
+from timm.models.vision_transformer import VisionTransformer
+
+from structinit.inits import InitConfig, InitResult, register
+from structinit.inits.default import base_init, reference
+
+
+def mimetic_factors(dim: int, rank: int, alpha: float, beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A = alpha Z + beta I with Z_ij ~ U(+-sqrt(3/dim)) (variance 1/dim); SVD A = U S V^T.
+    Returns (L, R, A) with L = U_r S_r^1/2, R = V_r S_r^1/2 (dim x rank), so L R^T is the best
+    rank-`rank` approximation of A, split symmetrically. Pass beta < 0 for alpha Z - |beta| I."""
+    bound = (3.0 / dim) ** 0.5
+    z = torch.empty(dim, dim).uniform_(-bound, bound)
+    a = alpha * z + beta * torch.eye(dim)
+    u, s, vh = torch.linalg.svd(a)
+    root = s[:rank].sqrt()
+    return u[:, :rank] * root, vh[:rank].T * root, a
+
+
+def set_qk(attn: Attention, wq: torch.Tensor, wk: torch.Tensor) -> None:
+    """Write per-head query/key maps (heads x D x d) into timm's fused qkv so that head h's
+    logits are x wq[h] wk[h]^T x^T (times timm's d^-1/2)."""
+    heads, dim, head_dim = wq.shape
+    inner = heads * head_dim
+    attn.qkv.weight[:inner] = wq.transpose(1, 2).reshape(inner, dim)
+    attn.qkv.weight[inner:2 * inner] = wk.transpose(1, 2).reshape(inner, dim)
+
+
+def set_vo(attn: Attention, left: torch.Tensor, right: torch.Tensor) -> None:
+    """Write V and the output projection so that the value path x -> proj(v(x)) is the right
+    multiplication x (left right^T) (timm's Linear computes x W^T, hence the transposes)."""
+    inner = attn.qkv.weight.shape[0] // 3
+    attn.qkv.weight[2 * inner:] = left.T
+    attn.proj.weight.copy_(right)
+
+
+def mimetic_vo(model: VisionTransformer, cfg: InitConfig) -> None:
+    """Per block, W_v W_o = alpha_vo Z - beta_vo I at full rank."""
+    for block in model.blocks:
+        left, right, _ = mimetic_factors(model.embed_dim, model.embed_dim, cfg.alpha_vo, -cfg.beta_vo)
+        set_vo(block.attn, left, right)
+
+
+@register("mimetic")
+def mimetic(model: VisionTransformer, cfg: InitConfig) -> InitResult:
+    """Mimetic init. Per head: W_q W_k^T = rank-d truncation of alpha_qk Z + beta_qk I (0.7, 0.7);
+    per block: W_v W_o = alpha_vo Z - beta_vo I (0.4, 0.4); Z_ij ~ U(+-sqrt(3/D)), fresh each time.
+    Everything else keeps the base init; a fixed sin-cos PE is untouched."""
+    base_init(model, cfg.base)
+    for block in model.blocks:
+        attn = block.attn
+        pairs = [mimetic_factors(model.embed_dim, attn.head_dim, cfg.alpha_qk, cfg.beta_qk)
+                 for _ in range(attn.num_heads)]
+        set_qk(attn, torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]))
+    mimetic_vo(model, cfg)
+    return reference(model, cfg)

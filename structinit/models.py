@@ -1,0 +1,135 @@
+"""Small-data Vision Transformers on timm.
+
+One model family, many geometries by keyword. `vit(...)` builds any timm
+`VisionTransformer` geometry; the paper's models are registered with timm so
+`timm.create_model("vit_tiny_patch2_32")` works like any other timm name.
+
+Position embedding is either timm's learned one (`pos_embed="learn"`) or a fixed
+2-D sin-cos table (`pos_embed="sincos"`, v1 of the paper), held as a buffer so it
+is never trained and every init leaves it as it is.
+"""
+from __future__ import annotations
+
+import torch
+from timm.layers import build_sincos2d_pos_embed
+from timm.models import register_model
+from timm.models.vision_transformer import VisionTransformer
+
+from structinit.validate import check, choice
+
+POS_EMBEDS = ("learn", "sincos")
+POOLS = ("avg", "token")
+
+
+def vit(
+    *,
+    img_size: int = 32,
+    patch_size: int = 2,
+    in_chans: int = 3,
+    num_classes: int = 10,
+    embed_dim: int = 192,
+    depth: int = 12,
+    num_heads: int = 3,
+    mlp_ratio: float = 4.0,
+    global_pool: str = "avg",
+    pos_embed: str = "sincos",
+    class_token: bool | None = None,
+    **timm_kwargs,
+) -> VisionTransformer:
+    """A timm ViT of the given geometry.
+
+    `global_pool="avg"` (v1 of the paper) or `"token"` (class token, the follow-up);
+    `class_token` defaults to whether the pool needs one. `pos_embed="sincos"` is the
+    fixed 2-D sin-cos table, `"learn"` timm's learned embedding. Weights are PyTorch
+    defaults (timm `weight_init="skip"`): an init strategy from `structinit.inits`
+    sets them.
+    """
+    for name, value in (("img_size", img_size), ("patch_size", patch_size), ("in_chans", in_chans),
+                        ("num_classes", num_classes), ("embed_dim", embed_dim), ("depth", depth),
+                        ("num_heads", num_heads)):
+        check(name, value, "a positive integer", isinstance(value, int) and value > 0)
+    check("patch_size", patch_size, f"a divisor of img_size={img_size}", img_size % patch_size == 0)
+    check("num_heads", num_heads, f"a divisor of embed_dim={embed_dim}", embed_dim % num_heads == 0)
+    check("mlp_ratio", mlp_ratio, "a positive number", mlp_ratio > 0)
+    choice("global_pool", global_pool, POOLS)
+    choice("pos_embed", pos_embed, POS_EMBEDS)
+    if class_token is None:
+        class_token = global_pool == "token"
+    check("global_pool", global_pool, "'avg' when class_token=False", class_token or global_pool != "token")
+    if pos_embed == "sincos":
+        check("pos_embed", pos_embed, "'learn' when embed_dim is not a multiple of 4", embed_dim % 4 == 0)
+    model = VisionTransformer(
+        img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
+        embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
+        global_pool=global_pool, class_token=class_token, pos_embed="learn",
+        no_embed_class=timm_kwargs.pop("no_embed_class", pos_embed == "sincos"),
+        weight_init="skip", **timm_kwargs,
+    )
+    model.pos_embed.data.normal_(std=0.02)  # timm's own value under weight_init="skip"
+    if pos_embed == "sincos":
+        table = sincos_pos_embed(model)
+        del model.pos_embed
+        model.register_buffer("pos_embed", table)
+    return model
+
+
+def grid_size(model: VisionTransformer) -> tuple[int, int]:
+    return tuple(model.patch_embed.grid_size)
+
+
+def has_fixed_pos_embed(model: VisionTransformer) -> bool:
+    return "pos_embed" in model._buffers
+
+
+def sincos_pos_embed(model: VisionTransformer) -> torch.Tensor:
+    """The (1, N, D) fixed 2-D sin-cos table for the model's patch grid (prefix tokens get none)."""
+    table = build_sincos2d_pos_embed(list(grid_size(model)), dim=model.embed_dim)
+    return table.reshape(1, -1, model.embed_dim)
+
+
+def patch_pos_embed(model: VisionTransformer) -> torch.Tensor:
+    """The position embedding of the N patch tokens, (N, D): the class-token row, if any, dropped."""
+    pe = model.pos_embed[0]
+    return pe if model.no_embed_class else pe[model.num_prefix_tokens:]
+
+
+def _registered(pretrained: bool, defaults: dict, kwargs: dict) -> VisionTransformer:
+    if pretrained:
+        raise ValueError("pretrained=True is not allowed: structinit models have no pretrained weights")
+    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+        kwargs.pop(key, None)
+    return vit(**{**defaults, **kwargs})
+
+
+# The paper's small-data models (v1: 32 px, patch 2, avg pool, fixed sin-cos PE).
+PAPER_MODELS = {
+    "vit_tiny_patch2_32": dict(img_size=32, patch_size=2, embed_dim=192, depth=12, num_heads=3),
+    "vit_small_patch2_32": dict(img_size=32, patch_size=2, embed_dim=384, depth=12, num_heads=6),
+}
+
+
+@register_model
+def vit_tiny_patch2_32(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-T/2 at 32 px: dim 192, depth 12, 3 heads, 16x16 patch grid."""
+    return _registered(pretrained, PAPER_MODELS["vit_tiny_patch2_32"], kwargs)
+
+
+@register_model
+def vit_small_patch2_32(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-S/2 at 32 px: dim 384, depth 12, 6 heads, 16x16 patch grid."""
+    return _registered(pretrained, PAPER_MODELS["vit_small_patch2_32"], kwargs)
+
+
+def create(name: str, **overrides) -> VisionTransformer:
+    """`timm.create_model(name, **overrides)` for a ViT name (unset overrides are dropped), with a
+    clear error for an unknown name or a model that is not a VisionTransformer."""
+    import timm
+
+    check("model", name, "a timm model name, e.g. " + ", ".join(PAPER_MODELS) + " or vit_base_patch16_224",
+          timm.is_model(name))
+    try:
+        model = timm.create_model(name, **{k: v for k, v in overrides.items() if v is not None})
+    except (TypeError, AssertionError) as err:
+        raise ValueError(f"model={name!r} does not take {overrides}: {err}") from err
+    check("model", name, "a timm VisionTransformer", isinstance(model, VisionTransformer))
+    return model

@@ -1,0 +1,10 @@
+"""One way to reject bad input: a ValueError that names the field, the value and what is allowed."""
+
+
+def check(name: str, value, allowed: str, ok: bool) -> None:
+    if not ok:
+        raise ValueError(f"{name}={value!r} is not allowed: expected {allowed}")
+
+
+def choice(name: str, value, options) -> None:
+    check(name, value, "one of " + ", ".join(repr(o) for o in options), value in options)

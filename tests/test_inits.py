@@ -1,0 +1,259 @@
+"""Init strategies on real timm ViTs: the math each docstring states, seeding, and bad input."""
+import pytest
+import torch
+
+from structinit import fidelity
+from structinit.inits import INITS, InitConfig, apply_init
+from structinit.inits.mimetic import mimetic_factors, set_vo
+from structinit.models import patch_pos_embed, vit
+
+
+def small(**kw):
+    geometry = dict(img_size=16, patch_size=2, embed_dim=48, depth=2, num_heads=3, num_classes=10)
+    return vit(**{**geometry, **kw})
+
+
+def qk_products(attn):
+    """Per head W_q W_k^T (D x D) as realised by timm's fused qkv."""
+    d, h = attn.head_dim, attn.num_heads
+    w = attn.qkv.weight
+    return [w[i * d:(i + 1) * d].T @ w[h * d + i * d:h * d + (i + 1) * d] for i in range(h)]
+
+
+# ---- mimetic ---------------------------------------------------------------------------------
+
+def test_mimetic_factors_full_rank_reproduce_alpha_z_plus_beta_i():
+    torch.manual_seed(0)
+    left, right, a = mimetic_factors(32, 32, 0.7, 0.7)
+    torch.testing.assert_close(left @ right.T, a, atol=1e-5, rtol=1e-5)
+    z = (a - 0.7 * torch.eye(32)) / 0.7
+    assert z.abs().max() <= (3 / 32) ** 0.5 + 1e-6  # Z ~ U(+-sqrt(3/D))
+    assert z.var().item() == pytest.approx(1 / 32, rel=0.15)
+
+
+def test_mimetic_factors_low_rank_is_the_best_rank_d_approximation():
+    torch.manual_seed(0)
+    left, right, a = mimetic_factors(48, 16, 0.7, 0.7)
+    u, s, vh = torch.linalg.svd(a)
+    torch.testing.assert_close(left @ right.T, (u[:, :16] * s[:16]) @ vh[:16], atol=1e-5, rtol=1e-5)
+
+
+def test_mimetic_init_realises_alpha_z_plus_minus_beta_i_in_the_model():
+    model = small(num_heads=1)  # d = D: W_q W_k^T is the full alpha Z + beta I
+    apply_init(model, InitConfig(name="mimetic"), seed=1)
+    attn = model.blocks[0].attn
+    qk = qk_products(attn)[0]
+    assert torch.diagonal(qk).mean().item() == pytest.approx(0.7, abs=0.05)
+    off = qk - torch.diag(torch.diagonal(qk))
+    assert off.abs().max() <= 0.7 * (3 / 48) ** 0.5 + 1e-5  # the rest is alpha Z
+    # value path: x -> proj(v(x)) equals x (alpha Z - beta I) (biases are zero under the timm base)
+    x = torch.randn(5, 48)
+    inner = attn.qkv.weight.shape[0] // 3
+    wv = attn.qkv.weight[2 * inner:]
+    realised = attn.proj(x @ wv.T) - attn.proj.bias
+    vo = wv.T @ attn.proj.weight.T
+    torch.testing.assert_close(realised, x @ vo, atol=1e-5, rtol=1e-5)
+    assert torch.diagonal(vo).mean().item() == pytest.approx(-0.4, abs=0.03)
+    assert (vo + 0.4 * torch.eye(48)).abs().max() <= 0.4 * (3 / 48) ** 0.5 + 1e-5
+
+
+def test_set_vo_orientation():
+    model = small()
+    left, right = torch.randn(48, 48), torch.randn(48, 48)
+    with torch.no_grad():
+        set_vo(model.blocks[0].attn, left, right)
+    attn = model.blocks[0].attn
+    x = torch.randn(4, 48)
+    v = x @ attn.qkv.weight[96:].T
+    torch.testing.assert_close(v @ attn.proj.weight.T, x @ left @ right.T, atol=1e-4, rtol=1e-4)
+
+
+def test_mimetic_qk_on_many_heads_is_a_rank_d_truncation():
+    model = small(num_heads=3)
+    apply_init(model, InitConfig(name="mimetic"), seed=0)
+    for product in qk_products(model.blocks[1].attn):
+        assert torch.linalg.matrix_rank(product).item() == 16
+        assert torch.diagonal(product).mean().item() > 0.1  # the identity survives, diluted by d/D
+
+
+# ---- impulse ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mass", [0.3, 0.6, 0.9])
+@pytest.mark.parametrize("kw", [dict(), dict(pos_embed="learn", global_pool="token")])
+def test_closed_form_reaches_the_requested_mass(mass, kw):
+    model = small(**kw)
+    result = apply_init(model, InitConfig(target_mass=mass), seed=0)
+    for block in fidelity.measure(model, result)["pseudo"]:
+        for head in block["heads"]:
+            assert abs(head["target_mass"] - mass) <= 0.05
+            assert head["argmax_hit"] >= 0.98
+
+
+@pytest.mark.parametrize("pseudo", ["uniform", "gaussian", "pe+uniform", "pe+gaussian"])
+def test_closed_form_on_random_pseudo_inputs(pseudo):
+    model = small(embed_dim=96, num_heads=4)  # D = 96 > N = 64 tokens, d = 24
+    result = apply_init(model, InitConfig(pseudo_input=pseudo, filter_size=5, target_mass=0.6), seed=0)
+    summary = fidelity.summary(fidelity.measure(model, result)["pseudo"])
+    assert abs(summary["target_mass"]["min"] - 0.6) <= 0.05 and abs(summary["target_mass"]["max"] - 0.6) <= 0.05
+    assert summary["argmax_hit"]["min"] >= 0.98
+
+
+def test_model_attention_uses_the_solved_maps():
+    """The attention timm's forward computes on LN(PE) is the one the solver aimed at."""
+    model = small()
+    result = apply_init(model, InitConfig(target_mass=0.9), seed=0)
+    blk = model.blocks[0]
+    x = blk.norm1(result.pseudo_inputs[0])[None]
+    captured = {}
+    blk.attn.fused_attn = False
+    handle = blk.attn.attn_drop.register_forward_hook(lambda m, i, o: captured.setdefault("p", o))
+    blk.attn(x)
+    handle.remove()
+    torch.testing.assert_close(captured["p"], fidelity.attention_probs(blk.attn, x))
+
+
+def test_gradient_solver_v1_is_soft_and_calibration_sets_the_mass():
+    raw = small()
+    r = apply_init(raw, InitConfig(solver="gradient", target_mass=None, solver_steps=300, solver_lr=1e-2,
+                                   qk="shared"), seed=0)
+    heads = [h for b in fidelity.measure(raw, r)["pseudo"] for h in b["heads"]]
+    assert all(h["argmax_hit"] > 0.5 for h in heads)
+    assert all(h["target_mass"] < 0.9 for h in heads)  # capped by the norm constraint
+    sharp = small()
+    r = apply_init(sharp, InitConfig(solver="gradient", target_mass=0.9, solver_steps=300, solver_lr=1e-2), seed=0)
+    assert all(abs(h["target_mass"] - 0.9) <= 0.05 for b in fidelity.measure(sharp, r)["pseudo"] for h in b["heads"])
+
+
+def test_shared_qk_copies_block_zero():
+    model = small(depth=3)
+    apply_init(model, InitConfig(qk="shared", offsets="random", pseudo_input="gaussian"), seed=0)
+    w = [blk.attn.qkv.weight[:96] for blk in model.blocks]
+    assert torch.equal(w[0], w[1]) and torch.equal(w[0], w[2])
+    apply_init(model, InitConfig(qk="per_block", offsets="random", pseudo_input="gaussian"), seed=0)
+    assert not torch.equal(model.blocks[0].attn.qkv.weight[:96], model.blocks[1].attn.qkv.weight[:96])
+
+
+def test_impulse_with_mimetic_value_projection():
+    model = small()
+    apply_init(model, InitConfig(value_proj="mimetic"), seed=0)
+    attn = model.blocks[0].attn
+    vo = attn.qkv.weight[96:].T @ attn.proj.weight.T
+    assert torch.diagonal(vo).mean().item() == pytest.approx(-0.4, abs=0.03)
+
+
+# ---- baselines and the PE-scale control ------------------------------------------------------
+
+def test_pe_scaled_changes_only_the_position_embedding():
+    a, b = small(pos_embed="learn"), small(pos_embed="learn")
+    apply_init(a, InitConfig(name="default"), seed=5)
+    apply_init(b, InitConfig(name="pe_scaled"), seed=5)
+    for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+        if name == "pos_embed":
+            torch.testing.assert_close(pb, 18 * pa)
+        else:
+            assert torch.equal(pa, pb), name
+
+
+def test_impulse_scales_the_learned_pe_like_the_control():
+    a, b = small(pos_embed="learn"), small(pos_embed="learn")
+    apply_init(a, InitConfig(name="pe_scaled", pe_scale=3.0), seed=2)
+    apply_init(b, InitConfig(name="impulse", pe_scale=3.0), seed=2)
+    assert torch.equal(a.pos_embed, b.pos_embed)
+
+
+def test_fixed_sincos_pe_survives_every_init():
+    for name in INITS:
+        model = small()
+        before = model.pos_embed.clone()
+        apply_init(model, InitConfig(name=name, solver_steps=10), seed=0)
+        assert torch.equal(model.pos_embed, before), name
+        assert "pos_embed" not in dict(model.named_parameters())
+
+
+def test_default_and_torch_default_differ_as_documented():
+    timm_model, torch_model = small(), small()
+    apply_init(timm_model, InitConfig(name="default"), seed=0)
+    apply_init(torch_model, InitConfig(name="torch_default"), seed=0)
+    w_timm, w_torch = timm_model.blocks[0].mlp.fc1.weight, torch_model.blocks[0].mlp.fc1.weight
+    assert w_timm.std().item() == pytest.approx(0.02, rel=0.1)
+    assert w_torch.abs().max().item() <= 1 / 48 ** 0.5 + 1e-6  # U(+-1/sqrt(fan_in))
+    assert timm_model.blocks[0].mlp.fc1.bias.abs().sum() == 0 and torch_model.blocks[0].mlp.fc1.bias.abs().sum() > 0
+
+
+# ---- reproducibility -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cfg", [InitConfig(name=n, solver_steps=20) for n in sorted(INITS)] +
+                         [InitConfig(offsets="random", pseudo_input="pe+gaussian"),
+                          InitConfig(solver="gradient", solver_steps=20, target_mass=None)], ids=str)
+def test_same_seed_gives_bit_identical_weights(cfg):
+    a, b, c = small(pos_embed="learn"), small(pos_embed="learn"), small(pos_embed="learn")
+    torch.manual_seed(123)
+    apply_init(a, cfg, seed=7)
+    outside = torch.rand(1)
+    apply_init(b, cfg, seed=7)
+    apply_init(c, cfg, seed=8)
+    torch.manual_seed(123)
+    assert torch.equal(torch.rand(1), outside)  # the caller's RNG stream is not disturbed
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert any(not torch.equal(sa[k], sc[k]) for k in sa)
+
+
+# ---- bad input -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(filter_size=4), "filter_size=4"),
+    (dict(filter_size=1), "filter_size=1"),
+    (dict(name="xavier"), "init='xavier'"),
+    (dict(pseudo_input="zeros"), "pseudo_input='zeros'"),
+    (dict(solver="adam"), "solver='adam'"),
+    (dict(offsets="spiral"), "offsets='spiral'"),
+    (dict(target_mass=-0.2), "target_mass=-0.2"),
+    (dict(target_mass=1.0), "target_mass=1.0"),
+    (dict(target_mass=None), "target_mass=None"),
+    (dict(base="jax"), "base='jax'"),
+    (dict(pe_scale=0.0), "pe_scale=0.0"),
+])
+def test_bad_init_config_names_the_value_and_what_is_allowed(kwargs, needle):
+    with pytest.raises(ValueError, match="expected") as err:
+        InitConfig(**kwargs)
+    assert needle in str(err.value)
+
+
+def test_filter_larger_than_the_grid_is_rejected():
+    model = small(img_size=8, patch_size=2)  # 4 x 4 grid
+    with pytest.raises(ValueError, match=r"filter_size=5 .*grid's side 4"):
+        apply_init(model, InitConfig(filter_size=5))
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(num_heads=5), "num_heads=5"),
+    (dict(patch_size=3), "patch_size=3"),
+    (dict(pos_embed="rope"), "pos_embed='rope'"),
+    (dict(global_pool="max"), "global_pool='max'"),
+])
+def test_bad_geometry_is_rejected(kwargs, needle):
+    with pytest.raises(ValueError, match="expected") as err:
+        small(**kwargs)
+    assert needle in str(err.value)
+
+
+def test_class_token_model_measures_on_patch_tokens():
+    model = small(pos_embed="learn", global_pool="token")
+    assert patch_pos_embed(model).shape == (64, 48)
+    result = apply_init(model, InitConfig(), seed=0)
+    data = fidelity.measure(model, result, torch.randn(2, 3, 16, 16))["data"]
+    assert len(data) == 2 and all(0 <= h["target_mass"] <= 1 for b in data for h in b["heads"])
+
+
+def test_data_fidelity_equals_pseudo_fidelity_when_the_input_is_the_pe():
+    """With the patch embedding zeroed, every block-0 token is its PE: both measures agree."""
+    model = small()
+    result = apply_init(model, InitConfig(target_mass=0.6), seed=0)
+    with torch.no_grad():
+        model.patch_embed.proj.weight.zero_()
+        model.patch_embed.proj.bias.zero_()
+    got = fidelity.measure(model, result, torch.randn(3, 3, 16, 16))
+    for p, d in zip(got["pseudo"][0]["heads"], got["data"][0]["heads"]):
+        assert d["target_mass"] == pytest.approx(p["target_mass"], abs=1e-3)
+        assert d["argmax_hit"] == pytest.approx(p["argmax_hit"], abs=1e-3)

@@ -1,0 +1,57 @@
+"""Impulse targets: the shift matrix is a one-hot convolution with zero padding."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from structinit.inits.targets import (all_offsets, cover_offsets, impulse_targets, mass_and_hit, random_offsets,
+                                      shift_matrix)
+
+
+@pytest.mark.parametrize("grid,f", [((5, 5), 3), ((5, 5), 5), ((4, 7), 3), ((16, 16), 5)])
+def test_shift_matrix_equals_conv2d_with_one_hot_kernel(grid, f):
+    h, w = grid
+    x = torch.randn(6, h, w)  # 6 channels on the grid
+    tokens = x.reshape(6, h * w).T  # (N, C), row-major
+    for dy, dx in all_offsets(f):
+        kernel = torch.zeros(f, f)
+        kernel[dy + f // 2, dx + f // 2] = 1.0
+        conv = F.conv2d(x[:, None], kernel[None, None], padding=f // 2)[:, 0]  # depthwise, same kernel
+        shifted = shift_matrix(grid, (dy, dx)) @ tokens
+        torch.testing.assert_close(shifted.T.reshape(6, h, w), conv)
+
+
+def test_targets_outside_the_grid_are_minus_one():
+    t = impulse_targets((3, 3), (-1, 1)).reshape(3, 3)
+    assert t[0].tolist() == [-1, -1, -1]  # top row has nothing above it
+    assert t[:, 2].tolist() == [-1, -1, -1]  # right column has nothing to its right
+    assert t[1, 0] == 0 * 3 + 1 and t[2, 1] == 1 * 3 + 2
+
+
+@pytest.mark.parametrize("f", [3, 5, 7])
+def test_cover_uses_every_tap_before_repeating(f):
+    offsets = cover_offsets(f, 2 * f * f + 1)
+    assert sorted(offsets[:f * f]) == sorted((dy, dx) for dy in range(-(f // 2), f // 2 + 1)
+                                             for dx in range(-(f // 2), f // 2 + 1))
+    assert offsets[f * f:2 * f * f] == offsets[:f * f] and offsets[-1] == offsets[0]
+
+
+def test_cover_starts_with_the_followup_order():
+    assert cover_offsets(3, 5) == [(0, 0), (-1, 0), (0, 1), (0, -1), (1, 0)]
+    assert cover_offsets(5, 9) == cover_offsets(3, 9)  # the 3x3 core first, then the outer ring
+
+
+def test_random_offsets_follow_torch_seed():
+    torch.manual_seed(3)
+    a = random_offsets(5, 12)
+    torch.manual_seed(3)
+    assert random_offsets(5, 12) == a and all(-2 <= o <= 2 for off in a for o in off)
+
+
+def test_mass_and_hit_on_hand_built_attention():
+    targets = torch.tensor([[1, 2, -1]])  # one head, query 2 has no target
+    probs = torch.tensor([[[0.1, 0.8, 0.1], [0.5, 0.2, 0.3], [1.0, 0.0, 0.0]]])
+    mass, hit = mass_and_hit(probs, targets)
+    assert mass.item() == pytest.approx((0.8 + 0.3) / 2)
+    assert hit.item() == pytest.approx(0.5)
+    mass_b, hit_b = mass_and_hit(torch.stack([probs, probs]), targets)  # a batch dim averages the same
+    assert mass_b.item() == pytest.approx(mass.item()) and hit_b.item() == pytest.approx(hit.item())
