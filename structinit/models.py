@@ -101,10 +101,12 @@ def _registered(pretrained: bool, defaults: dict, kwargs: dict) -> VisionTransfo
     return vit(**{**defaults, **kwargs})
 
 
-# The paper's small-data models (v1: 32 px, patch 2, avg pool, fixed sin-cos PE).
+# The paper's small-data models (v1: 32 px, patch 2, avg pool, fixed sin-cos PE), and a digits model.
 PAPER_MODELS = {
     "vit_tiny_patch2_32": dict(img_size=32, patch_size=2, embed_dim=192, depth=12, num_heads=3),
     "vit_small_patch2_32": dict(img_size=32, patch_size=2, embed_dim=384, depth=12, num_heads=6),
+    # digits (8x8 grey): a 4x4 grid of 2x2 patches, the CPU workhorse
+    "vit_nano_patch2_8": dict(img_size=8, patch_size=2, in_chans=1, embed_dim=64, depth=4, num_heads=4),
 }
 
 
@@ -118,6 +120,12 @@ def vit_tiny_patch2_32(pretrained: bool = False, **kwargs) -> VisionTransformer:
 def vit_small_patch2_32(pretrained: bool = False, **kwargs) -> VisionTransformer:
     """ViT-S/2 at 32 px: dim 384, depth 12, 6 heads, 16x16 patch grid."""
     return _registered(pretrained, PAPER_MODELS["vit_small_patch2_32"], kwargs)
+
+
+@register_model
+def vit_nano_patch2_8(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT for 8x8 grey digits: patch 2 (4x4 grid), dim 64, depth 4, 4 heads."""
+    return _registered(pretrained, PAPER_MODELS["vit_nano_patch2_8"], kwargs)
 
 
 def create(name: str, **overrides) -> VisionTransformer:

@@ -57,3 +57,40 @@ def test_entry_point_is_installed():
     exe = os.path.join(os.path.dirname(sys.executable), "structinit")
     out = subprocess.run([exe, "inspect-init", "--depth", "1", "--json"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and json.loads(out.stdout)["blocks"][0]["block"] == 0
+
+
+def test_train_end_to_end_with_mlflow(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    out = subprocess.run([*CLI, "train", "--dataset", "digits", "--epochs", "2", "--warmup-epochs", "0", "--batch-size", "32", "--seed", "3",
+                          "--json-out", "summary.json"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["epochs"] == 2 and summary["final"]["epoch"] == 1
+    assert summary["config"]["seed"] == 3 and summary["config"]["model"]["name"] == "vit_nano_patch2_8"
+    assert summary["tracking_uri"] == "sqlite:///" + str(tmp_path / "mlflow.db")
+    client = MlflowClient(summary["tracking_uri"])
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["init"] == "impulse" and run.data.tags["dataset"] == "digits"
+    assert run.data.params["recipe.epochs"] == "2" and run.data.params["init.filter_size"] == "3"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_top1")] == [0, 1]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "init")}
+    assert artifacts == {"init/init_attention.png", "init/init_fidelity.json"}
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--dataset", "cifar10", "--data-root", "/nonexistent/cifar"], "data_root='/nonexistent/cifar'"),
+    (["--dataset", "mnist"], "data_root=None"),
+    (["--fraction", "0"], "fraction=0.0"),
+    (["--workers", "3", "--batch-size", "64"], "batch_size=64"),
+    (["--recipe", "fast"], "recipe='fast'"),
+    (["--epochs", "0"], "epochs=0"),
+    (["--filter-size", "5"], "filter_size=5"),  # the digits model has a 4x4 grid
+])
+def test_train_bad_input_exits_2_before_ray_starts(args, needle, tmp_path):
+    out = subprocess.run([*CLI, "train", *args], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert needle in out.stderr and "expected" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()

@@ -1,0 +1,127 @@
+"""`TrialConfig`: everything one training run needs, validated once, then passed unchanged
+from the CLI or a study to the Train driver, each worker's loop, and the model + init."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+from structinit.data import DATASETS
+from structinit.inits import InitConfig
+from structinit.recipes import Recipe
+from structinit.validate import check, choice
+
+# A model and recipe that suit each dataset when none is named.
+DEFAULT_MODEL = {"digits": "vit_nano_patch2_8", "cifar10": "vit_tiny_patch2_32", "cifar100": "vit_tiny_patch2_32",
+                 "svhn": "vit_tiny_patch2_32", "mnist": "vit_tiny_patch2_32", "fashion_mnist": "vit_tiny_patch2_32",
+                 "stl10": "vit_tiny_patch16_224", "flowers102": "vit_tiny_patch16_224", "pets": "vit_tiny_patch16_224",
+                 "food101": "vit_tiny_patch16_224", "imagefolder": "vit_base_patch16_224"}
+DEFAULT_RECIPE = {"digits": "cpu", "cifar10": "v1_small", "cifar100": "v1_small", "svhn": "v1_small",
+                  "mnist": "v1_small", "fashion_mnist": "v1_small", "stl10": "followup_small",
+                  "flowers102": "followup_small", "pets": "followup_small", "food101": "followup_small",
+                  "imagefolder": "imagenet"}
+MODEL_FIELDS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "pos_embed", "global_pool")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A timm ViT name and geometry overrides (None keeps the named model's value)."""
+
+    name: str
+    img_size: int | None = None
+    patch_size: int | None = None
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    mlp_ratio: float | None = None
+    pos_embed: str | None = None
+    global_pool: str | None = None
+
+    def kwargs(self) -> dict:
+        return {k: getattr(self, k) for k in MODEL_FIELDS if getattr(self, k) is not None}
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    model: ModelConfig
+    recipe: Recipe
+    init: InitConfig = field(default_factory=InitConfig)
+    dataset: str = "digits"
+    data_root: str | None = None
+    download: bool = False
+    verify: bool = True  # torchvision md5 checks; False: files need only exist
+    fraction: float = 1.0  # stratified share of the training pool used for training
+    val_fraction: float = 0.1  # stratified share of the training pool held out for validation
+    seed: int = 0
+    workers: int = 1
+    gpu: bool = False
+    cpus_per_worker: int = 1
+    backend: str | None = None  # torch.distributed backend; None: nccl on GPUs, gloo on CPUs
+    compile: bool = False
+    max_failures: int = 2  # Train worker-group restarts from the last checkpoint
+
+    def __post_init__(self):
+        choice("dataset", self.dataset, sorted(DATASETS))
+        check("fraction", self.fraction, "a number in (0, 1]", 0 < self.fraction <= 1)
+        check("val_fraction", self.val_fraction, "a number in [0, 1)", 0 <= self.val_fraction < 1)
+        for name in ("seed", "max_failures"):
+            check(name, getattr(self, name), "an integer >= 0", isinstance(getattr(self, name), int)
+                  and getattr(self, name) >= 0)
+        for name in ("workers", "cpus_per_worker"):
+            check(name, getattr(self, name), "an integer >= 1", isinstance(getattr(self, name), int)
+                  and getattr(self, name) >= 1)
+        check("backend", self.backend, "None, 'gloo' or 'nccl'", self.backend in (None, "gloo", "nccl"))
+        check("batch_size", self.recipe.batch_size, f"a multiple of workers={self.workers}",
+              self.recipe.batch_size % self.workers == 0)
+        if self.recipe.mixup or self.recipe.cutmix:
+            check("batch_size", self.recipe.batch_size // self.workers, "an even per-worker batch with mixup/cutmix",
+                  (self.recipe.batch_size // self.workers) % 2 == 0)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def flat(self) -> dict:
+        """Flat `section.key` params, e.g. for MLflow."""
+        out = {}
+        for section, values in self.to_dict().items():
+            if isinstance(values, dict):
+                out.update({f"{section}.{k}": v for k, v in values.items()})
+            else:
+                out[section] = values
+        return out
+
+    def digest(self) -> str:
+        """Short stable hash: the same config names the same run (so a rerun resumes it)."""
+        return hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def make(dataset: str = "digits", model: str | None = None, recipe_name: str | None = None,
+         recipe_overrides: dict | None = None, model_overrides: dict | None = None, **fields) -> TrialConfig:
+    """A TrialConfig with the dataset's default model and recipe unless named."""
+    from structinit.recipes import recipe
+
+    choice("dataset", dataset, sorted(DATASETS))
+    model_cfg = ModelConfig(name=model or DEFAULT_MODEL[dataset], **(model_overrides or {}))
+    rec = recipe(recipe_name or DEFAULT_RECIPE[dataset], **(recipe_overrides or {}))
+    return TrialConfig(model=model_cfg, recipe=rec, dataset=dataset, **fields)
+
+
+def validate(cfg: TrialConfig) -> None:
+    """Everything that can be checked before Ray starts: the dataset files, the model geometry
+    and the init against it (bad input raises ValueError naming the value)."""
+    from structinit.data import load_splits
+    from structinit.models import create
+
+    load_splits(cfg.dataset, cfg.data_root, cfg.download, cfg.verify)
+    spec = DATASETS[cfg.dataset]
+    model = create(cfg.model.name, **model_kwargs(cfg, spec.num_classes or 2))
+    cfg.init.check_model(model)
+
+
+def model_kwargs(cfg: TrialConfig, num_classes: int) -> dict:
+    spec = DATASETS[cfg.dataset]
+    kw = {"img_size": spec.img_size, "in_chans": spec.in_chans, **cfg.model.kwargs(), "num_classes": num_classes}
+    if cfg.recipe.drop_path:
+        kw["drop_path_rate"] = cfg.recipe.drop_path
+    return kw
+

@@ -1,0 +1,189 @@
+"""Datasets by name, seeded stratified fractions, and timm transforms.
+
+`digits` (scikit-learn's bundled 8x8 digits) works offline everywhere; every other name reads a
+torchvision dataset (or an ImageNet-style folder) from a local root in its standard on-disk
+format, downloading only when asked. Files that are not the official archives (re-packed or
+generated ones) fail torchvision's md5 checks; `verify=False` checks only that they exist.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torchvision.datasets as tvd
+from PIL import Image
+from sklearn.model_selection import train_test_split
+from timm.data import create_transform
+from torch.utils.data import Dataset, Subset
+
+from structinit.validate import check, choice
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    num_classes: int
+    in_chans: int
+    img_size: int  # native side, or the side images are resized to
+    mean: tuple
+    std: tuple
+    layout: str  # what is expected under the root, for error messages
+    splits: tuple = ()  # torchvision (train, test) split arguments
+    tv: str = ""  # torchvision class name
+
+
+DATASETS = {
+    "digits": DatasetSpec(10, 1, 8, (0.3,), (0.37,), "nothing: scikit-learn ships it"),
+    "cifar10": DatasetSpec(10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+                           "cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}",
+                           ({"train": True}, {"train": False}), "CIFAR10"),
+    "cifar100": DatasetSpec(100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
+                            "cifar-100-python/{train,test,meta}", ({"train": True}, {"train": False}), "CIFAR100"),
+    "svhn": DatasetSpec(10, 3, 32, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970),
+                        "{train,test}_32x32.mat", ({"split": "train"}, {"split": "test"}), "SVHN"),
+    "stl10": DatasetSpec(10, 3, 96, (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713),
+                         "stl10_binary/{train,test}_{X,y}.bin, class_names.txt",
+                         ({"split": "train"}, {"split": "test"}), "STL10"),
+    "flowers102": DatasetSpec(102, 3, 224, IMAGENET_MEAN, IMAGENET_STD,
+                              "flowers-102/{jpg/,imagelabels.mat,setid.mat}",
+                              ({"split": "train"}, {"split": "test"}), "Flowers102"),
+    "pets": DatasetSpec(37, 3, 224, IMAGENET_MEAN, IMAGENET_STD,
+                        "oxford-iiit-pet/{images/,annotations/{trainval,test}.txt}",
+                        ({"split": "trainval"}, {"split": "test"}), "OxfordIIITPet"),
+    "food101": DatasetSpec(101, 3, 224, IMAGENET_MEAN, IMAGENET_STD,
+                           "food-101/{images/<class>/*.jpg,meta/{train,test}.json,meta/classes.txt}",
+                           ({"split": "train"}, {"split": "test"}), "Food101"),
+    "mnist": DatasetSpec(10, 1, 28, (0.1307,), (0.3081,), "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte",
+                         ({"train": True}, {"train": False}), "MNIST"),
+    "fashion_mnist": DatasetSpec(10, 1, 28, (0.2860,), (0.3530,),
+                                 "FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte",
+                                 ({"train": True}, {"train": False}), "FashionMNIST"),
+    "imagefolder": DatasetSpec(0, 3, 224, IMAGENET_MEAN, IMAGENET_STD, "{train,val}/<class>/<image>"),
+}
+
+
+class Digits(Dataset):
+    """scikit-learn's 1797 8x8 digits as 'L' PIL images (values 0..16 scaled to 0..255)."""
+
+    def __init__(self):
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        self.images = (bunch.images * 255.0 / 16.0).round().astype(np.uint8)
+        self.targets = bunch.target.tolist()
+        self.transform = None
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        img = Image.fromarray(self.images[i], mode="L")
+        return (self.transform(img) if self.transform else img), self.targets[i]
+
+
+def _trusting(cls):
+    """`cls` with its md5 lists emptied, so torchvision checks only that the files exist."""
+    attrs = {}
+    for name in ("train_list", "test_list"):
+        if hasattr(cls, name):
+            attrs[name] = [[f, None] for f, *_ in getattr(cls, name)]
+    if isinstance(getattr(cls, "meta", None), dict):
+        attrs["meta"] = {**cls.meta, "md5": None}
+    if hasattr(cls, "split_list"):
+        attrs["split_list"] = {k: [v[0], v[1], None] for k, v in cls.split_list.items()}
+    if hasattr(cls, "_file_dict"):
+        attrs["_file_dict"] = {k: (v[0], None) for k, v in cls._file_dict.items()}
+    return type(cls.__name__, (cls,), attrs)
+
+
+def labels_of(ds) -> list[int]:
+    for attr in ("targets", "labels", "_labels"):
+        if hasattr(ds, attr):
+            return [int(y) for y in getattr(ds, attr)]
+    raise TypeError(f"{type(ds).__name__} exposes no labels")
+
+
+def load_splits(name: str, root: str | None, download: bool = False, verify: bool = True):
+    """(train pool, test set) for a dataset name; a clear ValueError if the files are not there."""
+    choice("dataset", name, sorted(DATASETS))
+    spec = DATASETS[name]
+    if name == "digits":
+        full = Digits()
+        pool, test = train_test_split(np.arange(len(full)), test_size=0.5, stratify=full.targets, random_state=0)
+        return Subset(full, pool.tolist()), Subset(full, test.tolist())
+    check("data_root", root, f"a directory holding {spec.layout} for dataset={name!r}",
+          root is not None and (download or os.path.isdir(root)))
+    try:
+        if name == "imagefolder":
+            return tvd.ImageFolder(os.path.join(root, "train")), tvd.ImageFolder(os.path.join(root, "val"))
+        cls = getattr(tvd, spec.tv)
+        cls = cls if verify or download else _trusting(cls)
+        return tuple(cls(root, download=download, **split) for split in spec.splits)
+    except Exception as err:  # any failure to read user files becomes one clear message
+        hint = "" if download else "; pass download=True (--download) to fetch it"
+        hint += ", or verify=False (--no-verify) for files that are not the official archives" if verify else ""
+        raise ValueError(f"dataset={name!r} under data_root={root!r} is missing or corrupt ({err}): "
+                         f"expected {spec.layout}{hint}") from err
+
+
+def num_classes(name: str, train) -> int:
+    return len(train.classes) if name == "imagefolder" else DATASETS[name].num_classes
+
+
+def split_indices(labels: list[int], fraction: float, val_fraction: float, seed: int):
+    """Stratified and seeded: a validation share of the pool, then `fraction` of the rest for training."""
+    idx = np.arange(len(labels))
+    labels = np.asarray(labels)
+    train, val = idx, np.array([], dtype=int)
+    if val_fraction > 0:
+        train, val = train_test_split(idx, test_size=val_fraction, stratify=labels, random_state=seed)
+    if fraction < 1:
+        train, _ = train_test_split(train, train_size=fraction, stratify=labels[train], random_state=seed)
+    return sorted(train.tolist()), sorted(val.tolist())
+
+
+class Transformed(Dataset):
+    """A view of `base[indices]` with its own transform."""
+
+    def __init__(self, base, indices, transform):
+        self.base, self.indices, self.transform = base, indices, transform
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        img, label = self.base[self.indices[i]]
+        if not isinstance(img, Image.Image):
+            img = Image.fromarray(np.asarray(img))
+        return self.transform(img), label
+
+
+@dataclass
+class Data:
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    num_classes: int
+    in_chans: int
+    img_size: int
+
+
+def build(name: str, root: str | None, *, img_size: int | None, fraction: float, val_fraction: float, seed: int,
+          recipe, download: bool = False, verify: bool = True) -> Data:
+    """Train/val/test datasets with timm transforms (RandAugment, random erasing, flips from the recipe)."""
+    spec = DATASETS[name]
+    pool, test = load_splits(name, root, download, verify)
+    pool_labels = [labels_of(pool.dataset)[i] for i in pool.indices] if isinstance(pool, Subset) else labels_of(pool)
+    train_idx, val_idx = split_indices(pool_labels, fraction, val_fraction, seed)
+    size = img_size or spec.img_size
+    norm = dict(mean=spec.mean, std=spec.std, crop_pct=1.0)
+    train_tf = create_transform((spec.in_chans, size, size), is_training=True, auto_augment=recipe.randaugment,
+                                hflip=recipe.hflip, re_prob=recipe.reprob, scale=recipe.crop_scale, color_jitter=recipe.color_jitter,
+                                ratio=(1.0, 1.0) if recipe.crop_scale == (1.0, 1.0) else (3 / 4, 4 / 3), **norm)
+    eval_tf = create_transform((spec.in_chans, size, size), is_training=False, **norm)
+    return Data(train=Transformed(pool, train_idx, train_tf), val=Transformed(pool, val_idx, eval_tf),
+                test=Transformed(test, list(range(len(test))), eval_tf),
+                num_classes=num_classes(name, pool), in_chans=spec.in_chans, img_size=size)

@@ -1,0 +1,82 @@
+"""Named training recipes: the papers' settings (method.md §3) and a CPU recipe for digits."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+from structinit.validate import check, choice
+
+
+@dataclass(frozen=True)
+class Recipe:
+    epochs: int
+    batch_size: int  # global: split evenly over the Train workers
+    lr: float
+    weight_decay: float
+    opt_eps: float = 1e-8
+    warmup_epochs: int = 0
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-6
+    grad_clip: float | None = None
+    label_smoothing: float = 0.1
+    randaugment: str | None = None  # a timm auto_augment string, e.g. "rand-m9-mstd0.5-inc1"
+    hflip: float = 0.5
+    crop_scale: tuple = (1.0, 1.0)  # RandomResizedCrop scale; (1, 1) = no crop (v1)
+    color_jitter: float = 0.0  # timm turns it off under RandAugment anyway
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    reprob: float = 0.0
+    drop_path: float = 0.0
+    amp: bool = True  # autocast on GPU (bf16 where supported, else fp16 with a scaler); CPU runs fp32
+    loader_workers: int = 0
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size"):
+            check(name, getattr(self, name), "a positive integer", isinstance(getattr(self, name), int)
+                  and getattr(self, name) > 0)
+        for name in ("lr", "opt_eps"):
+            check(name, getattr(self, name), "a positive number", getattr(self, name) > 0)
+        for name in ("weight_decay", "warmup_lr", "min_lr", "mixup", "cutmix"):
+            check(name, getattr(self, name), "a number >= 0", getattr(self, name) >= 0)
+        for name in ("label_smoothing", "hflip", "reprob", "drop_path", "color_jitter"):
+            check(name, getattr(self, name), "a number in [0, 1)", 0 <= getattr(self, name) < 1 or
+                  (name == "hflip" and getattr(self, name) == 1))
+        check("warmup_epochs", self.warmup_epochs, f"an integer in [0, epochs={self.epochs})",
+              isinstance(self.warmup_epochs, int) and 0 <= self.warmup_epochs < self.epochs)
+        check("grad_clip", self.grad_clip, "a positive number or None", self.grad_clip is None or self.grad_clip > 0)
+        check("randaugment", self.randaugment, "None or a timm RandAugment string starting with 'rand-'",
+              self.randaugment is None or str(self.randaugment).startswith("rand-"))
+        check("loader_workers", self.loader_workers, "an integer >= 0",
+              isinstance(self.loader_workers, int) and self.loader_workers >= 0)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+RECIPES = {
+    # v1 small datasets (CIFAR/SVHN, timm 0.9.16 train.py): 200 epochs, AdamW 1e-3, eps 1e-3, wd 0.01,
+    # clip 3, warmup 10, RandAugment, no crop, smoothing 0.1, batch 512, AMP.
+    "v1_small": Recipe(epochs=200, batch_size=512, lr=1e-3, weight_decay=0.01, opt_eps=1e-3, warmup_epochs=10,
+                       warmup_lr=1e-5, min_lr=1e-6, grad_clip=3.0, randaugment="rand-m9-mstd0.5-inc1",
+                       loader_workers=8),
+    # follow-up small/medium datasets (upsampled to 224): 300 epochs, AdamW 2e-3, wd 0.05, warmup 50,
+    # RandAugment, mixup 0.8, cutmix 1.0, random erasing 0.25, drop-path 0.1, batch 512.
+    "followup_small": Recipe(epochs=300, batch_size=512, lr=2e-3, weight_decay=0.05, warmup_epochs=50,
+                             randaugment="rand-m9-mstd0.5-inc1", crop_scale=(0.08, 1.0), mixup=0.8, cutmix=1.0,
+                             reprob=0.25, drop_path=0.1, loader_workers=8),
+    # follow-up ImageNet-1K (DeiT-B corrected recipe): lr 1e-3 at batch 1024, warmup 5, min lr 1e-5.
+    "imagenet": Recipe(epochs=300, batch_size=1024, lr=1e-3, weight_decay=0.05, warmup_epochs=5, min_lr=1e-5,
+                       randaugment="rand-m9-mstd0.5-inc1", crop_scale=(0.08, 1.0), mixup=0.8, cutmix=1.0,
+                       reprob=0.25, drop_path=0.1, loader_workers=8),
+    # digits on a laptop CPU: no flips (digits are not mirror-symmetric), no RandAugment.
+    "cpu": Recipe(epochs=50, batch_size=64, lr=1e-3, weight_decay=0.05, warmup_epochs=3, warmup_lr=1e-5,
+                  min_lr=1e-5, grad_clip=1.0, hflip=0.0, amp=False),
+}
+
+
+def recipe(name: str, **overrides) -> Recipe:
+    """A named recipe with fields overridden (unset overrides, None, are dropped)."""
+    choice("recipe", name, sorted(RECIPES))
+    known = {f.name for f in fields(Recipe)}
+    for key in overrides:
+        choice("recipe field", key, sorted(known))
+    return replace(RECIPES[name], **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,270 @@
+"""One training run: a Ray Train `TorchTrainer` whose workers each run `train_loop_per_worker`.
+
+    driver:  fit(cfg)  ->  TorchTrainer(train_loop_per_worker, {"trial": cfg, ...}).fit()
+    worker:  data -> model + init (fidelity at epoch 0) -> DDP -> epochs of train + eval,
+             each epoch reported to Ray with a checkpoint, resumed from the latest one on restart.
+
+Nothing here knows of Tune; `study.py` wraps `fit` in a trial.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from structinit import data as datasets
+from structinit import fidelity, tracking
+from structinit.config import TrialConfig, model_kwargs
+from structinit.inits import apply_init
+from structinit.models import create
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or inf: the run stops rather than train on garbage."""
+
+
+@dataclass
+class Context:
+    """Where a worker runs: rank, world size and device (a plain loop uses the defaults)."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+
+def amp_dtype(cfg: TrialConfig, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on a GPU that has it, fp16 (with a grad scaler) on one that does not; CPU runs fp32."""
+    if not (cfg.recipe.amp and device.type == "cuda"):
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def loss_function(cfg: TrialConfig):
+    r = cfg.recipe
+    if r.mixup or r.cutmix:
+        return SoftTargetCrossEntropy()
+    return LabelSmoothingCrossEntropy(r.label_smoothing) if r.label_smoothing else torch.nn.CrossEntropyLoss()
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, *, device, dtype, scaler, grad_clip, mixup,
+                    epoch: int, updates: int) -> dict:
+    """One pass over `loader`; the lr follows `scheduler` per update. Raises NonFiniteLossError."""
+    model.train()
+    total, images, start = 0.0, 0, time.perf_counter()
+    for step, (x, y) in enumerate(loader):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if mixup is not None:
+            x, y = mixup(x, y)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = loss_fn(model(x), y)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise NonFiniteLossError(
+                f"non-finite training loss ({value}) at epoch {epoch}, step {step}: stopping instead of training "
+                f"on garbage (lower the lr, set a grad_clip, or check the data)")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if grad_clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        updates += 1
+        scheduler.step_update(updates)
+        total += value * x.shape[0]
+        images += x.shape[0]
+    seconds = time.perf_counter() - start
+    return {"train_loss": total / max(images, 1), "images": images, "train_seconds": seconds, "updates": updates}
+
+
+@torch.no_grad()
+def evaluate(model, loader, *, device, dtype, world: int) -> dict:
+    """Top-1/top-5 and loss over this rank's shard, summed over ranks when distributed."""
+    model.eval()
+    sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, top1, top5, count
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(x)
+        top = logits.float().topk(min(5, logits.shape[-1]), dim=-1).indices
+        hit = top == y[:, None]
+        sums += torch.stack([F.cross_entropy(logits.float(), y, reduction="sum"), hit[:, 0].sum(),
+                             hit.any(-1).sum(), torch.tensor(y.numel(), device=device)]).to(sums)
+    if world > 1:
+        torch.distributed.all_reduce(sums)
+    n = max(sums[3].item(), 1)
+    return {"loss": sums[0].item() / n, "top1": 100 * sums[1].item() / n, "top5": 100 * sums[2].item() / n}
+
+
+def shard(ds, ctx: Context):
+    """This rank's share of an evaluation set: every world-th sample, no padding (exact metrics)."""
+    return Subset(ds, range(ctx.rank, len(ds), ctx.world)) if ctx.world > 1 else ds
+
+
+def build(cfg: TrialConfig, ctx: Context):
+    """Data, model (initialised), loaders, optimizer, scheduler, loss and mixup for one worker."""
+    d = datasets.build(cfg.dataset, cfg.data_root, img_size=cfg.model.img_size, fraction=cfg.fraction,
+                       val_fraction=cfg.val_fraction, seed=cfg.seed, recipe=cfg.recipe, download=False,
+                       verify=cfg.verify)
+    model = create(cfg.model.name, **model_kwargs(cfg, d.num_classes))
+    init = apply_init(model, cfg.init, seed=cfg.seed)
+    r = cfg.recipe
+    per_worker = r.batch_size // ctx.world
+    sampler = DistributedSampler(d.train, num_replicas=ctx.world, rank=ctx.rank, shuffle=True, seed=cfg.seed)
+    mixup = None
+    if r.mixup or r.cutmix:
+        mixup = Mixup(mixup_alpha=r.mixup, cutmix_alpha=r.cutmix, label_smoothing=r.label_smoothing,
+                      num_classes=d.num_classes)
+    loaders = {
+        "train": DataLoader(d.train, batch_size=per_worker, sampler=sampler, num_workers=r.loader_workers,
+                            drop_last=mixup is not None, pin_memory=ctx.device.type == "cuda"),
+        "val": DataLoader(shard(d.val, ctx), batch_size=per_worker * 2, num_workers=r.loader_workers),
+        "test": DataLoader(shard(d.test, ctx), batch_size=per_worker * 2, num_workers=r.loader_workers),
+    }
+    return d, model, init, loaders, mixup
+
+
+def initial_fidelity(model, init, val_loader) -> dict:
+    """Fidelity summary at epoch 0: on the pseudo input, and on a validation batch."""
+    x, _ = next(iter(val_loader))
+    measured = fidelity.measure(model, init, x[:64])
+    out = {}
+    for where in ("pseudo", "data"):
+        s = fidelity.summary(measured[where])
+        out[f"init_mass_{where}"] = s["target_mass"]["mean"]
+        out[f"init_hit_{where}"] = s["argmax_hit"]["mean"]
+    return out, measured
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train worker: config = {"trial": TrialConfig, "tracking": tracking.Run | None}."""
+    import ray.train
+    import ray.train.torch
+
+    cfg: TrialConfig = config["trial"]
+    run: tracking.Run | None = config.get("tracking")
+    context = ray.train.get_context()
+    ctx = Context(context.get_world_rank(), context.get_world_size(), ray.train.torch.get_device())
+    torch.manual_seed(cfg.seed * 1009 + ctx.rank)  # augmentation and drop-path streams; the init has its own
+    d, model, init, loaders, mixup = build(cfg, ctx)
+    fid, measured = initial_fidelity(model, init, loaders["val"])
+    if ctx.rank == 0 and run is not None and ray.train.get_checkpoint() is None:
+        tracking.log_init(run, cfg, model, init, measured)
+
+    model = ray.train.torch.prepare_model(model)
+    raw = getattr(model, "module", model)
+    if cfg.compile:
+        model = torch.compile(model)
+    sampler = loaders["train"].sampler
+    for key in loaders:
+        loaders[key] = ray.train.torch.prepare_data_loader(loaders[key], add_dist_sampler=False)
+    r = cfg.recipe
+    optimizer = create_optimizer_v2(raw, opt="adamw", lr=r.lr, weight_decay=r.weight_decay, eps=r.opt_eps)
+    steps = len(loaders["train"])
+    scheduler = CosineLRScheduler(optimizer, t_initial=r.epochs * steps, lr_min=r.min_lr,
+                                  warmup_t=r.warmup_epochs * steps, warmup_lr_init=r.warmup_lr, t_in_epochs=False)
+    dtype = amp_dtype(cfg, ctx.device)
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=dtype == torch.float16)
+    loss_fn = loss_function(cfg)
+
+    start, updates, history = 0, 0, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = torch.load(os.path.join(folder, "state.pt"), map_location=ctx.device, weights_only=True)
+            with open(os.path.join(folder, "history.json")) as f:
+                history = json.load(f)
+        raw.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"].cpu())
+        start, updates = state["epoch"] + 1, state["updates"]
+
+    bar = None
+    if ctx.rank == 0:
+        from ray.experimental.tqdm_ray import tqdm
+
+        bar = tqdm(desc=f"{cfg.dataset} {cfg.init.name} seed {cfg.seed}", total=r.epochs, unit="epoch")
+        bar.update(start)
+    for epoch in range(start, r.epochs):
+        sampler.set_epoch(epoch)
+        t0 = time.perf_counter()
+        stats = train_one_epoch(model, loaders["train"], optimizer, scheduler, loss_fn, device=ctx.device,
+                                dtype=dtype, scaler=scaler, grad_clip=r.grad_clip, mixup=mixup, epoch=epoch,
+                                updates=updates)
+        updates = stats["updates"]
+        val = evaluate(raw, loaders["val"], device=ctx.device, dtype=dtype, world=ctx.world) if len(d.val) else {}
+        test = evaluate(raw, loaders["test"], device=ctx.device, dtype=dtype, world=ctx.world)
+        metrics = {"epoch": epoch, "train_loss": stats["train_loss"],
+                   **{f"val_{k}": v for k, v in val.items()}, **{f"test_{k}": v for k, v in test.items()},
+                   "lr": optimizer.param_groups[0]["lr"],
+                   "images_per_s": stats["images"] * ctx.world / stats["train_seconds"],
+                   "epoch_seconds": time.perf_counter() - t0, **fid}
+        history.append(metrics)
+        if ctx.rank == 0 and run is not None:
+            tracking.log_epoch(run, metrics, step=epoch)
+        with tempfile.TemporaryDirectory() as folder:
+            ckpt = None
+            if ctx.rank == 0:
+                torch.save({"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                            "rng": torch.get_rng_state(), "epoch": epoch, "updates": updates},
+                           os.path.join(folder, "state.pt"))
+                with open(os.path.join(folder, "history.json"), "w") as f:
+                    json.dump(history, f)
+                ckpt = ray.train.Checkpoint.from_directory(folder)
+            ray.train.report(metrics, checkpoint=ckpt)
+        if bar is not None:
+            val_top1 = metrics.get("val_top1", metrics["test_top1"])
+            bar.set_description(f"{cfg.dataset} {cfg.init.name} seed {cfg.seed} loss {stats['train_loss']:.3f} "
+                                f"val {val_top1:.1f}%")
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+
+
+def run_name(cfg: TrialConfig) -> str:
+    return f"train-{cfg.dataset}-{cfg.init.name}-s{cfg.seed}-{cfg.digest()}"
+
+
+def fit(cfg: TrialConfig, *, storage_path: str, name: str | None = None, run: tracking.Run | None = None,
+        callbacks=()):
+    """Run one training to completion on the connected Ray cluster; returns the Ray Train Result.
+    The same `name` under the same `storage_path` resumes from its latest checkpoint."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.gpu else {})}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"trial": cfg, "tracking": run},
+        torch_config=TorchConfig(backend=cfg.backend),
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=name or run_name(cfg), storage_path=storage_path, callbacks=list(callbacks),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+    )
+    return trainer.fit()
+
+
+def history_of(result) -> list[dict]:
+    """Every epoch's metrics, from the run's latest checkpoint (complete across restarts)."""
+    if result.checkpoint is None:
+        return []
+    with result.checkpoint.as_directory() as folder:
+        with open(os.path.join(folder, "history.json")) as f:
+            return json.load(f)

@@ -1,0 +1,79 @@
+"""Each real loader reads small files written in its dataset's on-disk format; fractions are
+stratified and seeded; missing or corrupt data gives a clear error."""
+import numpy as np
+import pytest
+import torch
+
+from structinit import data
+from structinit.recipes import recipe
+from tests.fake_datasets import CLASSES, WRITERS
+
+MD5_CHECKED = {"cifar10", "cifar100", "svhn", "stl10", "flowers102"}
+
+
+@pytest.mark.parametrize("name", sorted(WRITERS))
+def test_loader_reads_the_standard_on_disk_format(name, tmp_path):
+    (x_train, y_train), (x_test, y_test) = WRITERS[name](tmp_path, np.random.default_rng(0))
+    train, test = data.load_splits(name, str(tmp_path), verify=False)
+    assert len(train) == len(y_train) and len(test) == len(y_test)
+    assert data.labels_of(train) == y_train.tolist() and data.labels_of(test) == y_test.tolist()
+    for i in (0, len(test) - 1):
+        img, label = test[i]
+        assert label == y_test[i]
+        assert np.array_equal(np.asarray(img), x_test[i]), "pixels differ from the written file"
+
+
+@pytest.mark.parametrize("name", sorted(MD5_CHECKED))
+def test_generated_files_fail_the_official_md5_with_a_clear_hint(name, tmp_path):
+    WRITERS[name](tmp_path, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=rf"dataset='{name}' .*missing or corrupt.*expected .*--no-verify"):
+        data.load_splits(name, str(tmp_path), verify=True)
+
+
+def test_missing_root_names_the_expected_layout(tmp_path):
+    with pytest.raises(ValueError, match=r"data_root=.*cifar-10-batches-py"):
+        data.load_splits("cifar10", str(tmp_path / "nope"))
+    with pytest.raises(ValueError, match=r"data_root=None .*a directory holding"):
+        data.load_splits("svhn", None)
+
+
+def test_corrupt_file_is_a_clear_error(tmp_path):
+    WRITERS["cifar10"](tmp_path, np.random.default_rng(0))
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"\x80\x04not a pickle")
+    with pytest.raises(ValueError, match=r"dataset='cifar10' .*missing or corrupt"):
+        data.load_splits("cifar10", str(tmp_path), verify=False)
+
+
+def test_unknown_dataset_name():
+    with pytest.raises(ValueError, match=r"dataset='imagenet21k' is not allowed: expected one of"):
+        data.load_splits("imagenet21k", None)
+
+
+def test_digits_is_real_offline_and_split_in_fixed_halves():
+    train, test = data.load_splits("digits", None)
+    assert len(train) + len(test) == 1797 and abs(len(train) - len(test)) <= 1
+    assert not set(train.indices) & set(test.indices)
+
+
+def test_fractions_are_stratified_and_seeded():
+    labels = [i % 10 for i in range(1000)]
+    tr, val = data.split_indices(labels, fraction=0.1, val_fraction=0.2, seed=3)
+    assert len(val) == 200 and len(tr) == 80 and not set(tr) & set(val)
+    assert np.bincount([labels[i] for i in tr]).tolist() == [8] * 10  # every class in proportion
+    assert data.split_indices(labels, 0.1, 0.2, 3) == (tr, val)
+    assert data.split_indices(labels, 0.1, 0.2, 4)[0] != tr
+
+
+def test_build_applies_timm_transforms_and_dataset_normalisation(tmp_path):
+    WRITERS["cifar10"](tmp_path, np.random.default_rng(1))
+    r = recipe("v1_small", batch_size=8)
+    d = data.build("cifar10", str(tmp_path), img_size=None, fraction=1.0, val_fraction=0.2, seed=0, recipe=r,
+                   verify=False)
+    assert d.num_classes == 10 and d.in_chans == 3 and d.img_size == 32
+    x, y = d.train[0]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and 0 <= y < CLASSES
+    assert len(d.train) == 120 and len(d.val) == 30 and len(d.test) == 30
+    raw, _ = data.load_splits("cifar10", str(tmp_path), verify=False)[1][0]
+    expected = (torch.tensor(np.asarray(raw)).permute(2, 0, 1) / 255 - torch.tensor(data.DATASETS["cifar10"].mean)[:, None, None]) \
+        / torch.tensor(data.DATASETS["cifar10"].std)[:, None, None]
+    torch.testing.assert_close(d.test[0][0], expected, atol=1e-5, rtol=1e-5)
