@@ -1,4 +1,4 @@
-"""`structinit` command line: inspect-init, train."""
+"""`structinit` command line: inspect-init, train, report."""
 from __future__ import annotations
 
 import argparse
@@ -175,6 +175,16 @@ def train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+def report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from structinit.report import report as build
+
+    try:
+        print(build(args.study, storage=args.storage, tracking_uri=args.tracking_uri, optuna_url=args.optuna_url))
+    except ValueError as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="structinit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -189,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_init_args(p)
     _add_train_args(p)
     p.set_defaults(run=train, parser=p, model=None)
+    p = sub.add_parser("report", help="comparison table, paired differences and plots of a study's results")
+    p.add_argument("study", help="the study's name, e.g. heads_vs_dim")
+    p.add_argument("--storage", default="runs", help="the studies' storage folder (default ./runs)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<cwd>/mlflow.db)")
+    p.add_argument("--optuna-url", help="the study's Optuna storage URL (default sqlite in its folder)")
+    p.set_defaults(run=report, parser=p)
     return parser
 
 

@@ -83,3 +83,27 @@ def finish(run: Run, status: str = "FINISHED") -> None:
 def history(run: Run, key: str) -> list[tuple[int, float]]:
     """(step, value) of a metric, in step order."""
     return sorted((m.step, m.value) for m in MlflowClient(run.uri).get_metric_history(run.run_id, key))
+
+
+def child_runs(parent: Run) -> dict[str, str]:
+    """{run name: run id} of the runs nested under `parent`."""
+    client = MlflowClient(parent.uri)
+    exp = client.get_run(parent.run_id).info.experiment_id
+    runs = client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent.run_id}'",
+                              max_results=50000)
+    return {r.info.run_name: r.info.run_id for r in runs}
+
+
+def latest_run(uri: str, experiment: str, tag: str, value: str) -> Run | None:
+    """The most recent run of `experiment` with tags.<tag> = value, if any."""
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = client.search_runs([found.experiment_id], filter_string=f"tags.`{tag}` = '{value}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return Run(uri, runs[0].info.run_id) if runs else None
+
+
+def log_folder(run: Run, folder: str, artifact_path: str) -> None:
+    MlflowClient(run.uri).log_artifacts(run.run_id, folder, artifact_path=artifact_path)

@@ -1,0 +1,165 @@
+"""The comparison table of a study: per configuration and init, mean ± std and 95 % CI over seeds
+of the final and best test accuracy; the paired differences impulse − mimetic and impulse − default
+(same configuration, same seed); failed trials with their reasons; plots."""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from structinit import results, tracking
+
+PAIRS = (("impulse", "mimetic"), ("impulse", "default"), ("impulse", "pe_scaled"))
+
+
+def ci95(values) -> tuple[float, float, float, int]:
+    """mean, std, half-width of the 95 % t-interval, n (NaN where n < 2)."""
+    v = np.asarray([x for x in values if x is not None and not math.isnan(x)], dtype=float)
+    n = len(v)
+    if n == 0:
+        return math.nan, math.nan, math.nan, 0
+    if n == 1:
+        return float(v[0]), math.nan, math.nan, 1
+    std = float(v.std(ddof=1))
+    return float(v.mean()), std, float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)), n
+
+
+def label(params: str) -> str:
+    p = json.loads(params)
+    return " ".join(f"{k.split('.')[-1]}={v}" for k, v in sorted(p.items())) or "(base)"
+
+
+def summarize(trials: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per configuration x init statistics, paired differences)."""
+    done = trials[trials["status"] == "TERMINATED"].copy()
+    done["config"] = done["params"].map(label)
+    rows = []
+    for (key, config, init), g in done.groupby(["config_key", "config", "init"], sort=True):
+        row = {"config": config, "init": init}
+        for metric in ("final_test_top1", "best_test_top1"):
+            m, s, h, n = ci95(g[metric])
+            row.update({f"{metric}_mean": m, f"{metric}_std": s, f"{metric}_ci95": h, "n": n})
+        row["init_mass_pseudo"] = g["init_mass_pseudo"].mean()
+        row["init_mass_data"] = g["init_mass_data"].mean()
+        rows.append(row)
+    paired = []
+    for (key, config), g in done.groupby(["config_key", "config"], sort=True):
+        by = g.pivot_table(index="seed", columns="init", values="final_test_top1", aggfunc="mean")
+        for a, b in PAIRS:
+            if a in by and b in by:
+                diff = (by[a] - by[b]).dropna()
+                m, s, h, n = ci95(diff)
+                paired.append({"config": config, "pair": f"{a} - {b}", "mean": m, "std": s, "ci95": h, "n": n})
+    return pd.DataFrame(rows), pd.DataFrame(paired)
+
+
+def _pm(m, h) -> str:
+    if math.isnan(m):
+        return "–"
+    return f"{m:.2f}" if math.isnan(h) else f"{m:.2f} ± {h:.2f}"
+
+
+def markdown(study: str, table: pd.DataFrame, paired: pd.DataFrame, trials: pd.DataFrame) -> str:
+    lines = [f"# {study}", "", f"{len(trials)} trials: " + ", ".join(
+        f"{n} {s.lower()}" for s, n in trials["status"].value_counts().items()), "",
+        "Test top-1 (%), mean ± 95 % CI over seeds (t-interval), std in brackets.", "",
+        "| configuration | init | n | final | best | init mass (pseudo / data) |", "|---|---|---|---|---|---|"]
+    for r in table.itertuples():
+        std = "" if math.isnan(r.final_test_top1_std) else f" ({r.final_test_top1_std:.2f})"
+        lines.append(f"| {r.config} | {r.init} | {r.n} | {_pm(r.final_test_top1_mean, r.final_test_top1_ci95)}"
+                     f"{std} | {_pm(r.best_test_top1_mean, r.best_test_top1_ci95)} | "
+                     f"{r.init_mass_pseudo:.2f} / {r.init_mass_data:.2f} |")
+    if len(paired):
+        lines += ["", "Paired differences of final test top-1 (same configuration and seed), mean ± 95 % CI:", "",
+                  "| configuration | difference | n | mean ± CI |", "|---|---|---|---|"]
+        lines += [f"| {r.config} | {r.pair} | {r.n} | {_pm(r.mean, r.ci95)} |" for r in paired.itertuples()]
+    failed = trials[trials["status"] != "TERMINATED"]
+    if len(failed):
+        lines += ["", "Failed trials:", ""]
+        lines += [f"- {r.trial_id} ({r.init}, seed {r.seed}, {label(r.params)}): {r.status}: {r.error}"
+                  for r in failed.itertuples()]
+    return "\n".join(lines) + "\n"
+
+
+def plots(folder: str, trials: pd.DataFrame, history: pd.DataFrame, optuna_url: str, execution: str | None) -> list:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    done = trials[trials["status"] == "TERMINATED"]
+    if len(history):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for init, g in history.groupby("init"):
+            curve = g.groupby("epoch")["test_top1"].agg(["mean", "std"])
+            ax.plot(curve.index, curve["mean"], label=init)
+            ax.fill_between(curve.index, curve["mean"] - curve["std"], curve["mean"] + curve["std"], alpha=0.2)
+        ax.set(xlabel="epoch", ylabel="test top-1 (%)", title="accuracy per init (mean ± std over runs)")
+        ax.legend()
+        made.append(_save(fig, os.path.join(folder, "curves.png")))
+    if done["embed_dim"].nunique() > 1 or done["num_heads"].nunique() > 1:
+        inits = sorted(done["init"].unique())
+        fig, axes = plt.subplots(1, len(inits), figsize=(4 * len(inits), 3.5), squeeze=False)
+        for ax, init in zip(axes[0], inits):
+            grid = done[done["init"] == init].pivot_table(index="num_heads", columns="embed_dim",
+                                                          values="final_test_top1", aggfunc="mean")
+            im = ax.imshow(grid.values, cmap="viridis", aspect="auto")
+            ax.set_xticks(range(len(grid.columns)), grid.columns)
+            ax.set_yticks(range(len(grid.index)), grid.index)
+            for (i, j), v in np.ndenumerate(grid.values):
+                if not math.isnan(v):
+                    ax.text(j, i, f"{v:.1f}", ha="center", va="center", color="w", fontsize=8)
+            ax.set(xlabel="embed dim", ylabel="heads", title=init)
+            fig.colorbar(im, ax=ax)
+        made.append(_save(fig, os.path.join(folder, "heads_vs_dim.png")))
+    if execution:
+        import optuna
+
+        try:
+            study = optuna.load_study(study_name=execution, storage=optuna_url)
+            complete = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
+            importance = optuna.importance.get_param_importances(study) if len(complete) >= 3 else {}
+        except (KeyError, ValueError, RuntimeError):  # no such study, or no parameter varied
+            importance = {}
+        if importance:
+            fig, ax = plt.subplots(figsize=(5, 0.5 + 0.4 * len(importance)))
+            ax.barh(list(importance)[::-1], list(importance.values())[::-1])
+            ax.set(xlabel="importance (fANOVA)", title="Optuna parameter importances")
+            made.append(_save(fig, os.path.join(folder, "param_importances.png")))
+    return made
+
+
+def _save(fig, path: str) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def report(study: str, storage: str = "runs", tracking_uri: str | None = None, optuna_url: str | None = None) -> str:
+    """Build the report of a study's results: print-ready Markdown; also written as report.md,
+    table.csv, paired.csv and plots under <storage>/<study>/report/, and logged to the MLflow run
+    of the latest execution."""
+    folder = os.path.join(os.path.abspath(storage), study)
+    trials, history = results.load(folder)
+    table, paired = summarize(trials)
+    text = markdown(study, table, paired, trials)
+    out = os.path.join(folder, "report")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write(text)
+    table.to_csv(os.path.join(out, "table.csv"), index=False)
+    paired.to_csv(os.path.join(out, "paired.csv"), index=False)
+    latest = os.path.join(folder, "LATEST")
+    execution = open(latest).read().strip() if os.path.exists(latest) else None
+    plots(out, trials, history, optuna_url or "sqlite:///" + os.path.join(folder, "optuna.db"), execution)
+    run = execution and tracking.latest_run(tracking_uri or tracking.default_uri(), study, "execution", execution)
+    if run:
+        tracking.log_folder(run, out, "report")
+    return text

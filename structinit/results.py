@@ -1,0 +1,112 @@
+"""Study results as Parquet: one row per trial, one row per trial-epoch, under explicit schemas.
+
+Each study execution writes its own part (`<study>/results/{trials,history}/<execution>.parquet`),
+so executions append and a resumed execution rewrites only its own part; `load` reads them all.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+TRIALS = pa.schema([
+    ("study", pa.string()), ("execution", pa.string()), ("trial_id", pa.string()), ("status", pa.string()),
+    ("error", pa.string()), ("config_key", pa.string()), ("init", pa.string()), ("seed", pa.int64()),
+    ("dataset", pa.string()), ("fraction", pa.float64()), ("model", pa.string()), ("embed_dim", pa.int64()),
+    ("num_heads", pa.int64()), ("depth", pa.int64()), ("patch_size", pa.int64()), ("filter_size", pa.int64()),
+    ("pseudo_input", pa.string()), ("solver", pa.string()), ("target_mass", pa.float64()),
+    ("epochs_done", pa.int64()), ("final_val_top1", pa.float64()), ("best_val_top1", pa.float64()),
+    ("final_test_top1", pa.float64()), ("best_test_top1", pa.float64()), ("init_mass_pseudo", pa.float64()),
+    ("init_hit_pseudo", pa.float64()), ("init_mass_data", pa.float64()), ("init_hit_data", pa.float64()),
+    ("time_total_s", pa.float64()), ("mlflow_run_id", pa.string()), ("params", pa.string()),
+])
+HISTORY = pa.schema([
+    ("study", pa.string()), ("execution", pa.string()), ("trial_id", pa.string()), ("config_key", pa.string()),
+    ("init", pa.string()), ("seed", pa.int64()), ("epoch", pa.int64()), ("train_loss", pa.float64()),
+    ("val_top1", pa.float64()), ("val_loss", pa.float64()), ("test_top1", pa.float64()),
+    ("test_loss", pa.float64()), ("lr", pa.float64()), ("images_per_s", pa.float64()),
+    ("epoch_seconds", pa.float64()),
+])
+
+
+def _error(trial) -> str | None:
+    path = trial.error_file
+    if not path or not os.path.exists(path):
+        return None
+    with open(path) as f:
+        lines = [line.strip() for line in f if line.strip()]
+    reasons = [line for line in lines if "Error" in line or "error" in line]
+    return (reasons[-1] if reasons else lines[-1])[:2000] if lines else None
+
+
+def collect(study, execution: str, run_ids: dict[str, str]) -> tuple[list[dict], list[dict]]:
+    """Rows for every trial of one execution, from Tune's experiment state (no cluster needed)."""
+    from ray.tune import ExperimentAnalysis
+
+    from structinit.study import config_key, trial_config
+
+    analysis = ExperimentAnalysis(os.path.join(study.folder, "tune", execution))
+    frames = analysis.trial_dataframes
+    trials, history = [], []
+    for t in analysis.trials:
+        cfg, params = trial_config(study, t.config)
+        frame = frames.get(t.trial_id)
+        epochs = [] if frame is None or "epoch" not in frame else (
+            frame.dropna(subset=["epoch"]).drop_duplicates("epoch", keep="last").sort_values("epoch")
+            .to_dict("records"))
+        last = epochs[-1] if epochs else {}
+        base = {"study": study.name, "execution": execution, "trial_id": t.trial_id, "config_key": config_key(params),
+                "init": cfg.init.name, "seed": cfg.seed}
+
+        def best(key):
+            values = [e[key] for e in epochs if e.get(key) is not None]
+            return max(values) if values else None
+
+        trials.append({**base, "status": t.status, "error": _error(t) if t.status == "ERROR" else None,
+                       "dataset": cfg.dataset, "fraction": cfg.fraction, "model": cfg.model.name,
+                       "embed_dim": cfg.model.embed_dim, "num_heads": cfg.model.num_heads, "depth": cfg.model.depth,
+                       "patch_size": cfg.model.patch_size, "filter_size": cfg.init.filter_size,
+                       "pseudo_input": cfg.init.pseudo_input, "solver": cfg.init.solver,
+                       "target_mass": cfg.init.target_mass, "epochs_done": len(epochs),
+                       "final_val_top1": last.get("val_top1"), "best_val_top1": best("val_top1"),
+                       "final_test_top1": last.get("test_top1"), "best_test_top1": best("test_top1"),
+                       **{k: last.get(k) for k in ("init_mass_pseudo", "init_hit_pseudo", "init_mass_data",
+                                                   "init_hit_data")},
+                       "time_total_s": (t.last_result or {}).get("time_total_s"),
+                       "mlflow_run_id": run_ids.get(f"{study.name}-{t.trial_id}"),
+                       "params": json.dumps(params, sort_keys=True, default=str)})
+        history += [{**base, **{k: e.get(k) for k in HISTORY.names if k not in base and k not in ("study",)}}
+                    for e in epochs]
+    return trials, history
+
+
+def _write(rows: list[dict], schema: pa.Schema, path: str) -> str:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    table = pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema=schema)
+    pq.write_table(table, path)
+    return path
+
+
+def write(study, execution: str, parent) -> dict:
+    """Write this execution's parts; returns their paths."""
+    from structinit.tracking import child_runs
+
+    trials, history = collect(study, execution, child_runs(parent))
+    folder = os.path.join(study.folder, "results")
+    return {"trials": _write(trials, TRIALS, os.path.join(folder, "trials", f"{execution}.parquet")),
+            "history": _write(history, HISTORY, os.path.join(folder, "history", f"{execution}.parquet"))}
+
+
+def load(folder: str):
+    """(trials, history) of every execution under a study folder, as pandas DataFrames."""
+    out = []
+    for name, schema in (("trials", TRIALS), ("history", HISTORY)):
+        path = os.path.join(folder, "results", name)
+        if not os.path.isdir(path):
+            raise ValueError(f"study folder={folder!r} has no results: expected {path}/<execution>.parquet "
+                             f"(run the study first)")
+        out.append(pads.dataset(path, schema=schema, format="parquet").to_table().to_pandas())
+    return tuple(out)

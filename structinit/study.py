@@ -1,0 +1,339 @@
+"""A study: Ray Tune + Optuna over TrialConfig fields, each trial a Ray Train run, tracked in MLflow.
+
+    Study(name, trial=<base TrialConfig>, space=<define-by-run fn>, inits=..., seeds=...)
+      -> OptunaSearch (TPE, or a grid) proposes a configuration (dotted TrialConfig fields)
+      -> Repeater runs it once per (init, seed): the paired runs every comparison needs
+      -> each Tune trial builds a TrialConfig and calls `train.fit` (TuneReportCallback)
+      -> one MLflow child run per trial under one parent run per study execution
+      -> Parquet tables (results.py) and a report (report.py)
+
+The only module that wires Tune.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import optuna
+
+from structinit import tracking
+from structinit.config import TrialConfig
+from structinit.validate import check, choice
+
+TRIAL_INDEX = "__trial_index__"  # ray.tune.search.repeater.TRIAL_INDEX
+DRIVER = "trial_driver"  # custom resource that trial drivers hold
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    trial: TrialConfig  # every field a trial does not sample comes from here
+    space: Callable[[optuna.Trial], dict | None]  # define-by-run over dotted TrialConfig fields
+    grid: dict | None = None  # a full grid over these params instead of TPE (Optuna GridSampler)
+    num_configs: int = 4  # configurations to propose (a grid: its size)
+    inits: tuple = ("impulse", "mimetic", "default")
+    seeds: tuple = (0, 1, 2)
+    metric: str = "val_top1"
+    mode: str = "max"
+    scheduler: str = "fifo"  # or "asha" on the worker-reported epoch
+    grace_epochs: int = 1
+    search_seed: int = 0
+    max_concurrent: int | None = None  # None: from the cluster's resources
+    storage: str = "runs"  # Tune state, Optuna storage, results, reports: <storage>/<name>/...
+    optuna_url: str | None = None  # any SQLAlchemy URL; default sqlite in the storage folder
+    tracking_uri: str | None = None
+
+    def __post_init__(self):
+        check("name", self.name, "a non-empty name of letters, digits, '_' or '-'",
+              bool(self.name) and all(c.isalnum() or c in "_-" for c in self.name))
+        check("inits", self.inits, "a non-empty tuple of init names", len(self.inits) > 0)
+        for init in self.inits:
+            dataclasses.replace(self.trial.init, name=init)  # validates the name
+        check("seeds", self.seeds, "a non-empty tuple of distinct integers >= 0",
+              len(self.seeds) > 0 and len(set(self.seeds)) == len(self.seeds) and all(
+                  isinstance(s, int) and s >= 0 for s in self.seeds))
+        check("num_configs", self.num_configs, "a positive integer",
+              isinstance(self.num_configs, int) and self.num_configs > 0)
+        choice("mode", self.mode, ("max", "min"))
+        choice("scheduler", self.scheduler, ("fifo", "asha"))
+        check("grace_epochs", self.grace_epochs, f"an integer in [1, epochs={self.trial.recipe.epochs}]",
+              isinstance(self.grace_epochs, int) and 1 <= self.grace_epochs <= self.trial.recipe.epochs)
+        check("max_concurrent", self.max_concurrent, "None or a positive integer",
+              self.max_concurrent is None or (isinstance(self.max_concurrent, int) and self.max_concurrent > 0))
+        if self.grid is not None:
+            check("grid", self.grid, "a dict of non-empty lists", all(isinstance(v, list) and v for v in
+                                                                        self.grid.values()))
+
+    @property
+    def folder(self) -> str:
+        return os.path.join(os.path.abspath(self.storage), self.name)
+
+    @property
+    def repeats(self) -> list[tuple[str, int]]:
+        return list(itertools.product(self.inits, self.seeds))
+
+    @property
+    def configs(self) -> int:
+        return math.prod(len(v) for v in self.grid.values()) if self.grid else self.num_configs
+
+
+def with_overrides(base: TrialConfig, overrides: dict) -> TrialConfig:
+    """`base` with dotted fields replaced (`model.embed_dim`, `init.filter_size`, `recipe.lr`, `seed`);
+    every section is re-validated."""
+    sections: dict[str, dict] = {}
+    top = {}
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        if name:
+            check("search field", key, "a TrialConfig field such as model.embed_dim or init.filter_size",
+                  section in ("model", "init", "recipe") and name in {f.name for f in dataclasses.fields(
+                      getattr(base, section))})
+            sections.setdefault(section, {})[name] = value
+        else:
+            check("search field", key, "a TrialConfig field", key in {f.name for f in dataclasses.fields(base)})
+            top[key] = value
+    replaced = {s: dataclasses.replace(getattr(base, s), **v) for s, v in sections.items()}
+    return dataclasses.replace(base, **replaced, **top)
+
+
+def config_key(params: dict) -> str:
+    """Identifies one proposed configuration (all its inits and seeds share it): the pairing key."""
+    return hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def search_params(config: dict) -> dict:
+    """The TrialConfig fields in a proposal (dotted `section.field` or top-level names); helper
+    names of the space such as `heads_e192` and Tune's `__trial_index__` are dropped."""
+    top = {f.name for f in dataclasses.fields(TrialConfig)}
+    return {k: v for k, v in config.items() if "." in k or (k in top and not k.startswith("__"))}
+
+
+def trial_config(study: Study, config: dict) -> tuple[TrialConfig, dict]:
+    """The TrialConfig of one Tune trial, and its configuration's params (without init and seed)."""
+    params = search_params(config)
+    init, seed = study.repeats[config.get(TRIAL_INDEX, 0)]
+    cfg = with_overrides(study.trial, {**params, "seed": seed})
+    return dataclasses.replace(cfg, init=dataclasses.replace(cfg.init, name=init)), params
+
+
+def check_space(study: Study, samples: int = 64) -> None:
+    """Dry-run the space on an in-memory Optuna study: every proposal, with every init, must give a
+    valid TrialConfig (bad bounds, unknown fields or broken constraints fail before any cluster work)."""
+    from structinit.config import validate
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if study.grid:  # every cell of the grid
+        trials = [optuna.trial.FixedTrial(dict(zip(study.grid, cell)))
+                  for cell in itertools.product(*study.grid.values())]
+    else:  # a seeded random sample of the space
+        probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(0))
+        trials = [probe.ask() for _ in range(samples)]
+    seen = set()
+    for t in trials:
+        params = search_params({**(study.space(t) or {}), **t.params})
+        if config_key(params) in seen:
+            continue
+        seen.add(config_key(params))
+        for index in range(len(study.inits)):
+            validate(trial_config(study, {**params, TRIAL_INDEX: index * len(study.seeds)})[0])
+
+
+def run_trial(config: dict, study: Study, parent: str, tracking_uri: str) -> None:
+    """The Tune trainable: one (configuration, init, seed) trained by a TorchTrainer."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from structinit.train import fit
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    cfg, params = trial_config(study, config)
+    tags = {"study": study.name, "init": cfg.init.name, "dataset": cfg.dataset, "seed": cfg.seed,
+            "config_key": config_key(params), "trial_id": trial_id}
+    run = tracking.start_run(tracking_uri, study.name, f"{study.name}-{trial_id}", cfg.flat(), tags, parent=parent)
+    try:
+        fit(cfg, storage_path=os.path.join(study.folder, "train"), name=f"train-{trial_id}", run=run,
+            callbacks=[TuneReportCallback()])
+    except BaseException:
+        tracking.finish(run, "FAILED")
+        raise
+    tracking.finish(run)
+
+
+def searcher(study: Study, execution: str):
+    """OptunaSearch (seeded TPE, or a seeded grid) over the study's space with persistent storage,
+    wrapped in a Repeater that runs each proposal once per (init, seed)."""
+    from ray.tune.search import Repeater
+    from ray.tune.search.optuna import OptunaSearch
+
+    sampler = (optuna.samplers.GridSampler(study.grid, seed=study.search_seed) if study.grid
+               else optuna.samplers.TPESampler(seed=study.search_seed))
+    url = study.optuna_url or "sqlite:///" + os.path.join(study.folder, "optuna.db")
+    optuna_search = OptunaSearch(space=study.space, metric=study.metric, mode=study.mode, sampler=sampler,
+                                 storage=optuna.storages.RDBStorage(url), study_name=execution)
+    return Repeater(optuna_search, repeat=len(study.repeats), set_index=True)
+
+
+def scheduler(study: Study):
+    """ASHA on the worker-reported epoch (restarts do not reset it), or run every trial to the end."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if study.scheduler == "asha":
+        return ASHAScheduler(time_attr="epoch", max_t=study.trial.recipe.epochs, grace_period=study.grace_epochs)
+    return FIFOScheduler()
+
+
+def driver_resources() -> dict:
+    """What a trial driver (the Tune trainable that runs `fit`) holds: one unit of the custom
+    resource DRIVER where the cluster has it (a local cluster, the head of the cloud configs: it
+    pins drivers to a safe node and leaves every CPU to Train workers), else a sliver of a CPU."""
+    import ray
+
+    return {"CPU": 0, DRIVER: 1} if ray.cluster_resources().get(DRIVER) else {"CPU": 0.1}
+
+
+def concurrency(study: Study) -> int:
+    """Trials at once: what the cluster can hold (GPUs for GPU trials, else CPUs)."""
+    import ray
+
+    if study.max_concurrent:
+        return study.max_concurrent
+    resources = ray.cluster_resources()
+    t = study.trial
+    if t.gpu:
+        return max(1, int(resources.get("GPU", 0) // t.workers))
+    return max(1, int(resources.get("CPU", 1) // (t.workers * t.cpus_per_worker)))
+
+
+def run(study: Study, resume: bool = False, address: str | None = None, checked: bool = False) -> dict:
+    """Run (or with `resume`, continue) a study; returns where its results went. The study is
+    checked first (`check_space`) unless the caller already did."""
+    import ray
+    import ray.tune
+
+    from structinit import results
+
+    if not checked:
+        check_space(study)
+    os.makedirs(study.folder, exist_ok=True)
+    uri = study.tracking_uri or tracking.default_uri()
+    latest = os.path.join(study.folder, "LATEST")
+    if resume:
+        check("resume", study.name, f"a study with a previous execution under {study.folder}", os.path.exists(latest))
+        with open(latest) as f:
+            execution = f.read().strip()
+    else:
+        execution = f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    parent = tracking.start_run(uri, study.name, execution, {"study": study.name, "inits": ",".join(study.inits),
+                                                              "seeds": ",".join(map(str, study.seeds))},
+                                {"study": study.name, "execution": execution})
+    with open(latest, "w") as f:
+        f.write(execution)
+
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address or os.environ["RAY_ADDRESS"])
+    elif not ray.is_initialized():
+        ray.init(address="local", num_cpus=os.cpu_count(), resources={DRIVER: 1000})
+    storage = os.path.join(study.folder, "tune")
+    trainable = ray.tune.with_resources(
+        ray.tune.with_parameters(run_trial, study=study, parent=parent.run_id, tracking_uri=uri),
+        driver_resources())
+    try:
+        if resume and ray.tune.Tuner.can_restore(os.path.join(storage, execution)):
+            tuner = ray.tune.Tuner.restore(os.path.join(storage, execution), trainable=trainable,
+                                           resume_unfinished=True, resume_errored=True)
+        else:
+            tuner = ray.tune.Tuner(
+                trainable,
+                tune_config=ray.tune.TuneConfig(
+                    metric=study.metric, mode=study.mode, num_samples=study.configs * len(study.repeats),
+                    search_alg=searcher(study, execution), scheduler=scheduler(study),
+                    max_concurrent_trials=concurrency(study)),
+                run_config=ray.tune.RunConfig(name=execution, storage_path=storage,
+                                              failure_config=ray.tune.FailureConfig(max_failures=1)))
+        tuner.fit()
+        paths = results.write(study, execution, parent)
+        tracking.finish(parent)
+    except BaseException:
+        tracking.finish(parent, "KILLED")
+        raise
+    return {"execution": execution, "parent_run_id": parent.run_id, **paths}
+
+
+def _value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def cli(name: str, presets: dict[str, Callable[[], Study]], argv=None, default: str = "cpu") -> dict:
+    """The command line every study script shares: a preset, then overrides of any field.
+
+    --preset smoke|cpu|paper   --resume   --seeds 0,1,2   --inits impulse,mimetic   --num-configs N
+    --epochs N --dataset NAME --data-root DIR --workers-per-trial W --gpus-per-trial 0|1
+    --set section.field=value (any TrialConfig field, e.g. --set recipe.lr=5e-4 --set init.target_mass=0.6)
+    Bad input exits 2 with one line, before any cluster work."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog=f"studies/{name}.py", description=sys.modules["__main__"].__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default=default, help=" | ".join(presets))
+    p.add_argument("--resume", action="store_true", help="continue the latest execution (Tuner.restore + Optuna)")
+    p.add_argument("--seeds", help="comma-separated seeds each configuration is repeated over")
+    p.add_argument("--inits", help="comma-separated init names each configuration is run with")
+    p.add_argument("--num-configs", type=int, help="configurations the search proposes")
+    p.add_argument("--search-seed", type=int)
+    p.add_argument("--scheduler", help="fifo | asha")
+    p.add_argument("--max-concurrent", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--dataset")
+    p.add_argument("--data-root")
+    p.add_argument("--workers-per-trial", type=int)
+    p.add_argument("--gpus-per-trial", type=int, help="0 or 1 GPU per Train worker")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override any TrialConfig field")
+    p.add_argument("--storage", help="where Tune state, Optuna storage and results go (default ./runs)")
+    p.add_argument("--optuna-url", help="SQLAlchemy URL of the Optuna storage (default sqlite in --storage)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<cwd>/mlflow.db)")
+    p.add_argument("--address", help="Ray cluster to attach to (default: RAY_ADDRESS, else a new local one)")
+    args = p.parse_args(argv)
+    try:
+        choice("preset", args.preset, sorted(presets))
+        study = presets[args.preset]()
+        overrides = {}
+        for item in args.set:
+            check("--set", item, "FIELD=VALUE", "=" in item)
+            key, _, value = item.partition("=")
+            overrides[key] = _value(value)
+        for flag, key in (("epochs", "recipe.epochs"), ("dataset", "dataset"), ("data_root", "data_root"),
+                          ("workers_per_trial", "workers")):
+            if getattr(args, flag) is not None:
+                overrides[key] = getattr(args, flag)
+        if args.gpus_per_trial is not None:
+            check("gpus_per_trial", args.gpus_per_trial, "0 or 1", args.gpus_per_trial in (0, 1))
+            overrides["gpu"] = bool(args.gpus_per_trial)
+        fields = {"trial": with_overrides(study.trial, overrides)}
+        if args.seeds:
+            check("seeds", args.seeds, "comma-separated integers >= 0, e.g. 0,1,2",
+                  all(part.strip().isdigit() for part in args.seeds.split(",")))
+            fields["seeds"] = tuple(int(s) for s in args.seeds.split(","))
+        if args.inits:
+            fields["inits"] = tuple(args.inits.split(","))
+        for flag in ("num_configs", "search_seed", "scheduler", "max_concurrent", "storage", "optuna_url",
+                     "tracking_uri"):
+            if getattr(args, flag) is not None:
+                fields[flag] = getattr(args, flag)
+        study = dataclasses.replace(study, **fields)
+        check_space(study)
+    except (ValueError, TypeError) as err:
+        p.exit(2, f"{p.prog}: error: {err}\n")
+    out = run(study, resume=args.resume, address=args.address, checked=True)
+    print(json.dumps(out))
+    return out

@@ -1,0 +1,159 @@
+"""Studies: config overrides, seeded proposals, the space checked before any cluster work, the
+report's statistics, and a smoke study end to end on real Ray, Optuna storage and MLflow."""
+import dataclasses
+import json
+import math
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from scipy import stats
+
+from structinit.config import make
+from structinit.report import ci95, summarize
+from structinit.spaces import categorical, heads_and_dims
+from structinit.study import TRIAL_INDEX, Study, check_space, searcher, trial_config, with_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def small_study(tmp_path, **kw):
+    base = make("digits", recipe_overrides=dict(epochs=2, warmup_epochs=0))
+    fields = dict(space=partial(heads_and_dims, dims=[32, 64, 96], heads=[1, 2, 3, 4, 8]), num_configs=6,
+                  storage=str(tmp_path))
+    return Study("probe", base, **{**fields, **kw})
+
+
+def test_with_overrides_replaces_dotted_fields_and_validates():
+    base = make("digits")
+    cfg = with_overrides(base, {"model.embed_dim": 96, "init.filter_size": 3, "recipe.lr": 5e-4, "seed": 4})
+    assert (cfg.model.embed_dim, cfg.init.filter_size, cfg.recipe.lr, cfg.seed) == (96, 3, 5e-4, 4)
+    assert cfg.model.name == base.model.name
+    with pytest.raises(ValueError, match=r"search field='model.width'"):
+        with_overrides(base, {"model.width": 3})
+    with pytest.raises(ValueError, match=r"target_mass=2"):
+        with_overrides(base, {"init.target_mass": 2})
+
+
+def test_repeats_pair_every_init_with_every_seed(tmp_path):
+    study = small_study(tmp_path, inits=("impulse", "mimetic"), seeds=(3, 4))
+    got = [trial_config(study, {"model.embed_dim": 64, "heads_e64": 4, "model.num_heads": 4, TRIAL_INDEX: i})[0]
+           for i in range(4)]
+    assert [(c.init.name, c.seed) for c in got] == [("impulse", 3), ("impulse", 4), ("mimetic", 3), ("mimetic", 4)]
+    assert all(c.model.embed_dim == 64 and c.model.num_heads == 4 for c in got)
+
+
+def proposals(study, execution, n):
+    alg = searcher(study, execution)
+    out = []
+    for i in range(n):
+        cfg = alg.suggest(f"t{i}")
+        out.append({k: v for k, v in cfg.items() if k != TRIAL_INDEX})
+        if (i + 1) % len(study.repeats) == 0:  # a finished group lets the searcher propose anew
+            for j in range(i + 1 - len(study.repeats), i + 1):
+                alg.on_trial_complete(f"t{j}", {"val_top1": float(j), "epoch": 1})
+    return out
+
+
+def test_same_search_seed_proposes_the_same_configurations(tmp_path):
+    a = small_study(tmp_path / "a", search_seed=7)
+    b = small_study(tmp_path / "b", search_seed=7)
+    c = small_study(tmp_path / "c", search_seed=8)
+    for s in (a, b, c):
+        Path(s.folder).mkdir(parents=True)
+    n = 6 * len(a.repeats)
+    pa, pb, pc = proposals(a, "x", n), proposals(b, "x", n), proposals(c, "x", n)
+    assert pa == pb and pa != pc
+    assert all(p["model.embed_dim"] % p["model.num_heads"] == 0 for p in pa)  # the constraint holds
+
+
+def test_grid_study_visits_every_cell_in_a_seeded_order(tmp_path):
+    grid = {"init.filter_size": [3, 5], "fraction": [0.5, 1.0]}
+    study = dataclasses.replace(small_study(tmp_path, seeds=(0,), inits=("impulse",)),
+                                space=partial(categorical, **grid), grid=grid,
+                                trial=make("digits", model_overrides=dict(patch_size=1)))
+    Path(study.folder).mkdir(parents=True)
+    cells = proposals(study, "g", 4)
+    assert sorted((c["init.filter_size"], c["fraction"]) for c in cells) == [(3, 0.5), (3, 1.0), (5, 0.5), (5, 1.0)]
+
+
+def test_check_space_rejects_a_broken_space_before_any_cluster_work(tmp_path):
+    def bad(trial):  # heads that do not divide the dim
+        trial.suggest_categorical("model.embed_dim", [30, 64])
+        return {"model.num_heads": 4}
+
+    with pytest.raises(ValueError, match=r"num_heads=4 .*divisor of embed_dim=30"):
+        check_space(small_study(tmp_path, space=bad))
+    grid = {"init.filter_size": [3, 5]}  # 5 does not fit the digits model's 4x4 grid
+    with pytest.raises(ValueError, match=r"filter_size=5"):
+        check_space(small_study(tmp_path, space=partial(categorical, **grid), grid=grid))
+
+
+def test_report_statistics_by_hand():
+    rows = []
+    for seed, (imp, mim) in enumerate([(90.0, 85.0), (92.0, 86.0), (88.0, 87.0)]):
+        for init, acc in (("impulse", imp), ("mimetic", mim)):
+            rows.append(dict(status="TERMINATED", config_key="k", params=json.dumps({"model.embed_dim": 64}),
+                             init=init, seed=seed, final_test_top1=acc, best_test_top1=acc + 1,
+                             init_mass_pseudo=0.9, init_mass_data=0.1))
+    table, paired = summarize(pd.DataFrame(rows))
+    imp = table[table.init == "impulse"].iloc[0]
+    assert imp.final_test_top1_mean == pytest.approx(90.0) and imp.final_test_top1_std == pytest.approx(2.0)
+    assert imp.final_test_top1_ci95 == pytest.approx(stats.t.ppf(0.975, 2) * 2.0 / math.sqrt(3))
+    diff = paired[paired.pair == "impulse - mimetic"].iloc[0]
+    assert diff.n == 3 and diff["mean"] == pytest.approx((5 + 6 + 1) / 3)
+    assert math.isnan(ci95([1.0])[2]) and ci95([])[3] == 0
+
+
+def run(args, cwd, timeout=600):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--preset", "huge"], "preset='huge'"),
+    (["--seeds", "a,b"], "seeds='a,b'"),
+    (["--set", "recipe.lr=-1"], "lr=-1"),
+    (["--set", "model.wide=3"], "search field='model.wide'"),
+    (["--inits", "impulse,xavier"], "init='xavier'"),
+    (["--scheduler", "hyperband"], "scheduler='hyperband'"),
+    (["--dataset", "cifar10", "--data-root", "/nonexistent"], "data_root='/nonexistent'"),
+])
+def test_study_bad_input_exits_2_before_ray(args, needle, tmp_path):
+    out = run([str(ROOT / "studies" / "heads_vs_dim.py"), "--preset", "smoke", *args][:None], tmp_path)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert needle in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_smoke_study_end_to_end(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    out = run([str(ROOT / "studies" / "heads_vs_dim.py"), "--preset", "smoke"], tmp_path, timeout=900)
+    assert out.returncode == 0, out.stderr[-4000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    trials = pd.read_parquet(summary["trials"])
+    history = pd.read_parquet(summary["history"])
+    assert len(trials) == 3 and set(trials.status) == {"TERMINATED"}
+    assert sorted(trials.init) == ["default", "impulse", "mimetic"] and trials.config_key.nunique() == 1
+    assert (trials.epochs_done == 2).all() and len(history) == 6
+    assert (trials.embed_dim % trials.num_heads == 0).all()
+
+    client = MlflowClient("sqlite:///" + str(tmp_path / "mlflow.db"))
+    exp = client.get_experiment_by_name("heads_vs_dim")
+    children = client.search_runs([exp.experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{summary['parent_run_id']}'")
+    assert sorted(r.data.tags["init"] for r in children) == ["default", "impulse", "mimetic"]
+    assert all(r.info.status == "FINISHED" and r.data.tags["study"] == "heads_vs_dim" for r in children)
+    assert set(trials.mlflow_run_id) == {r.info.run_id for r in children}
+    assert all(len(client.get_metric_history(r.info.run_id, "test_top1")) == 2 for r in children)
+
+    rep = subprocess.run([str(Path(sys.executable).parent / "structinit"), "report", "heads_vs_dim"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    assert "| embed_dim=" in rep.stdout and "impulse - mimetic" in rep.stdout and "impulse - default" in rep.stdout
+    assert (tmp_path / "runs" / "heads_vs_dim" / "report" / "table.csv").exists()
+    parent_artifacts = {a.path for a in client.list_artifacts(summary["parent_run_id"], "report")}
+    assert "report/report.md" in parent_artifacts and "report/curves.png" in parent_artifacts
