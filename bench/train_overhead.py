@@ -15,11 +15,9 @@ import tempfile
 import time
 
 import torch
-from timm.optim import create_optimizer_v2
-from timm.scheduler import CosineLRScheduler
-
 from structinit.config import make
-from structinit.train import Context, build, fit, history_of, loss_function, train_one_epoch
+from structinit.train import (Context, build, fit, history_of, loss_function, optimizer_and_schedule,
+                              train_one_epoch)
 
 
 def bare(cfg) -> list[float]:
@@ -27,9 +25,7 @@ def bare(cfg) -> list[float]:
     torch.manual_seed(cfg.seed)
     _, model, _, loaders, mixup = build(cfg, Context())
     r = cfg.recipe
-    optimizer = create_optimizer_v2(model, opt="adamw", lr=r.lr, weight_decay=r.weight_decay, eps=r.opt_eps)
-    steps = len(loaders["train"])
-    scheduler = CosineLRScheduler(optimizer, t_initial=r.epochs * steps, lr_min=r.min_lr, t_in_epochs=False)
+    optimizer, scheduler = optimizer_and_schedule(cfg, model, len(loaders["train"]))
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     rates, updates = [], 0
     for epoch in range(r.epochs):

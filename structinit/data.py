@@ -44,7 +44,7 @@ DATASETS = {
                             "cifar-100-python/{train,test,meta}", ({"train": True}, {"train": False}), "CIFAR100"),
     "svhn": DatasetSpec(10, 3, 32, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970),
                         "{train,test}_32x32.mat", ({"split": "train"}, {"split": "test"}), "SVHN"),
-    "stl10": DatasetSpec(10, 3, 96, (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713),
+    "stl10": DatasetSpec(10, 3, 224, (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713),
                          "stl10_binary/{train,test}_{X,y}.bin, class_names.txt",
                          ({"split": "train"}, {"split": "test"}), "STL10"),
     "flowers102": DatasetSpec(102, 3, 224, IMAGENET_MEAN, IMAGENET_STD,

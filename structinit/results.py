@@ -91,13 +91,16 @@ def _write(rows: list[dict], schema: pa.Schema, path: str) -> str:
 
 
 def write(study, execution: str, parent) -> dict:
-    """Write this execution's parts; returns their paths."""
+    """Write this execution's parts; returns their paths and how many trials ended in each status."""
+    from collections import Counter
+
     from structinit.tracking import child_runs
 
     trials, history = collect(study, execution, child_runs(parent))
     folder = os.path.join(study.folder, "results")
     return {"trials": _write(trials, TRIALS, os.path.join(folder, "trials", f"{execution}.parquet")),
-            "history": _write(history, HISTORY, os.path.join(folder, "history", f"{execution}.parquet"))}
+            "history": _write(history, HISTORY, os.path.join(folder, "history", f"{execution}.parquet")),
+            "statuses": dict(Counter(t["status"] for t in trials))}
 
 
 def load(folder: str):

@@ -258,12 +258,19 @@ def run(study: Study, resume: bool = False, address: str | None = None, checked:
                 run_config=ray.tune.RunConfig(name=execution, storage_path=storage,
                                               failure_config=ray.tune.FailureConfig(max_failures=1)))
         tuner.fit()
-        paths = results.write(study, execution, parent)
-        tracking.finish(parent)
+        out = results.write(study, execution, parent)
     except BaseException:
         tracking.finish(parent, "KILLED")
         raise
-    return {"execution": execution, "parent_run_id": parent.run_id, **paths}
+    finished = sum(out["statuses"].get(s, 0) for s in ("TERMINATED", "ERROR"))
+    expected = study.configs * len(study.repeats)
+    if finished < expected:  # stopped early (Ctrl-C): Tune saved its state
+        tracking.finish(parent, "KILLED")
+        print(f"study {study.name} stopped with {finished} of {expected} trials finished; continue it with --resume")
+    else:
+        tracking.finish(parent)
+    return {"execution": execution, "parent_run_id": parent.run_id, "finished": finished, "expected": expected,
+            **out}
 
 
 def _value(text: str):

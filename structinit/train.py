@@ -135,9 +135,19 @@ def build(cfg: TrialConfig, ctx: Context):
     return d, model, init, loaders, mixup
 
 
-def initial_fidelity(model, init, val_loader) -> dict:
-    """Fidelity summary at epoch 0: on the pseudo input, and on a validation batch."""
-    x, _ = next(iter(val_loader))
+def optimizer_and_schedule(cfg: TrialConfig, model, steps_per_epoch: int):
+    """AdamW (timm: no weight decay on biases, norms, PE) and cosine-with-warmup per update."""
+    r = cfg.recipe
+    optimizer = create_optimizer_v2(model, opt="adamw", lr=r.lr, weight_decay=r.weight_decay, eps=r.opt_eps)
+    scheduler = CosineLRScheduler(optimizer, t_initial=r.epochs * steps_per_epoch, lr_min=r.min_lr,
+                                  warmup_t=r.warmup_epochs * steps_per_epoch, warmup_lr_init=r.warmup_lr,
+                                  t_in_epochs=False)
+    return optimizer, scheduler
+
+
+def initial_fidelity(model, init, loader) -> dict:
+    """Fidelity summary at epoch 0: on the pseudo input, and on a batch of real images."""
+    x, _ = next(iter(loader))
     measured = fidelity.measure(model, init, x[:64])
     out = {}
     for where in ("pseudo", "data"):
@@ -156,9 +166,8 @@ def train_loop_per_worker(config: dict) -> None:
     run: tracking.Run | None = config.get("tracking")
     context = ray.train.get_context()
     ctx = Context(context.get_world_rank(), context.get_world_size(), ray.train.torch.get_device())
-    torch.manual_seed(cfg.seed * 1009 + ctx.rank)  # augmentation and drop-path streams; the init has its own
     d, model, init, loaders, mixup = build(cfg, ctx)
-    fid, measured = initial_fidelity(model, init, loaders["val"])
+    fid, measured = initial_fidelity(model, init, loaders["test"])
     if ctx.rank == 0 and run is not None and ray.train.get_checkpoint() is None:
         tracking.log_init(run, cfg, model, init, measured)
 
@@ -170,10 +179,7 @@ def train_loop_per_worker(config: dict) -> None:
     for key in loaders:
         loaders[key] = ray.train.torch.prepare_data_loader(loaders[key], add_dist_sampler=False)
     r = cfg.recipe
-    optimizer = create_optimizer_v2(raw, opt="adamw", lr=r.lr, weight_decay=r.weight_decay, eps=r.opt_eps)
-    steps = len(loaders["train"])
-    scheduler = CosineLRScheduler(optimizer, t_initial=r.epochs * steps, lr_min=r.min_lr,
-                                  warmup_t=r.warmup_epochs * steps, warmup_lr_init=r.warmup_lr, t_in_epochs=False)
+    optimizer, scheduler = optimizer_and_schedule(cfg, raw, len(loaders["train"]))
     dtype = amp_dtype(cfg, ctx.device)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=dtype == torch.float16)
     loss_fn = loss_function(cfg)
@@ -189,7 +195,6 @@ def train_loop_per_worker(config: dict) -> None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"].cpu())
         start, updates = state["epoch"] + 1, state["updates"]
 
     bar = None
@@ -199,7 +204,9 @@ def train_loop_per_worker(config: dict) -> None:
         bar = tqdm(desc=f"{cfg.dataset} {cfg.init.name} seed {cfg.seed}", total=r.epochs, unit="epoch")
         bar.update(start)
     for epoch in range(start, r.epochs):
+        # data order, augmentation and drop-path follow from (seed, rank, epoch): a resume replays them exactly
         sampler.set_epoch(epoch)
+        torch.manual_seed(cfg.seed * 1_000_003 + ctx.rank * 1009 + epoch)
         t0 = time.perf_counter()
         stats = train_one_epoch(model, loaders["train"], optimizer, scheduler, loss_fn, device=ctx.device,
                                 dtype=dtype, scaler=scaler, grad_clip=r.grad_clip, mixup=mixup, epoch=epoch,
@@ -220,7 +227,7 @@ def train_loop_per_worker(config: dict) -> None:
             if ctx.rank == 0:
                 torch.save({"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
                             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                            "rng": torch.get_rng_state(), "epoch": epoch, "updates": updates},
+                            "epoch": epoch, "updates": updates},
                            os.path.join(folder, "state.pt"))
                 with open(os.path.join(folder, "history.json"), "w") as f:
                     json.dump(history, f)

@@ -20,13 +20,13 @@ PRESETS = {
         "heads_vs_dim", make("digits", recipe_overrides=dict(epochs=2, warmup_epochs=0),
                              model_overrides=dict(depth=2)),
         partial(heads_and_dims, dims=[32, 64], heads=[2, 4]), num_configs=1, seeds=(0,)),
-    # digits on a laptop: 6 proposals x 3 inits x 5 seeds
+    # digits on a laptop: 4 proposals x 3 inits x 5 seeds
     "cpu": lambda: Study(
         "heads_vs_dim", make("digits", recipe_overrides=dict(epochs=30)),
-        partial(heads_and_dims, dims=[32, 64, 96], heads=[1, 2, 4, 8]), num_configs=6, seeds=(0, 1, 2, 3, 4)),
+        partial(heads_and_dims, dims=[32, 64, 96], heads=[1, 2, 4, 8]), num_configs=4, seeds=(0, 1, 2, 3, 4)),
     # the paper's CIFAR-100 table (ViT-T/S at 32 px, heads 3..16) on GPU workers
     "paper": lambda: Study(
-        "heads_vs_dim", make("cifar100", data_root="/data/cifar100", gpu=True, cpus_per_worker=4),
+        "heads_vs_dim", make("cifar100", data_root="/data", gpu=True, cpus_per_worker=4),
         partial(heads_and_dims, dims=[192, 384], heads=[3, 6, 8, 12, 16]), num_configs=8, seeds=(0, 1, 2)),
 }
 
