@@ -76,7 +76,7 @@ def collect(study, execution: str, run_ids: dict[str, str]) -> tuple[list[dict],
                        **{k: last.get(k) for k in ("init_mass_pseudo", "init_hit_pseudo", "init_mass_data",
                                                    "init_hit_data")},
                        "time_total_s": (t.last_result or {}).get("time_total_s"),
-                       "mlflow_run_id": run_ids.get(f"{study.name}-{t.trial_id}"),
+                       "mlflow_run_id": run_ids.get(t.trial_id),
                        "params": json.dumps(params, sort_keys=True, default=str)})
         history += [{**base, **{k: e.get(k) for k in HISTORY.names if k not in base and k not in ("study",)}}
                     for e in epochs]

@@ -156,7 +156,10 @@ def run_trial(config: dict, study: Study, parent: str, tracking_uri: str) -> Non
     cfg, params = trial_config(study, config)
     tags = {"study": study.name, "init": cfg.init.name, "dataset": cfg.dataset, "seed": cfg.seed,
             "config_key": config_key(params), "trial_id": trial_id}
-    run = tracking.start_run(tracking_uri, study.name, f"{study.name}-{trial_id}", cfg.flat(), tags, parent=parent)
+    from structinit.report import label
+
+    name = f"{cfg.init.name} s{cfg.seed} {label(json.dumps(params))} [{trial_id}]"  # readable in MLflow's compare view
+    run = tracking.start_run(tracking_uri, study.name, name, cfg.flat(), tags, parent=parent)
     try:
         fit(cfg, storage_path=os.path.join(study.folder, "train"), name=f"train-{trial_id}", run=run,
             callbacks=[TuneReportCallback()])

@@ -86,12 +86,12 @@ def history(run: Run, key: str) -> list[tuple[int, float]]:
 
 
 def child_runs(parent: Run) -> dict[str, str]:
-    """{run name: run id} of the runs nested under `parent`."""
+    """{trial_id tag: run id} of the runs nested under `parent`."""
     client = MlflowClient(parent.uri)
     exp = client.get_run(parent.run_id).info.experiment_id
     runs = client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent.run_id}'",
                               max_results=50000)
-    return {r.info.run_name: r.info.run_id for r in runs}
+    return {r.data.tags.get("trial_id"): r.info.run_id for r in runs}
 
 
 def latest_run(uri: str, experiment: str, tag: str, value: str) -> Run | None:
