@@ -59,8 +59,8 @@ def main() -> None:
         t0 = time.perf_counter()
         result = fit(cfg, storage_path=storage, name="overhead")
         fit_wall = time.perf_counter() - t0
+        history = history_of(result)
     ray.shutdown()
-    history = history_of(result)
     after = bare(cfg)
 
     ray_rate = steady([h["images_per_s"] for h in history])
