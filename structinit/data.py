@@ -11,7 +11,6 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 import torchvision.datasets as tvd
 from PIL import Image
 from sklearn.model_selection import train_test_split

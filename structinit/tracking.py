@@ -9,7 +9,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 
