@@ -114,12 +114,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def trial_config(args: argparse.Namespace):
-    from structinit.config import make
+    from structinit.config import MODEL_FIELDS, make
 
     recipe_overrides = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "weight_decay",
                                                       "warmup_epochs", "grad_clip")}
-    model_overrides = {k: getattr(args, k) for k in ("img_size", "patch_size", "embed_dim", "depth", "num_heads",
-                                                     "pos_embed", "global_pool")}
+    model_overrides = {k: getattr(args, k, None) for k in MODEL_FIELDS}
     return make(args.dataset, model=args.model, recipe_name=args.recipe, recipe_overrides=recipe_overrides,
                 model_overrides=model_overrides, init=init_config(args), data_root=args.data_root,
                 download=args.download, verify=args.verify, fraction=args.fraction, val_fraction=args.val_fraction,
@@ -131,7 +130,7 @@ def train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import os
 
     from structinit import config, tracking
-    from structinit.train import fit, history_of, run_name
+    from structinit.train import connect, fit, history_of, run_name
 
     try:
         cfg = trial_config(args)
@@ -145,12 +144,7 @@ def train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import ray
     from ray.train import TrainingFailedError
 
-    address = args.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-    else:
-        ray.init(address="local", num_cpus=max(2, cfg.workers * cfg.cpus_per_worker),
-                 num_gpus=cfg.workers if cfg.gpu else None)
+    connect(args.address, num_cpus=max(2, cfg.workers * cfg.cpus_per_worker), num_gpus=cfg.workers if cfg.gpu else None)
     try:
         result = fit(cfg, storage_path=os.path.abspath(args.storage_path), name=name, run=run)
     except TrainingFailedError as err:

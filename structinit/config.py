@@ -109,12 +109,22 @@ def make(dataset: str = "digits", model: str | None = None, recipe_name: str | N
 def validate(cfg: TrialConfig) -> None:
     """Everything that can be checked before Ray starts: the dataset files, the model geometry
     and the init against it (bad input raises ValueError naming the value)."""
+    validate_data(cfg)
+    validate_model(cfg)
+
+
+def validate_data(cfg: TrialConfig) -> None:
+    """The dataset's files are there and readable."""
     from structinit.data import load_splits
-    from structinit.models import create
 
     load_splits(cfg.dataset, cfg.data_root, cfg.download, cfg.verify)
-    spec = DATASETS[cfg.dataset]
-    model = create(cfg.model.name, **model_kwargs(cfg, spec.num_classes or 2))
+
+
+def validate_model(cfg: TrialConfig) -> None:
+    """The model geometry builds and the init fits it."""
+    from structinit.models import create
+
+    model = create(cfg.model.name, **model_kwargs(cfg, DATASETS[cfg.dataset].num_classes or 2))
     cfg.init.check_model(model)
 
 

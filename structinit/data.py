@@ -99,6 +99,9 @@ def _trusting(cls):
 
 
 def labels_of(ds) -> list[int]:
+    if isinstance(ds, Subset):
+        labels = labels_of(ds.dataset)
+        return [labels[i] for i in ds.indices]
     for attr in ("targets", "labels", "_labels"):
         if hasattr(ds, attr):
             return [int(y) for y in getattr(ds, attr)]
@@ -175,12 +178,12 @@ def build(name: str, root: str | None, *, img_size: int | None, fraction: float,
     """Train/val/test datasets with timm transforms (RandAugment, random erasing, flips from the recipe)."""
     spec = DATASETS[name]
     pool, test = load_splits(name, root, download, verify)
-    pool_labels = [labels_of(pool.dataset)[i] for i in pool.indices] if isinstance(pool, Subset) else labels_of(pool)
-    train_idx, val_idx = split_indices(pool_labels, fraction, val_fraction, seed)
+    train_idx, val_idx = split_indices(labels_of(pool), fraction, val_fraction, seed)
     size = img_size or spec.img_size
     norm = dict(mean=spec.mean, std=spec.std, crop_pct=1.0)
     train_tf = create_transform((spec.in_chans, size, size), is_training=True, auto_augment=recipe.randaugment,
-                                hflip=recipe.hflip, re_prob=recipe.reprob, scale=recipe.crop_scale, color_jitter=recipe.color_jitter,
+                                hflip=recipe.hflip, re_prob=recipe.reprob, scale=recipe.crop_scale,
+                                color_jitter=recipe.color_jitter,
                                 ratio=(1.0, 1.0) if recipe.crop_scale == (1.0, 1.0) else (3 / 4, 4 / 3), **norm)
     eval_tf = create_transform((spec.in_chans, size, size), is_training=False, **norm)
     return Data(train=Transformed(pool, train_idx, train_tf), val=Transformed(pool, val_idx, eval_tf),

@@ -126,7 +126,7 @@ def trial_config(study: Study, config: dict) -> tuple[TrialConfig, dict]:
 def check_space(study: Study, samples: int = 64) -> None:
     """Dry-run the space on an in-memory Optuna study: every proposal, with every init, must give a
     valid TrialConfig (bad bounds, unknown fields or broken constraints fail before any cluster work)."""
-    from structinit.config import validate
+    from structinit.config import validate_data, validate_model
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if study.grid:  # every cell of the grid
@@ -135,14 +135,19 @@ def check_space(study: Study, samples: int = 64) -> None:
     else:  # a seeded random sample of the space
         probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(0))
         trials = [probe.ask() for _ in range(samples)]
-    seen = set()
+    seen, sources = set(), set()
     for t in trials:
         params = search_params({**(study.space(t) or {}), **t.params})
         if config_key(params) in seen:
             continue
         seen.add(config_key(params))
         for index in range(len(study.inits)):
-            validate(trial_config(study, {**params, TRIAL_INDEX: index * len(study.seeds)})[0])
+            cfg = trial_config(study, {**params, TRIAL_INDEX: index * len(study.seeds)})[0]
+            source = (cfg.dataset, cfg.data_root, cfg.download, cfg.verify)
+            if source not in sources:  # read each dataset once, not once per configuration and init
+                validate_data(cfg)
+                sources.add(source)
+            validate_model(cfg)
 
 
 def run_trial(config: dict, study: Study, parent: str, tracking_uri: str) -> None:
@@ -221,6 +226,7 @@ def run(study: Study, resume: bool = False, address: str | None = None, checked:
     import ray.tune
 
     from structinit import results
+    from structinit.train import connect
 
     if not checked:
         check_space(study)
@@ -239,10 +245,8 @@ def run(study: Study, resume: bool = False, address: str | None = None, checked:
     with open(latest, "w") as f:
         f.write(execution)
 
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address or os.environ["RAY_ADDRESS"])
-    elif not ray.is_initialized():
-        ray.init(address="local", num_cpus=os.cpu_count(), resources={DRIVER: 1000})
+    if not ray.is_initialized():
+        connect(address, num_cpus=os.cpu_count(), resources={DRIVER: 1000})
     storage = os.path.join(study.folder, "tune")
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(run_trial, study=study, parent=parent.run_id, tracking_uri=uri),

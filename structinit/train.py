@@ -113,7 +113,7 @@ def shard(ds, ctx: Context):
 
 
 def build(cfg: TrialConfig, ctx: Context):
-    """Data, model (initialised), loaders, optimizer, scheduler, loss and mixup for one worker."""
+    """Data, model (initialised), its InitResult, loaders and mixup for one worker."""
     d = datasets.build(cfg.dataset, cfg.data_root, img_size=cfg.model.img_size, fraction=cfg.fraction,
                        val_fraction=cfg.val_fraction, seed=cfg.seed, recipe=cfg.recipe, download=False,
                        verify=cfg.verify)
@@ -240,6 +240,18 @@ def train_loop_per_worker(config: dict) -> None:
             bar.update(1)
     if bar is not None:
         bar.close()
+
+
+def connect(address: str | None, num_cpus: int, num_gpus: int | None = None, resources: dict | None = None) -> None:
+    """Attach to the Ray cluster at `address` (or RAY_ADDRESS); without one, start a local cluster
+    of this size (never silently attach to some other cluster on the machine)."""
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, resources=resources)
 
 
 def run_name(cfg: TrialConfig) -> str:
