@@ -106,7 +106,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-failures", type=int, default=2, help="worker-group restarts from the last checkpoint")
     g.add_argument("--address", help="Ray cluster to attach to, e.g. auto (default: RAY_ADDRESS, else a new local one)")
     g = p.add_argument_group("tracking and output")
-    g.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db)")
+    g.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)")
     g.add_argument("--experiment", default="structinit-train")
     g.add_argument("--storage-path", default="runs", help="Ray Train storage: checkpoints and run state")
     g.add_argument("--name", help="run name (default: from the config; the same name resumes)")
@@ -179,6 +179,17 @@ def report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+def fetch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from structinit.data import load_splits
+
+    try:
+        train, test = load_splits(args.dataset, args.data_root, download=True)
+    except ValueError as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    print(f"{args.dataset} under {args.data_root}: {len(train)} train, {len(test)} test images")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="structinit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -196,9 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="comparison table, paired differences and plots of a study's results")
     p.add_argument("study", help="the study's name, e.g. heads_vs_dim")
     p.add_argument("--storage", default="runs", help="the studies' storage folder (default ./runs)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<cwd>/mlflow.db)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)")
     p.add_argument("--optuna-url", help="the study's Optuna storage URL (default sqlite in its folder)")
     p.set_defaults(run=report, parser=p)
+    p = sub.add_parser("fetch", help="download a dataset in torchvision's layout (the cluster configs run it on every node)")
+    p.add_argument("dataset")
+    p.add_argument("--data-root", required=True)
+    p.set_defaults(run=fetch, parser=p)
     return parser
 
 

@@ -48,7 +48,7 @@ def collect(study, execution: str, run_ids: dict[str, str]) -> tuple[list[dict],
 
     from structinit.study import config_key, trial_config
 
-    analysis = ExperimentAnalysis(os.path.join(study.folder, "tune", execution))
+    analysis = ExperimentAnalysis(f"{study.ray_storage}/tune/{execution}")
     frames = analysis.trial_dataframes
     trials, history = [], []
     for t in analysis.trials:

@@ -46,7 +46,9 @@ class Study:
     grace_epochs: int = 1
     search_seed: int = 0
     max_concurrent: int | None = None  # None: from the cluster's resources
-    storage: str = "runs"  # Tune state, Optuna storage, results, reports: <storage>/<name>/...
+    storage: str = "runs"  # Optuna storage, results, reports (on the driver's machine): <storage>/<name>/...
+    checkpoints: str | None = None  # Tune/Train state and checkpoints: a URI (s3://, gs://) or a folder all
+    # nodes share; default <storage>/<name>
     optuna_url: str | None = None  # any SQLAlchemy URL; default sqlite in the storage folder
     tracking_uri: str | None = None
 
@@ -74,6 +76,14 @@ class Study:
     @property
     def folder(self) -> str:
         return os.path.join(os.path.abspath(self.storage), self.name)
+
+    @property
+    def ray_storage(self) -> str:
+        """Where Tune and Train keep state and checkpoints: <checkpoints>/<name>, else the study folder."""
+        if self.checkpoints is None:
+            return self.folder
+        root = self.checkpoints if "://" in self.checkpoints else os.path.abspath(self.checkpoints)
+        return root.rstrip("/") + "/" + self.name
 
     @property
     def repeats(self) -> list[tuple[str, int]]:
@@ -166,7 +176,7 @@ def run_trial(config: dict, study: Study, parent: str, tracking_uri: str) -> Non
     name = f"{cfg.init.name} s{cfg.seed} {label(json.dumps(params))} [{trial_id}]"  # readable in MLflow's compare view
     run = tracking.start_run(tracking_uri, study.name, name, cfg.flat(), tags, parent=parent)
     try:
-        fit(cfg, storage_path=os.path.join(study.folder, "train"), name=f"train-{trial_id}", run=run,
+        fit(cfg, storage_path=study.ray_storage + "/train", name=f"train-{trial_id}", run=run,
             callbacks=[TuneReportCallback()])
     except BaseException:
         tracking.finish(run, "FAILED")
@@ -206,17 +216,40 @@ def driver_resources() -> dict:
     return {"CPU": 0, DRIVER: 1} if ray.cluster_resources().get(DRIVER) else {"CPU": 0.1}
 
 
-def concurrency(study: Study) -> int:
-    """Trials at once: what the cluster can hold (GPUs for GPU trials, else CPUs)."""
+def capacity() -> dict:
+    """The most of each resource the cluster can hold: what it has now, or, under an autoscaler,
+    what its node types can scale to (the cluster config the autoscaler reports to the GCS; Ray
+    Train reads it the same way)."""
     import ray
+    from ray._private.state import state
 
+    now = ray.cluster_resources()
+    limits = state.get_max_resources_from_cluster_config() or {}
+    return {k: max(now.get(k, 0), limits.get(k, 0)) for k in {*now, *limits}}
+
+
+def concurrency(study: Study) -> int:
+    """Trials at once: what the cluster can hold or scale to (GPUs for GPU trials, else CPUs)."""
     if study.max_concurrent:
         return study.max_concurrent
-    resources = ray.cluster_resources()
-    t = study.trial
+    most, t = capacity(), study.trial
     if t.gpu:
-        return max(1, int(resources.get("GPU", 0) // t.workers))
-    return max(1, int(resources.get("CPU", 1) // (t.workers * t.cpus_per_worker)))
+        return max(1, int(most.get("GPU", 0) // t.workers))
+    return max(1, int(most.get("CPU", 1) // (t.workers * t.cpus_per_worker)))
+
+
+def check_cluster(study: Study) -> None:
+    """What only the connected cluster can tell, before any trial starts: GPU trials need GPUs
+    it has or can scale to; on several machines, checkpoints need storage every node reaches."""
+    import ray
+
+    if study.trial.gpu:
+        check("gpus_per_trial", 1, f"a cluster with GPUs (this one has or can scale to {capacity().get('GPU', 0)})",
+              capacity().get("GPU", 0) >= study.trial.workers)
+    hosts = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
+    check("checkpoints", study.checkpoints or study.folder,
+          f"a URI (s3://..., gs://...) or a shared folder: this cluster spans {len(hosts)} machines",
+          len(hosts) == 1 or "://" in (study.checkpoints or ""))
 
 
 def run(study: Study, resume: bool = False, address: str | None = None, checked: bool = False) -> dict:
@@ -228,13 +261,17 @@ def run(study: Study, resume: bool = False, address: str | None = None, checked:
     from structinit import results
     from structinit.train import connect
 
-    if not checked:
-        check_space(study)
-    os.makedirs(study.folder, exist_ok=True)
-    uri = study.tracking_uri or tracking.default_uri()
     latest = os.path.join(study.folder, "LATEST")
     if resume:
         check("resume", study.name, f"a study with a previous execution under {study.folder}", os.path.exists(latest))
+    if not checked:
+        check_space(study)
+    if not ray.is_initialized():
+        connect(address, num_cpus=os.cpu_count(), resources={DRIVER: 1000})
+    check_cluster(study)  # before anything is recorded
+    os.makedirs(study.folder, exist_ok=True)
+    uri = study.tracking_uri or tracking.default_uri()
+    if resume:
         with open(latest) as f:
             execution = f.read().strip()
     else:
@@ -245,15 +282,13 @@ def run(study: Study, resume: bool = False, address: str | None = None, checked:
     with open(latest, "w") as f:
         f.write(execution)
 
-    if not ray.is_initialized():
-        connect(address, num_cpus=os.cpu_count(), resources={DRIVER: 1000})
-    storage = os.path.join(study.folder, "tune")
+    storage = study.ray_storage + "/tune"
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(run_trial, study=study, parent=parent.run_id, tracking_uri=uri),
         driver_resources())
     try:
-        if resume and ray.tune.Tuner.can_restore(os.path.join(storage, execution)):
-            tuner = ray.tune.Tuner.restore(os.path.join(storage, execution), trainable=trainable,
+        if resume and ray.tune.Tuner.can_restore(f"{storage}/{execution}"):
+            tuner = ray.tune.Tuner.restore(f"{storage}/{execution}", trainable=trainable,
                                            resume_unfinished=True, resume_errored=True)
         else:
             tuner = ray.tune.Tuner(
@@ -313,10 +348,14 @@ def cli(name: str, presets: dict[str, Callable[[], Study]], argv=None, default: 
     p.add_argument("--workers-per-trial", type=int)
     p.add_argument("--gpus-per-trial", type=int, help="0 or 1 GPU per Train worker")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override any TrialConfig field")
-    p.add_argument("--storage", help="where Tune state, Optuna storage and results go (default ./runs)")
+    p.add_argument("--storage", help="where Optuna storage, results and reports go (default ./runs)")
+    p.add_argument("--checkpoints", default=os.environ.get("STRUCTINIT_CHECKPOINTS"),
+                   help="Tune/Train state and checkpoints: s3://..., gs://... or a shared folder "
+                        "(default: STRUCTINIT_CHECKPOINTS, else --storage)")
     p.add_argument("--optuna-url", help="SQLAlchemy URL of the Optuna storage (default sqlite in --storage)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<cwd>/mlflow.db)")
-    p.add_argument("--address", help="Ray cluster to attach to (default: RAY_ADDRESS, else a new local one)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)")
+    p.add_argument("--address", help="Ray cluster to attach to: HOST:PORT, or 'local' for a new local one "
+                                     "(default: RAY_ADDRESS, else the one `ray start` runs here, else local)")
     args = p.parse_args(argv)
     try:
         choice("preset", args.preset, sorted(presets))
@@ -340,14 +379,17 @@ def cli(name: str, presets: dict[str, Callable[[], Study]], argv=None, default: 
             fields["seeds"] = tuple(int(s) for s in args.seeds.split(","))
         if args.inits:
             fields["inits"] = tuple(args.inits.split(","))
-        for flag in ("num_configs", "search_seed", "scheduler", "max_concurrent", "storage", "optuna_url",
-                     "tracking_uri"):
+        for flag in ("num_configs", "search_seed", "scheduler", "max_concurrent", "storage", "checkpoints",
+                     "optuna_url", "tracking_uri"):
             if getattr(args, flag) is not None:
                 fields[flag] = getattr(args, flag)
         study = dataclasses.replace(study, **fields)
         check_space(study)
     except (ValueError, TypeError) as err:
         p.exit(2, f"{p.prog}: error: {err}\n")
-    out = run(study, resume=args.resume, address=args.address, checked=True)
+    try:
+        out = run(study, resume=args.resume, address=args.address, checked=True)
+    except ValueError as err:  # what only the cluster can tell (check_cluster), or no execution to resume
+        p.exit(2, f"{p.prog}: error: {err}\n")
     print(json.dumps(out))
     return out

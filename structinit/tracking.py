@@ -1,6 +1,6 @@
 """MLflow: runs, params, tags, batched per-epoch metrics and artifacts. The only module that
-talks to MLflow. The default store is a SQLite file at an absolute path in the working
-directory; any tracking URI (an `mlflow server`) works the same."""
+talks to MLflow. The default store is MLFLOW_TRACKING_URI, else a SQLite file at an absolute path
+in the working directory; any tracking URI (an `mlflow server`) works the same."""
 from __future__ import annotations
 
 import json
@@ -20,7 +20,9 @@ class Run:
 
 
 def default_uri() -> str:
-    return "sqlite:///" + os.path.abspath("mlflow.db")
+    """MLFLOW_TRACKING_URI (the cluster configs point it at the head's server), else a SQLite
+    file in the working directory, by absolute path."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///" + os.path.abspath("mlflow.db")
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
@@ -74,6 +76,12 @@ def log_init(run: Run, cfg, model, init, measured: dict) -> None:
         plot_attention(model, init, os.path.join(folder, "init_attention.png"))
         client.log_artifacts(run.run_id, folder, artifact_path="init")
     client.set_tag(run.run_id, "init_solve_seconds", f"{init.solve_seconds:.4f}")
+
+
+def set_tags(run: Run, tags: dict) -> None:
+    from mlflow.entities import RunTag
+
+    MlflowClient(run.uri).log_batch(run.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
 def finish(run: Run, status: str = "FINISHED") -> None:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -157,27 +159,45 @@ def initial_fidelity(model, init, loader) -> dict:
     return out, measured
 
 
+def worker_device() -> torch.device:
+    """The accelerator Ray gave this worker, or the CPU where torch cannot use it (a node that
+    advertises a GPU without a driver: the fake-GPU nodes of the cluster tests). The fallback
+    warns, and the run's `device` tag says where it trained."""
+    import ray.train.torch
+
+    device = ray.train.torch.get_device()
+    if device.type == "cuda" and not torch.cuda.is_available():
+        warnings.warn(f"Ray assigned GPU ids {ray.get_gpu_ids()} but torch sees no CUDA device: training on the CPU")
+        return torch.device("cpu")
+    return device
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train worker: config = {"trial": TrialConfig, "tracking": tracking.Run | None}."""
+    import ray
     import ray.train
     import ray.train.torch
 
     cfg: TrialConfig = config["trial"]
     run: tracking.Run | None = config.get("tracking")
     context = ray.train.get_context()
-    ctx = Context(context.get_world_rank(), context.get_world_size(), ray.train.torch.get_device())
+    ctx = Context(context.get_world_rank(), context.get_world_size(), worker_device())
     d, model, init, loaders, mixup = build(cfg, ctx)
     fid, measured = initial_fidelity(model, init, loaders["test"])
-    if ctx.rank == 0 and run is not None and ray.train.get_checkpoint() is None:
-        tracking.log_init(run, cfg, model, init, measured)
+    if ctx.rank == 0 and run is not None:
+        tracking.set_tags(run, {"device": ctx.device, "node_id": ray.get_runtime_context().get_node_id(),
+                                "hostname": socket.gethostname()})  # where rank 0 ran (the latest attempt)
+        if ray.train.get_checkpoint() is None:
+            tracking.log_init(run, cfg, model, init, measured)
 
-    model = ray.train.torch.prepare_model(model)
+    model = ray.train.torch.prepare_model(model, move_to_device=ctx.device)
     raw = getattr(model, "module", model)
     if cfg.compile:
         model = torch.compile(model)
     sampler = loaders["train"].sampler
     for key in loaders:
-        loaders[key] = ray.train.torch.prepare_data_loader(loaders[key], add_dist_sampler=False)
+        loaders[key] = ray.train.torch.prepare_data_loader(loaders[key], add_dist_sampler=False,
+                                                           move_to_device=False)  # batches move in the loop
     r = cfg.recipe
     optimizer, scheduler = optimizer_and_schedule(cfg, raw, len(loaders["train"]))
     dtype = amp_dtype(cfg, ctx.device)
@@ -243,15 +263,20 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 def connect(address: str | None, num_cpus: int, num_gpus: int | None = None, resources: dict | None = None) -> None:
-    """Attach to the Ray cluster at `address` (or RAY_ADDRESS); without one, start a local cluster
-    of this size (never silently attach to some other cluster on the machine)."""
-    import ray
+    """Attach to a Ray cluster, or start a local one of this size.
 
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-    else:
+    address None: RAY_ADDRESS, else the cluster `ray start` runs on this machine (the head of a
+    `ray up` cluster, where `ray submit` runs studies), else a new local cluster. "local": always a
+    new local cluster. Anything else ("HOST:PORT", "ray://..."): that cluster."""
+    import ray
+    from ray._private.services import canonicalize_bootstrap_address  # ray.init's own lookup
+
+    if address is None and canonicalize_bootstrap_address(None) is None:
+        address = "local"
+    if address == "local":
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, resources=resources)
+    else:
+        ray.init(address=address or "auto")
 
 
 def run_name(cfg: TrialConfig) -> str:
@@ -262,6 +287,7 @@ def fit(cfg: TrialConfig, *, storage_path: str, name: str | None = None, run: tr
         callbacks=()):
     """Run one training to completion on the connected Ray cluster; returns the Ray Train Result.
     The same `name` under the same `storage_path` resumes from its latest checkpoint."""
+    import ray
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
