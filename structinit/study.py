@@ -216,15 +216,38 @@ def driver_resources() -> dict:
     return {"CPU": 0, DRIVER: 1} if ray.cluster_resources().get(DRIVER) else {"CPU": 0.1}
 
 
+BOOTSTRAP = "~/ray_bootstrap_config.yaml"  # the autoscaling config `ray up` leaves on the head
+
+
+def scalable(path: str) -> dict:
+    """The resources an autoscaling config's worker node types can add at most."""
+    import yaml
+
+    path = os.path.expanduser(path)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        cfg = yaml.safe_load(f)
+    out: dict = {}
+    for name, node in cfg.get("available_node_types", {}).items():
+        if name != cfg.get("head_node_type"):
+            count = min(node.get("max_workers", 0), cfg.get("max_workers", math.inf))
+            for key, value in node.get("resources", {}).items():
+                out[key] = out.get(key, 0) + count * value
+    return out
+
+
 def capacity() -> dict:
-    """The most of each resource the cluster can hold: what it has now, or, under an autoscaler,
-    what its node types can scale to (the cluster config the autoscaler reports to the GCS; Ray
-    Train reads it the same way)."""
+    """The most of each resource the cluster can hold: what it has now or, under an autoscaler,
+    what its worker types can scale to: the cluster config the autoscaler reports to the GCS (v2,
+    KubeRay; Ray Train reads it the same way), else the autoscaling YAML on this head
+    (STRUCTINIT_AUTOSCALING_CONFIG, default the one `ray up` writes)."""
     import ray
     from ray._private.state import state
 
     now = ray.cluster_resources()
-    limits = state.get_max_resources_from_cluster_config() or {}
+    limits = (state.get_max_resources_from_cluster_config()
+              or scalable(os.environ.get("STRUCTINIT_AUTOSCALING_CONFIG", BOOTSTRAP)))
     return {k: max(now.get(k, 0), limits.get(k, 0)) for k in {*now, *limits}}
 
 
