@@ -1,4 +1,4 @@
-"""`structinit` command line: inspect-init, train, report."""
+"""`structinit` command line: inspect-init, train, report, rank, fetch."""
 from __future__ import annotations
 
 import argparse
@@ -22,12 +22,14 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-heads", type=int)
     g.add_argument("--pos-embed", help="learn | sincos (structinit models)")
     g.add_argument("--global-pool", help="avg | token")
+    g.add_argument("--kernel-size", type=int, help="ConvMixer: the depthwise filters' size")
 
 
 def _add_init_args(p: argparse.ArgumentParser) -> None:
     d = InitConfig()
     g = p.add_argument_group("init")
-    g.add_argument("--init", default=d.name, help="default | torch_default | pe_scaled | mimetic | impulse")
+    g.add_argument("--init", default=d.name, help="ViT: default | torch_default | pe_scaled | mimetic | impulse; "
+                   "ConvMixer: learned | frozen_random | frozen_impulse | frozen_box")
     g.add_argument("--base", default=d.base, help="timm | torch: weights the init does not set")
     g.add_argument("--filter-size", type=int, default=d.filter_size)
     g.add_argument("--offsets", default=d.offsets, help="cover | random")
@@ -38,13 +40,21 @@ def _add_init_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--qk", default=d.qk, help="per_block | shared")
     g.add_argument("--value-proj", default=d.value_proj, help="default | mimetic")
     g.add_argument("--pe-scale", type=float, default=d.pe_scale)
+    g.add_argument("--target-shape", default=d.target_shape, help="impulse | box | gaussian (a blob around each tap)")
+    g.add_argument("--blob", type=int, default=d.blob, help="box/gaussian: the blob's side")
+    g.add_argument("--blob-sigma", type=float, default=d.blob_sigma)
+    g.add_argument("--mix", help="noise | mimetic: blend the target with it before the solve")
+    g.add_argument("--mix-ratio", type=float, default=d.mix_ratio)
+    g.add_argument("--distinct-filters", type=int, help="ConvMixer: filters shared across the channels")
     g.add_argument("--seed", type=int, default=0)
 
 
 def init_config(args: argparse.Namespace) -> InitConfig:
     return InitConfig(name=args.init, base=args.base, filter_size=args.filter_size, offsets=args.offsets,
                       pseudo_input=args.pseudo_input, solver=args.solver, target_mass=args.target_mass,
-                      qk=args.qk, value_proj=args.value_proj, pe_scale=args.pe_scale)
+                      qk=args.qk, value_proj=args.value_proj, pe_scale=args.pe_scale,
+                      target_shape=args.target_shape, blob=args.blob, blob_sigma=args.blob_sigma, mix=args.mix,
+                      mix_ratio=args.mix_ratio, distinct_filters=args.distinct_filters)
 
 
 def model_from(args: argparse.Namespace):
@@ -52,7 +62,7 @@ def model_from(args: argparse.Namespace):
 
     return create(args.model, img_size=args.img_size, patch_size=args.patch_size, embed_dim=args.embed_dim,
                   depth=args.depth, num_heads=args.num_heads, pos_embed=args.pos_embed,
-                  global_pool=args.global_pool)
+                  global_pool=args.global_pool, kernel_size=args.kernel_size)
 
 
 def inspect_init(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -179,6 +189,35 @@ def report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+def rank(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import torch
+
+    from structinit import data
+    from structinit.config import MODEL_FIELDS, make, model_kwargs
+    from structinit.models import create, spatial_filters
+    from structinit.rank import measure, text
+
+    try:
+        cfg = make(args.dataset, model=args.model, data_root=args.data_root, verify=args.verify,
+                   model_overrides={k: getattr(args, k, None) for k in MODEL_FIELDS}, init=init_config(args))
+        d = data.build(cfg.dataset, cfg.data_root, img_size=cfg.model.img_size, fraction=1.0, val_fraction=0.0,
+                       seed=args.seed, recipe=cfg.recipe, verify=cfg.verify)
+        model = create(cfg.model.name, **model_kwargs(cfg, d.num_classes))
+        if args.checkpoint:
+            path = args.checkpoint if args.checkpoint.endswith(".pt") else f"{args.checkpoint}/state.pt"
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
+        else:
+            apply_init(model, cfg.init, seed=args.seed)
+    except (ValueError, OSError, RuntimeError, KeyError) as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    images = torch.stack([d.test[i][0] for i in range(min(args.images, len(d.test)))])
+    f = args.filter_size if not hasattr(model, "stem") else spatial_filters(model)[0].kernel_size[0]
+    m = measure(model, images, f, rtol=args.rtol)
+    m.update(model=args.model, dataset=args.dataset, source=args.checkpoint or f"init {cfg.init.name} seed {args.seed}")
+    print(json.dumps(m) if args.json else f"{args.model} on {args.dataset} ({m['source']})\n{text(m)}")
+    return 0
+
+
 def fetch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from structinit.data import load_splits
 
@@ -210,6 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)")
     p.add_argument("--optuna-url", help="the study's Optuna storage URL (default sqlite in its folder)")
     p.set_defaults(run=report, parser=p)
+    p = sub.add_parser("rank", help="numerical and stable rank k of a model's patch embeddings on a dataset, "
+                       "against the widths D >= k f^2, h >= f^2, D/h >= k")
+    _add_model_args(p)
+    _add_init_args(p)
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--data-root")
+    p.add_argument("--no-verify", dest="verify", action="store_false")
+    p.add_argument("--checkpoint", help="a run's checkpoint folder (or its state.pt) instead of the init")
+    p.add_argument("--images", type=int, default=64, help="test images k is measured on (median)")
+    p.add_argument("--rtol", type=float, default=1e-2, help="singular values >= rtol x the largest count")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=rank, parser=p)
     p = sub.add_parser("fetch", help="download a dataset in torchvision's layout (the cluster configs run it on every node)")
     p.add_argument("dataset")
     p.add_argument("--data-root", required=True)

@@ -20,12 +20,13 @@ DEFAULT_RECIPE = {"digits": "cpu", "cifar10": "v1_small", "cifar100": "v1_small"
                   "mnist": "v1_small", "fashion_mnist": "v1_small", "stl10": "followup_small",
                   "flowers102": "followup_small", "pets": "followup_small", "food101": "followup_small",
                   "imagefolder": "imagenet"}
-MODEL_FIELDS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "pos_embed", "global_pool")
+MODEL_FIELDS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "pos_embed", "global_pool",
+                "kernel_size")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """A timm ViT name and geometry overrides (None keeps the named model's value)."""
+    """A timm ViT (or ConvMixer) name and geometry overrides (None keeps the named model's value)."""
 
     name: str
     img_size: int | None = None
@@ -36,6 +37,7 @@ class ModelConfig:
     mlp_ratio: float | None = None
     pos_embed: str | None = None
     global_pool: str | None = None
+    kernel_size: int | None = None  # ConvMixer: the depthwise filters' f
 
     def kwargs(self) -> dict:
         return {k: getattr(self, k) for k in MODEL_FIELDS if getattr(self, k) is not None}

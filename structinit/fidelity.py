@@ -12,7 +12,7 @@ from timm.layers import Attention
 from timm.models.vision_transformer import VisionTransformer
 
 from structinit.inits import InitResult
-from structinit.inits.targets import impulse_targets, mass_and_hit
+from structinit.inits.targets import mass_and_hit, target_maps
 from structinit.models import grid_size
 
 
@@ -25,25 +25,31 @@ def attention_probs(attn: Attention, x: torch.Tensor) -> torch.Tensor:
     return (attn.scale * q @ k.transpose(-2, -1)).float().softmax(-1)
 
 
-def _block_entry(index: int, probs: torch.Tensor, offsets, grid, prefix: int) -> dict:
-    targets = torch.stack([impulse_targets(grid, o) for o in offsets])
-    targets = torch.where(targets >= 0, targets + prefix, -1)
-    mass, hit = mass_and_hit(probs[..., prefix:, :], targets)
+def support(result: InitResult, index: int, grid) -> torch.Tensor:
+    """(heads, N, N) intended keys of block `index`: what the init solved for, else the impulses
+    at its reference offsets."""
+    return result.supports[index] if result.supports else target_maps(grid, result.offsets[index]) > 0
+
+
+def _block_entry(index: int, probs: torch.Tensor, result: InitResult, grid, prefix: int) -> dict:
+    keys = torch.nn.functional.pad(support(result, index, grid), (prefix, 0))  # prefix tokens: never intended
+    mass, hit = mass_and_hit(probs[..., prefix:, :], keys)
+    offsets = result.offsets[index]
     return {"block": index, "heads": [
         {"head": h, "offset": list(o), "target_mass": round(float(m), 4), "argmax_hit": round(float(a), 4)}
         for h, (o, m, a) in enumerate(zip(offsets, mass, hit))]}
 
 
 @torch.no_grad()
-def pseudo_input_fidelity(model: VisionTransformer, offsets, inputs) -> list[dict]:
+def pseudo_input_fidelity(model: VisionTransformer, result: InitResult) -> list[dict]:
     """Per block, fidelity of its attention on LayerNorm(pseudo input) (patch tokens only)."""
     grid = grid_size(model)
-    return [_block_entry(i, attention_probs(blk.attn, blk.norm1(p.to(blk.norm1.weight))[None]), offsets[i], grid, 0)
-            for i, (blk, p) in enumerate(zip(model.blocks, inputs))]
+    return [_block_entry(i, attention_probs(blk.attn, blk.norm1(p.to(blk.norm1.weight))[None]), result, grid, 0)
+            for i, (blk, p) in enumerate(zip(model.blocks, result.pseudo_inputs))]
 
 
 @torch.no_grad()
-def data_fidelity(model: VisionTransformer, offsets, images: torch.Tensor) -> list[dict]:
+def data_fidelity(model: VisionTransformer, result: InitResult, images: torch.Tensor) -> list[dict]:
     """Per block, fidelity on the real inputs its attention sees in a forward pass of `images`."""
     seen: dict[int, torch.Tensor] = {}
     hooks = [blk.attn.register_forward_pre_hook(lambda m, args, i=i: seen.__setitem__(i, args[0]))
@@ -57,14 +63,14 @@ def data_fidelity(model: VisionTransformer, offsets, images: torch.Tensor) -> li
         for hook in hooks:
             hook.remove()
     grid, prefix = grid_size(model), model.num_prefix_tokens
-    return [_block_entry(i, attention_probs(blk.attn, seen[i]), offsets[i], grid, prefix)
+    return [_block_entry(i, attention_probs(blk.attn, seen[i]), result, grid, prefix)
             for i, blk in enumerate(model.blocks)]
 
 
 def measure(model: VisionTransformer, result: InitResult, images: torch.Tensor | None = None) -> dict:
     """{"pseudo": per-block fidelity on the pseudo input, "data": the same on `images` or None}."""
-    return {"pseudo": pseudo_input_fidelity(model, result.offsets, result.pseudo_inputs),
-            "data": None if images is None else data_fidelity(model, result.offsets, images)}
+    return {"pseudo": pseudo_input_fidelity(model, result),
+            "data": None if images is None else data_fidelity(model, result, images)}
 
 
 def summary(blocks: list[dict]) -> dict:

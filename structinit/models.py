@@ -7,12 +7,16 @@ One model family, many geometries by keyword. `vit(...)` builds any timm
 Position embedding is either timm's learned one (`pos_embed="learn"`) or a fixed
 2-D sin-cos table (`pos_embed="sincos"`, v1 of the paper), held as a buffer so it
 is never trained and every init leaves it as it is.
+
+timm's ConvMixer, under the same keyword names, is the testbed of the random-filter argument
+(`convmixer`, `spatial_filters`).
 """
 from __future__ import annotations
 
 import torch
 from timm.layers import build_sincos2d_pos_embed
 from timm.models import register_model
+from timm.models.convmixer import ConvMixer
 from timm.models.vision_transformer import VisionTransformer
 
 from structinit.validate import check, choice
@@ -128,16 +132,46 @@ def vit_nano_patch2_8(pretrained: bool = False, **kwargs) -> VisionTransformer:
     return _registered(pretrained, PAPER_MODELS["vit_nano_patch2_8"], kwargs)
 
 
-def create(name: str, **overrides) -> VisionTransformer:
-    """`timm.create_model(name, **overrides)` for a ViT name (unset overrides are dropped), with a
-    clear error for an unknown name or a model that is not a VisionTransformer."""
+def convmixer(embed_dim: int, depth: int, kernel_size: int, patch_size: int, in_chans: int = 3,
+              num_classes: int = 1000, img_size: int | None = None) -> ConvMixer:
+    """timm's ConvMixer under the ViT's keyword names (embed_dim = D channels); `img_size` is
+    accepted and unused: the model is fully convolutional."""
+    return ConvMixer(dim=embed_dim, depth=depth, kernel_size=kernel_size, patch_size=patch_size, in_chans=in_chans,
+                     num_classes=num_classes)
+
+
+def spatial_filters(model: ConvMixer) -> list[torch.nn.Conv2d]:
+    """The depthwise f x f convolution of each block: the spatial mixing the filter inits set."""
+    return [block[0].fn[0] for block in model.blocks]
+
+
+# ConvMixers for the random-filter study (the paper's Proposition 1: D >= k f^2)
+CONVMIXERS = {
+    # digits: patch 1 keeps the 8x8 grid, so a 3x3 or 5x5 filter has room
+    "convmixer_64_4_p1": dict(embed_dim=64, depth=4, kernel_size=3, patch_size=1),
+}
+
+
+@register_model
+def convmixer_64_4_p1(pretrained: bool = False, **kwargs) -> ConvMixer:
+    """ConvMixer for 8x8 digits: D = 64 channels, depth 4, 3x3 depthwise filters, patch 1."""
+    if pretrained:
+        raise ValueError("pretrained=True is not allowed: structinit models have no pretrained weights")
+    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+        kwargs.pop(key, None)
+    return convmixer(**{**CONVMIXERS["convmixer_64_4_p1"], **kwargs})
+
+
+def create(name: str, **overrides) -> VisionTransformer | ConvMixer:
+    """`timm.create_model(name, **overrides)` for a ViT or ConvMixer name (unset overrides are
+    dropped), with a clear error for an unknown name or another kind of model."""
     import timm
 
-    check("model", name, "a timm model name, e.g. " + ", ".join(PAPER_MODELS) + " or vit_base_patch16_224",
+    check("model", name, "a timm model name, e.g. " + ", ".join([*PAPER_MODELS, *CONVMIXERS]) + " or vit_base_patch16_224",
           timm.is_model(name))
     try:
         model = timm.create_model(name, **{k: v for k, v in overrides.items() if v is not None})
     except (TypeError, AssertionError) as err:
         raise ValueError(f"model={name!r} does not take {overrides}: {err}") from err
-    check("model", name, "a timm VisionTransformer", isinstance(model, VisionTransformer))
+    check("model", name, "a timm VisionTransformer or ConvMixer", isinstance(model, (VisionTransformer, ConvMixer)))
     return model

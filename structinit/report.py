@@ -13,7 +13,8 @@ from scipy import stats
 
 from structinit import results, tracking
 
-PAIRS = (("impulse", "mimetic"), ("impulse", "default"), ("impulse", "pe_scaled"))
+PAIRS = (("impulse", "mimetic"), ("impulse", "default"), ("impulse", "pe_scaled"),
+         ("frozen_random", "learned"), ("frozen_impulse", "learned"), ("frozen_box", "learned"))
 
 
 def ci95(values) -> tuple[float, float, float, int]:
@@ -33,9 +34,24 @@ def label(params: str) -> str:
     return " ".join(f"{k.split('.')[-1]}={v}" for k, v in sorted(p.items())) or "(base)"
 
 
+def theory(trial, k: float) -> str:
+    """The paper's width conditions for one configuration, with k its measured embedding rank:
+    ConvMixer D >= k f^2 (as the ratio D / (k f^2)); ViT h >= f^2 and D/h >= k."""
+    if pd.isna(k) or pd.isna(trial.embed_dim):
+        return ""
+    k = math.ceil(k - 1e-9)
+    if not pd.isna(trial.kernel_size):
+        return f"k={k}, D/(k f²)={trial.embed_dim / (k * trial.kernel_size ** 2):.2f}"
+    if pd.isna(trial.num_heads):
+        return f"k={k}"
+    f2, h = trial.filter_size ** 2, trial.num_heads
+    return (f"k={k}, h≥f² {'✓' if h >= f2 else '✗'}, D/h≥k {'✓' if trial.embed_dim // h >= k else '✗'}")
+
+
 def summarize(trials: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per configuration x init statistics, paired differences)."""
-    done = trials[trials["status"] == "TERMINATED"].copy()
+    done = trials[trials["status"] == "TERMINATED"].reindex(columns=[*trials.columns, *(
+        c for c in results.TRIALS.names if c not in trials.columns)])  # every schema column, NaN where absent
     done["config"] = done["params"].map(label)
     rows = []
     for (key, config, init), g in done.groupby(["config_key", "config", "init"], sort=True):
@@ -45,6 +61,8 @@ def summarize(trials: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
             row.update({f"{metric}_mean": m, f"{metric}_std": s, f"{metric}_ci95": h, "n": n})
         row["init_mass_pseudo"] = g["init_mass_pseudo"].mean()
         row["init_mass_data"] = g["init_mass_data"].mean()
+        row["init_rank_k"] = g["init_rank_k"].mean()
+        row["theory"] = theory(g.iloc[0], row["init_rank_k"])
         rows.append(row)
     paired = []
     for (key, config), g in done.groupby(["config_key", "config"], sort=True):
@@ -67,12 +85,13 @@ def markdown(study: str, table: pd.DataFrame, paired: pd.DataFrame, trials: pd.D
     lines = [f"# {study}", "", f"{len(trials)} trials: " + ", ".join(
         f"{n} {s.lower()}" for s, n in trials["status"].value_counts().items()), "",
         "Test top-1 (%), mean ± 95 % CI over seeds (t-interval), std in brackets.", "",
-        "| configuration | init | n | final | best | init mass (pseudo / data) |", "|---|---|---|---|---|---|"]
+        "| configuration | init | n | final | best | init mass (pseudo / data) | theory |",
+        "|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
         std = "" if math.isnan(r.final_test_top1_std) else f" ({r.final_test_top1_std:.2f})"
         lines.append(f"| {r.config} | {r.init} | {r.n} | {_pm(r.final_test_top1_mean, r.final_test_top1_ci95)}"
                      f"{std} | {_pm(r.best_test_top1_mean, r.best_test_top1_ci95)} | "
-                     f"{r.init_mass_pseudo:.2f} / {r.init_mass_data:.2f} |")
+                     f"{_pm(r.init_mass_pseudo, math.nan)} / {_pm(r.init_mass_data, math.nan)} | {r.theory} |")
     if len(paired):
         lines += ["", "Paired differences of final test top-1 (same configuration and seed), mean ± 95 % CI:", "",
                   "| configuration | difference | n | mean ± CI |", "|---|---|---|---|"]
@@ -101,7 +120,7 @@ def plots(folder: str, trials: pd.DataFrame, history: pd.DataFrame, optuna_url: 
         ax.set(xlabel="epoch", ylabel="test top-1 (%)", title="accuracy per init (mean ± std over runs)")
         ax.legend()
         made.append(_save(fig, os.path.join(folder, "curves.png")))
-    if done["embed_dim"].nunique() > 1 or done["num_heads"].nunique() > 1:
+    if done["num_heads"].notna().any() and (done["embed_dim"].nunique() > 1 or done["num_heads"].nunique() > 1):
         inits = sorted(done["init"].unique())
         fig, axes = plt.subplots(1, len(inits), figsize=(4 * len(inits), 3.5), squeeze=False)
         for ax, init in zip(axes[0], inits):
@@ -116,6 +135,26 @@ def plots(folder: str, trials: pd.DataFrame, history: pd.DataFrame, optuna_url: 
             ax.set(xlabel="embed dim", ylabel="heads", title=init)
             fig.colorbar(im, ax=ax)
         made.append(_save(fig, os.path.join(folder, "heads_vs_dim.png")))
+    if "learned" in set(done["init"]) and done["kernel_size"].notna().any():
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for init in sorted(set(done["init"]) - {"learned"}):
+            points = []
+            for _, g in done.groupby("config_key"):
+                by = g.pivot_table(index="seed", columns="init", values="final_test_top1", aggfunc="mean")
+                if init in by and "learned" in by and g["init_rank_k"].notna().any():
+                    mean, _, h, _ = ci95((by[init] - by["learned"]).dropna())
+                    r, k = g.iloc[0], math.ceil(g["init_rank_k"].mean() - 1e-9)
+                    points.append((r.embed_dim / (k * r.kernel_size ** 2), mean, 0 if math.isnan(h) else h))
+            if points:
+                x, m, h = zip(*sorted(points))
+                ax.errorbar(x, m, yerr=h, marker="o", capsize=3, label=f"{init} − learned")
+        ax.axvline(1, ls="--", c="gray")
+        ax.axhline(0, c="k", lw=0.5)
+        ax.set_xscale("log")
+        ax.set(xlabel="D / (k f²)", ylabel="final test top-1 gap (pp), 95 % CI",
+               title="frozen minus learned filters (theory: gap closes at D ≥ k f²)")
+        ax.legend(fontsize=8)
+        made.append(_save(fig, os.path.join(folder, "filter_gap.png")))
     if execution:
         import optuna
 

@@ -22,6 +22,8 @@ TRIALS = pa.schema([
     ("final_test_top1", pa.float64()), ("best_test_top1", pa.float64()), ("init_mass_pseudo", pa.float64()),
     ("init_hit_pseudo", pa.float64()), ("init_mass_data", pa.float64()), ("init_hit_data", pa.float64()),
     ("time_total_s", pa.float64()), ("mlflow_run_id", pa.string()), ("params", pa.string()),
+    ("kernel_size", pa.int64()), ("offsets", pa.string()), ("distinct_filters", pa.int64()),
+    ("init_rank_k", pa.float64()), ("init_stable_rank", pa.float64()), ("init_width_ratio", pa.float64()),
 ])
 HISTORY = pa.schema([
     ("study", pa.string()), ("execution", pa.string()), ("trial_id", pa.string()), ("config_key", pa.string()),
@@ -73,8 +75,11 @@ def collect(study, execution: str, run_ids: dict[str, str]) -> tuple[list[dict],
                        "target_mass": cfg.init.target_mass, "epochs_done": len(epochs),
                        "final_val_top1": last.get("val_top1"), "best_val_top1": best("val_top1"),
                        "final_test_top1": last.get("test_top1"), "best_test_top1": best("test_top1"),
+                       "kernel_size": cfg.model.kernel_size, "offsets": cfg.init.offsets,
+                       "distinct_filters": cfg.init.distinct_filters,
                        **{k: last.get(k) for k in ("init_mass_pseudo", "init_hit_pseudo", "init_mass_data",
-                                                   "init_hit_data")},
+                                                   "init_hit_data", "init_rank_k", "init_stable_rank",
+                                                   "init_width_ratio")},
                        "time_total_s": (t.last_result or {}).get("time_total_s"),
                        "mlflow_run_id": run_ids.get(t.trial_id),
                        "params": json.dumps(params, sort_keys=True, default=str)})

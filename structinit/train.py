@@ -22,14 +22,15 @@ import torch.nn.functional as F
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
+from timm.models.convmixer import ConvMixer
 from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from structinit import data as datasets
-from structinit import fidelity, tracking
+from structinit import fidelity, rank, tracking
 from structinit.config import TrialConfig, model_kwargs
 from structinit.inits import apply_init
-from structinit.models import create
+from structinit.models import create, spatial_filters
 
 
 class NonFiniteLossError(RuntimeError):
@@ -147,11 +148,17 @@ def optimizer_and_schedule(cfg: TrialConfig, model, steps_per_epoch: int):
     return optimizer, scheduler
 
 
-def initial_fidelity(model, init, loader) -> dict:
-    """Fidelity summary at epoch 0: on the pseudo input, and on a batch of real images."""
+def initial_measures(model, cfg: TrialConfig, init, loader) -> tuple[dict, dict]:
+    """Epoch-0 metrics on a batch of real images: the embedding rank k and the width the theory
+    asks for (rank.py), and, where the init has impulse targets, the attention's fidelity on the
+    pseudo input and on the images. Also the full per-head fidelity, for the run's artifacts."""
     x, _ = next(iter(loader))
+    f = spatial_filters(model)[0].kernel_size[0] if isinstance(model, ConvMixer) else cfg.init.filter_size
+    k = rank.measure(model, x[:64], f)
+    out = {"init_rank_k": k["k"], "init_stable_rank": k["stable_rank"], "init_width_ratio": k["D"] / k["width_needed"]}
+    if not init.pseudo_inputs:
+        return out, {}
     measured = fidelity.measure(model, init, x[:64])
-    out = {}
     for where in ("pseudo", "data"):
         s = fidelity.summary(measured[where])
         out[f"init_mass_{where}"] = s["target_mass"]["mean"]
@@ -183,11 +190,11 @@ def train_loop_per_worker(config: dict) -> None:
     context = ray.train.get_context()
     ctx = Context(context.get_world_rank(), context.get_world_size(), worker_device())
     d, model, init, loaders, mixup = build(cfg, ctx)
-    fid, measured = initial_fidelity(model, init, loaders["test"])
+    fid, measured = initial_measures(model, cfg, init, loaders["test"])
     if ctx.rank == 0 and run is not None:
         tracking.set_tags(run, {"device": ctx.device, "node_id": ray.get_runtime_context().get_node_id(),
                                 "hostname": socket.gethostname()})  # where rank 0 ran (the latest attempt)
-        if ray.train.get_checkpoint() is None:
+        if ray.train.get_checkpoint() is None and init.pseudo_inputs:
             tracking.log_init(run, cfg, model, init, measured)
 
     model = ray.train.torch.prepare_model(model, move_to_device=ctx.device)

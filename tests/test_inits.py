@@ -1,11 +1,13 @@
 """Init strategies on real timm ViTs: the math each docstring states, seeding, and bad input."""
+from functools import partial
+
 import pytest
 import torch
 
 from structinit import fidelity
-from structinit.inits import INITS, InitConfig, apply_init
+from structinit.inits import FILTER_INITS, INITS, InitConfig, apply_init
 from structinit.inits.mimetic import mimetic_factors, set_vo
-from structinit.models import patch_pos_embed, vit
+from structinit.models import create, patch_pos_embed, vit
 
 
 def small(**kw):
@@ -161,8 +163,15 @@ def test_impulse_scales_the_learned_pe_like_the_control():
     assert torch.equal(a.pos_embed, b.pos_embed)
 
 
+VIT_INITS = sorted(set(INITS) - set(FILTER_INITS))
+
+
+def convmixer():
+    return create("convmixer_64_4_p1", embed_dim=16, depth=2, in_chans=1, num_classes=10)
+
+
 def test_fixed_sincos_pe_survives_every_init():
-    for name in INITS:
+    for name in VIT_INITS:
         model = small()
         before = model.pos_embed.clone()
         apply_init(model, InitConfig(name=name, solver_steps=10), seed=0)
@@ -184,9 +193,12 @@ def test_default_and_torch_default_differ_as_documented():
 
 @pytest.mark.parametrize("cfg", [InitConfig(name=n, solver_steps=20) for n in sorted(INITS)] +
                          [InitConfig(offsets="random", pseudo_input="pe+gaussian"),
-                          InitConfig(solver="gradient", solver_steps=20, target_mass=None)], ids=str)
+                          InitConfig(solver="gradient", solver_steps=20, target_mass=None),
+                          InitConfig(mix="noise", mix_ratio=0.3), InitConfig(mix="mimetic", mix_ratio=0.3, target_shape="gaussian"),
+                          InitConfig(name="frozen_impulse", offsets="random", distinct_filters=5)], ids=str)
 def test_same_seed_gives_bit_identical_weights(cfg):
-    a, b, c = small(pos_embed="learn"), small(pos_embed="learn"), small(pos_embed="learn")
+    make_model = convmixer if cfg.name in FILTER_INITS else partial(small, pos_embed="learn")
+    a, b, c = make_model(), make_model(), make_model()
     torch.manual_seed(123)
     apply_init(a, cfg, seed=7)
     outside = torch.rand(1)

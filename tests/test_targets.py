@@ -48,10 +48,11 @@ def test_random_offsets_follow_torch_seed():
 
 
 def test_mass_and_hit_on_hand_built_attention():
-    targets = torch.tensor([[1, 2, -1]])  # one head, query 2 has no target
+    # one head; query 0 intends key 1, query 1 key 2, query 2 has no target
+    support = torch.tensor([[[False, True, False], [False, False, True], [False, False, False]]])
     probs = torch.tensor([[[0.1, 0.8, 0.1], [0.5, 0.2, 0.3], [1.0, 0.0, 0.0]]])
-    mass, hit = mass_and_hit(probs, targets)
+    mass, hit = mass_and_hit(probs, support)
     assert mass.item() == pytest.approx((0.8 + 0.3) / 2)
     assert hit.item() == pytest.approx(0.5)
-    mass_b, hit_b = mass_and_hit(torch.stack([probs, probs]), targets)  # a batch dim averages the same
+    mass_b, hit_b = mass_and_hit(torch.stack([probs, probs]), support)  # a batch dim averages the same
     assert mass_b.item() == pytest.approx(mass.item()) and hit_b.item() == pytest.approx(hit.item())

@@ -1,4 +1,4 @@
-"""Init strategies for timm ViTs, a registry by name.
+"""Init strategies for timm ViTs (and ConvMixer spatial filters), a registry by name.
 
     result = apply_init(model, InitConfig(name="impulse", filter_size=3), seed=0)
 
@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import torch
+from timm.models.convmixer import ConvMixer
 from timm.models.vision_transformer import VisionTransformer
 
 from structinit.models import grid_size
@@ -25,6 +26,9 @@ PSEUDO_INPUTS = ("pe", "uniform", "gaussian", "pe+uniform", "pe+gaussian")
 SOLVERS = ("closed_form", "gradient")
 QK_MODES = ("per_block", "shared")
 VALUE_PROJ = ("default", "mimetic")
+TARGET_SHAPES = ("impulse", "box", "gaussian")
+MIXES = (None, "noise", "mimetic")
+FILTER_INITS = ("learned", "frozen_random", "frozen_impulse", "frozen_box")  # ConvMixer spatial filters
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,15 @@ class InitConfig:
     beta_qk: float = 0.7
     alpha_vo: float = 0.4
     beta_vo: float = 0.4
+    # impulse targets beyond one tap (the paper's open questions): a blob around each head's tap,
+    # and a blend with noise or a mimetic map
+    target_shape: str = "impulse"
+    blob: int = 3
+    blob_sigma: float = 1.0
+    mix: str | None = None
+    mix_ratio: float = 0.0
+    # ConvMixer filters (filters.py): m distinct filters shared across the channels; None: one per channel
+    distinct_filters: int | None = None
 
     def __post_init__(self):
         choice("init", self.name, sorted(INITS))
@@ -70,11 +83,24 @@ class InitConfig:
         check("solver_steps", self.solver_steps, "a positive integer",
               isinstance(self.solver_steps, int) and self.solver_steps > 0)
         check("solver_lr", self.solver_lr, "a positive number", self.solver_lr > 0)
+        choice("target_shape", self.target_shape, TARGET_SHAPES)
+        check("blob", self.blob, "an odd integer >= 1", isinstance(self.blob, int) and self.blob >= 1 and self.blob % 2)
+        check("blob_sigma", self.blob_sigma, "a positive number", self.blob_sigma > 0)
+        choice("mix", self.mix, MIXES)
+        check("mix_ratio", self.mix_ratio, "a number in [0, 1)", 0 <= self.mix_ratio < 1)
         for name in ("alpha_qk", "beta_qk", "alpha_vo", "beta_vo"):
             check(name, getattr(self, name), "a number >= 0", getattr(self, name) >= 0)
 
     def check_model(self, model) -> None:
-        check("model", type(model).__name__, "a timm VisionTransformer", isinstance(model, VisionTransformer))
+        if self.name in FILTER_INITS:
+            check("model", type(model).__name__, f"a timm ConvMixer for init={self.name!r}", isinstance(model, ConvMixer))
+            dim = model.num_features
+            check("distinct_filters", self.distinct_filters, f"None or an integer in [1, embed_dim={dim}]",
+                  self.distinct_filters is None or (isinstance(self.distinct_filters, int)
+                                                    and 1 <= self.distinct_filters <= dim))
+            return
+        check("model", type(model).__name__, f"a timm VisionTransformer for init={self.name!r} (ConvMixers take "
+              f"{', '.join(FILTER_INITS)})", isinstance(model, VisionTransformer))
         grid = grid_size(model)
         check("filter_size", self.filter_size, f"at most the patch grid's side {min(grid)} (grid {grid[0]}x{grid[1]})",
               self.filter_size <= min(grid))
@@ -85,12 +111,13 @@ class InitConfig:
 
 @dataclass
 class InitResult:
-    """What an init did: per block, the impulse offset of each head and the pseudo input the
-    fidelity is measured on. For inits without impulse targets these are the reference: the
+    """What an init did: per block, the impulse offset of each head, the pseudo input the
+    fidelity is measured on, and (impulse) the keys each query's target puts its mass on. For inits without impulse targets these are the reference: the
     `cover` offsets of `filter_size` on the model's position embedding."""
 
     offsets: list[list[tuple[int, int]]]
     pseudo_inputs: list[torch.Tensor]
+    supports: list[torch.Tensor] = field(default_factory=list)  # per block (heads, N, N): the intended keys
     solve_seconds: float = 0.0
     notes: dict = field(default_factory=dict)
 
@@ -118,4 +145,4 @@ def apply_init(model: VisionTransformer, cfg: InitConfig, seed: int = 0) -> Init
 
 
 # The strategies register themselves on import.
-from structinit.inits import default, impulse, mimetic  # noqa: E402,F401
+from structinit.inits import default, filters, impulse, mimetic  # noqa: E402,F401

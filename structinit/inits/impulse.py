@@ -15,9 +15,8 @@ from timm.models.vision_transformer import VisionTransformer
 
 from structinit.inits import InitConfig, InitResult, register
 from structinit.inits.default import base_init, scale_pos_embed
-from structinit.inits.mimetic import mimetic_vo, set_qk
-from structinit.inits.targets import (cover_offsets, impulse_targets, mass_and_hit, mass_on_target,
-                                      random_offsets)
+from structinit.inits.mimetic import mimetic_factors, mimetic_vo, set_qk
+from structinit.inits.targets import cover_offsets, mass_and_hit, random_offsets, target_maps
 from structinit.models import grid_size, patch_pos_embed
 
 
@@ -37,44 +36,37 @@ def pseudo_input(model: VisionTransformer, kind: str) -> torch.Tensor:
     return x
 
 
-def one_hot_targets(targets: torch.Tensor) -> torch.Tensor:
-    """(heads, N) target indices -> (heads, N, N) shift matrices (zero rows without a target)."""
-    n = targets.shape[-1]
-    rows = torch.nn.functional.one_hot(targets.clamp(min=0), n).to(torch.float64)
-    return rows * (targets >= 0).unsqueeze(-1)
-
-
-def solve_closed_form(pt: torch.Tensor, targets: torch.Tensor, head_dim: int, rank_rtol: float):
+def solve_closed_form(pt: torch.Tensor, maps: torch.Tensor, head_dim: int, rank_rtol: float):
     """Least squares in the pseudo input's well-conditioned subspace, then best rank d.
 
     P~ = U S V^T truncated at rank r = #{s_i >= rank_rtol * s_1}: the spectrum decides, so a
     rank-deficient sin-cos PE (r ~ 15 on a 16x16 grid) is solved in its own subspace instead of
     inverting noise (the follow-up code truncates at d and collapses to uniform attention there).
-    The logits P~ B P~^T reachable by B = W_q W_k^T are U C U^T; the closest to H is
-    C = U^T H U, and its best rank-k approximation (k = min(d, r)) C_k = A S_c B^T gives
+    The logits P~ B P~^T reachable by B = W_q W_k^T are U C U^T; the closest to the target map H
+    (heads x N x N; a shift matrix for an impulse) is C = U^T H U, and its best rank-k approximation (k = min(d, r)) C_k = A S_c B^T gives
     W_q = V S^-1 A S_c^1/2, W_k = V S^-1 B S_c^1/2. The logit scale is left to `calibrate`.
     Returns (W_q, W_k), each (heads, D, k), and r."""
     u, s, vh = torch.linalg.svd(pt.double(), full_matrices=False)
     r = int((s >= rank_rtol * s[0]).sum())
     u, back = u[:, :r], vh[:r].T / s[:r]
-    c = u.T @ one_hot_targets(targets) @ u
+    c = u.T @ maps @ u
     a, sc, bh = torch.linalg.svd(c)
     k = min(head_dim, r)
     root = sc[:, :k].sqrt().unsqueeze(1)
     return back @ (a[..., :k] * root), back @ (bh[:, :k].transpose(1, 2) * root), r
 
 
-def solve_gradient(pt: torch.Tensor, targets: torch.Tensor, head_dim: int, scale: float, steps: int, lr: float):
+def solve_gradient(pt: torch.Tensor, maps: torch.Tensor, head_dim: int, scale: float, steps: int, lr: float):
     """v1: Adam (lr, `steps`) on mean((softmax(s P~ Q K P~^T) - H)^2) over heads x N x N, with
     Q (D x d), K (d x D) from U(-1, 1) sqrt(1/(d heads)); every 100 steps every column of Q and K
     is rescaled to the mean column norm of the initial Q, which caps the logits (v1's ~0.27 mass)."""
-    heads = targets.shape[0]
+    heads = maps.shape[0]
     dim = pt.shape[1]
     bound = (1.0 / (head_dim * heads)) ** 0.5
     q = (torch.rand(heads, dim, head_dim) * 2 - 1) * bound
     k = (torch.rand(heads, head_dim, dim) * 2 - 1) * bound
     norm = q.norm(dim=1).mean()
-    target = one_hot_targets(targets).float()
+    target = maps.float()
     q.requires_grad_(True)
     k.requires_grad_(True)
     opt = torch.optim.Adam([q, k], lr=lr)
@@ -92,15 +84,16 @@ def solve_gradient(pt: torch.Tensor, targets: torch.Tensor, head_dim: int, scale
     return q.detach(), k.detach().transpose(1, 2)
 
 
-def calibrate(logits: torch.Tensor, fixed: torch.Tensor, targets: torch.Tensor, mass: float) -> torch.Tensor:
-    """Per head the factor t with mean mass on target of softmax(t * logits + fixed) = `mass`.
+def calibrate(logits: torch.Tensor, fixed: torch.Tensor, support: torch.Tensor, mass: float) -> torch.Tensor:
+    """Per head the factor t with mean mass on the intended keys (`support`) of
+    softmax(t * logits + fixed) = `mass`.
     A scan over log t finds where the mass first reaches `mass` (it rises with t while the
     argmax is on the target, and falls once wrong argmaxes dominate), then bisection refines it.
     Where `mass` is out of reach, t maximises the mass instead (the caller warns)."""
     logits, fixed = logits.float(), fixed.float()
 
     def reached(log_t: torch.Tensor) -> torch.Tensor:
-        return mass_on_target((log_t.exp()[:, None, None] * logits + fixed).softmax(-1), targets)
+        return mass_and_hit((log_t.exp()[:, None, None] * logits + fixed).softmax(-1), support)[0]
 
     heads = logits.shape[0]
     grid = torch.arange(-10.0, 14.5, 1.0)
@@ -122,14 +115,33 @@ def head_weights(attn: Attention, rows: slice) -> torch.Tensor:
     return w.reshape(attn.num_heads, attn.head_dim, -1).transpose(1, 2).double()
 
 
-def solve_block(attn: Attention, pt: torch.Tensor, targets: torch.Tensor, cfg: InitConfig) -> dict:
-    """Solve and write one block's W_q, W_k; q/k biases are zeroed (the solve assumes none).
+def hybrid(maps: torch.Tensor, pt: torch.Tensor, attn: Attention, cfg: InitConfig) -> torch.Tensor:
+    """(1 - r) H + r X on every row with a target, r = `mix_ratio`: X is row-normalised U(0, 1)
+    noise (`mix="noise"`), or the map mimetic init draws on this pseudo input (`mix="mimetic"`),
+    softmax(s P~ (alpha_qk Z + beta_qk I) P~^T) with a fresh Z per head."""
+    if cfg.mix is None or cfg.mix_ratio == 0:
+        return maps
+    if cfg.mix == "noise":
+        other = torch.rand(maps.shape, dtype=torch.float64)
+        other = other / other.sum(-1, keepdim=True)
+    else:
+        dim, ptd = pt.shape[1], pt.double()
+        other = torch.stack([(attn.scale * ptd @ mimetic_factors(dim, dim, cfg.alpha_qk, cfg.beta_qk)[2].double()
+                              @ ptd.T).softmax(-1) for _ in range(maps.shape[0])])
+    rows = maps.sum(-1, keepdim=True) > 0
+    return torch.where(rows, (1 - cfg.mix_ratio) * maps + cfg.mix_ratio * other, maps)
+
+
+def solve_block(attn: Attention, pt: torch.Tensor, maps: torch.Tensor, support: torch.Tensor,
+                cfg: InitConfig) -> dict:
+    """Solve and write one block's W_q, W_k for target maps (heads x N x N), calibrating the mass
+    on the intended keys `support`; q/k biases are zeroed (the solve assumes none).
     Head dims the closed form leaves unused (k < d) keep the base init, so they can still learn."""
     inner = attn.num_heads * attn.head_dim
     if cfg.solver == "closed_form":
-        wq, wk, rank = solve_closed_form(pt, targets, attn.head_dim, cfg.rank_rtol)
+        wq, wk, rank = solve_closed_form(pt, maps, attn.head_dim, cfg.rank_rtol)
     else:
-        wq, wk = solve_gradient(pt, targets, attn.head_dim, attn.scale, cfg.solver_steps, cfg.solver_lr)
+        wq, wk = solve_gradient(pt, maps, attn.head_dim, attn.scale, cfg.solver_steps, cfg.solver_lr)
         wq, wk, rank = wq.double(), wk.double(), None
     used = wq.shape[-1]
     fill_q = head_weights(attn, slice(0, inner))[..., used:]
@@ -139,13 +151,13 @@ def solve_block(attn: Attention, pt: torch.Tensor, targets: torch.Tensor, cfg: I
     def logits(a, b):
         return attn.scale * (ptd @ a) @ (ptd @ b).transpose(1, 2)
 
-    scale = torch.ones(targets.shape[0], dtype=torch.float64)
+    scale = torch.ones(maps.shape[0], dtype=torch.float64)
     if cfg.target_mass is not None:
-        scale = calibrate(logits(wq, wk), logits(fill_q, fill_k), targets, cfg.target_mass)
+        scale = calibrate(logits(wq, wk), logits(fill_q, fill_k), support, cfg.target_mass)
         root = scale.sqrt()[:, None, None]
         wq, wk = wq * root, wk * root
     wq, wk = torch.cat([wq, fill_q], -1), torch.cat([wk, fill_k], -1)
-    mass, hit = mass_and_hit(logits(wq, wk).softmax(-1), targets)
+    mass, hit = mass_and_hit(logits(wq, wk).softmax(-1), support)
     if cfg.target_mass is not None and (mass - cfg.target_mass).abs().max() > 0.05:
         warnings.warn(f"target_mass={cfg.target_mass} not reached on the pseudo input (per head: "
                       f"{[round(m, 3) for m in mass.tolist()]}): it cannot express these offsets more sharply",
@@ -165,12 +177,16 @@ def impulse(model: VisionTransformer, cfg: InitConfig) -> InitResult:
     Zero padding: queries whose tap leaves the grid get no target (their rows are pushed to
     uniform attention). A class token is left out of the solve: it is not in the pseudo input,
     so it is neither a query nor a target there; in the model it is one more key.
-    V and the output projection keep the base init, or are mimetic (follow-up): W_v W_o = 0.4 Z - 0.4 I."""
+    V and the output projection keep the base init, or are mimetic (follow-up): W_v W_o = 0.4 Z - 0.4 I.
+    Open questions of the paper: `target_shape` box / gaussian spreads each head's target over a
+    `blob` x `blob` window around its tap (the mass is then calibrated on the whole blob), and
+    `mix` / `mix_ratio` blends the target with noise or a mimetic map before the solve (the mass is
+    still calibrated on the structured target's keys)."""
     base_init(model, cfg.base)
     scale_pos_embed(model, cfg)
     heads = model.blocks[0].attn.num_heads
     grid = grid_size(model)
-    offsets, inputs, notes = [], [], []
+    offsets, inputs, supports, notes = [], [], [], []
     inner = heads * model.blocks[0].attn.head_dim
     for index, block in enumerate(model.blocks):
         if cfg.qk == "shared" and index > 0:  # v1: block 0's Q, K copied into every block
@@ -178,15 +194,18 @@ def impulse(model: VisionTransformer, cfg: InitConfig) -> InitResult:
             block.attn.qkv.weight[:2 * inner] = first.weight[:2 * inner]
             if first.bias is not None:
                 block.attn.qkv.bias[:2 * inner] = first.bias[:2 * inner]
-            offs, p, note = offsets[0], inputs[0], notes[0]
+            offs, p, support, note = offsets[0], inputs[0], supports[0], notes[0]
         else:
             draw = cover_offsets if cfg.offsets == "cover" else random_offsets
             offs, p = draw(cfg.filter_size, heads), pseudo_input(model, cfg.pseudo_input)
-            targets = torch.stack([impulse_targets(grid, o) for o in offs])
-            note = solve_block(block.attn, block.norm1(p), targets, cfg)
+            pt = block.norm1(p)
+            structured = target_maps(grid, offs, cfg.target_shape, cfg.blob, cfg.blob_sigma)
+            support = structured > 0
+            note = solve_block(block.attn, pt, hybrid(structured, pt, block.attn, cfg), support, cfg)
         offsets.append(offs)
         inputs.append(p)
+        supports.append(support)
         notes.append(note)
     if cfg.value_proj == "mimetic":
         mimetic_vo(model, cfg)
-    return InitResult(offsets=offsets, pseudo_inputs=inputs, notes={"blocks": notes})
+    return InitResult(offsets=offsets, pseudo_inputs=inputs, supports=supports, notes={"blocks": notes})

@@ -1,11 +1,13 @@
-"""Impulse targets on the patch grid: offsets, target indices, shift matrices, and the two
-fidelity measures (mass on the target key, argmax hit). Pure tensor math.
+"""Impulse targets on the patch grid: offsets, target indices, shift matrices, multi-tap target
+maps, and the two fidelity measures (mass on the intended keys, argmax hit). Pure tensor math.
 
 An impulse filter of size f with its one tap at (dy, dx), dy, dx in {-f//2, ..., f//2}, maps
 token (r, c) to token (r + dy, c + dx) (row-major index r * W + c). With zero padding a query
 whose target falls outside the grid has none (index -1): its row of the shift matrix is zero.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -56,20 +58,33 @@ def shift_matrix(grid: tuple[int, int], offset: tuple[int, int]) -> torch.Tensor
     return h
 
 
-def mass_on_target(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """probs (..., heads, Nq, Nk) attention rows, targets (heads, Nq) key indices (-1: none).
-    Per head, the mean probability on the target key over queries with a target (and over any
-    leading batch dims)."""
+def target_maps(grid: tuple[int, int], offsets, shape: str = "impulse", blob: int = 3,
+                sigma: float = 1.0) -> torch.Tensor:
+    """(heads, N, N) target attention maps, rows summing to 1 (0 where no tap is inside the grid).
+    `impulse`: the shift matrix of the head's offset. `box` / `gaussian`: a multi-tap blob, the
+    blob x blob window centred on the head's tap, uniform or weighted exp(-|t|^2 / 2 sigma^2),
+    clipped to the grid and renormalised (with the tap at the centre and blob = f: the whole
+    f x f window, i.e. a box or Gaussian filter)."""
+    r = blob // 2 if shape != "impulse" else 0
+    maps = []
+    for oy, ox in offsets:
+        m = torch.zeros(grid[0] * grid[1], grid[0] * grid[1], dtype=torch.float64)
+        for dy in range(-r, r + 1):
+            for dx in range(-r, r + 1):
+                weight = 1.0 if shape != "gaussian" else math.exp(-(dy * dy + dx * dx) / (2 * sigma * sigma))
+                m += weight * shift_matrix(grid, (oy + dy, ox + dx)).double()
+        maps.append(m / m.sum(-1, keepdim=True).clamp(min=1e-12))
+    return torch.stack(maps)
+
+
+def mass_and_hit(probs: torch.Tensor, support: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """probs (..., heads, Nq, Nk) attention rows; support (heads, Nq, Nk) the intended keys of
+    each query (a row without any: no target). Per head, over queries with a target (and any
+    leading batch dims): the mean attention mass on the intended keys, and the share of queries
+    whose most-attended key is one of them."""
     probs = probs.reshape(-1, *probs.shape[-3:])
-    valid = targets >= 0
-    idx = targets.clamp(min=0).expand(probs.shape[0], -1, -1).unsqueeze(-1)
-    on_target = probs.gather(-1, idx).squeeze(-1)
-    return (on_target * valid).sum((0, 2)) / (valid.sum(-1).clamp(min=1) * probs.shape[0])
-
-
-def mass_and_hit(probs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`mass_on_target`, and per head the share of those queries whose argmax is the target."""
-    valid = targets >= 0
-    hit = ((probs.argmax(-1) == targets) & valid).reshape(-1, *targets.shape).sum((0, 2))
-    count = valid.sum(-1).clamp(min=1) * (probs.numel() // (probs.shape[-1] * targets.numel()))
-    return mass_on_target(probs, targets), hit / count
+    has = support.any(-1)  # (heads, Nq)
+    count = has.sum(-1).clamp(min=1) * probs.shape[0]
+    mass = (probs * support).sum(-1)  # (B, heads, Nq)
+    hit = support.unsqueeze(0).expand_as(probs).gather(-1, probs.argmax(-1, keepdim=True)).squeeze(-1)
+    return (mass * has).sum((0, 2)) / count, (hit & has).sum((0, 2)) / count

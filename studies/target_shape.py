@@ -1,0 +1,33 @@
+"""Target shape: are one-tap impulse maps oversimplified? (the paper's open question)
+
+Each head's target is its impulse, a blob around its tap (box or Gaussian, `init.blob` wide), and
+each of these alone or blended with noise or with a mimetic map (`init.mix_ratio`, 0.3 here)
+before the solve; the attention mass is always calibrated on the structured target's keys.
+
+    python studies/target_shape.py [--preset smoke|cpu|paper] [--set init.mix_ratio=0.5] ...
+    structinit report target_shape
+"""
+import dataclasses
+from functools import partial
+
+from structinit.config import make
+from structinit.spaces import categorical
+from structinit.study import Study, cli
+
+
+def study(shapes, mixes, trial, seeds, mix_ratio=0.3):
+    grid = {"init.target_shape": list(shapes), "init.mix": list(mixes)}
+    trial = dataclasses.replace(trial, init=dataclasses.replace(trial.init, mix_ratio=mix_ratio))
+    return Study("target_shape", trial, partial(categorical, **grid), grid=grid, inits=("impulse",), seeds=seeds)
+
+
+SHAPES, MIXES = ["impulse", "box", "gaussian"], [None, "noise", "mimetic"]
+PRESETS = {
+    "smoke": lambda: study(["impulse", "gaussian"], [None, "mimetic"], make(
+        "digits", recipe_overrides=dict(epochs=2, warmup_epochs=0), model_overrides=dict(depth=2)), (0,)),
+    "cpu": lambda: study(SHAPES, MIXES, make("digits", recipe_overrides=dict(epochs=30)), (0, 1, 2)),
+    "paper": lambda: study(SHAPES, MIXES, make("cifar10", data_root="/data", gpu=True, cpus_per_worker=4), (0, 1, 2)),
+}
+
+if __name__ == "__main__":
+    cli("target_shape", PRESETS)
