@@ -194,7 +194,7 @@ def rank(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     from structinit import data
     from structinit.config import MODEL_FIELDS, make, model_kwargs
-    from structinit.models import create, spatial_filters
+    from structinit.models import create
     from structinit.rank import measure, text
 
     try:
@@ -211,8 +211,7 @@ def rank(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except (ValueError, OSError, RuntimeError, KeyError) as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     images = torch.stack([d.test[i][0] for i in range(min(args.images, len(d.test)))])
-    f = args.filter_size if not hasattr(model, "stem") else spatial_filters(model)[0].kernel_size[0]
-    m = measure(model, images, f, rtol=args.rtol)
+    m = measure(model, images, args.filter_size, rtol=args.rtol)
     m.update(model=args.model, dataset=args.dataset, source=args.checkpoint or f"init {cfg.init.name} seed {args.seed}")
     print(json.dumps(m) if args.json else f"{args.model} on {args.dataset} ({m['source']})\n{text(m)}")
     return 0

@@ -97,12 +97,13 @@ def patch_pos_embed(model: VisionTransformer) -> torch.Tensor:
     return pe if model.no_embed_class else pe[model.num_prefix_tokens:]
 
 
-def _registered(pretrained: bool, defaults: dict, kwargs: dict) -> VisionTransformer:
+def _registered(pretrained: bool, defaults: dict, kwargs: dict, build=None):
+    """A registered name: `build` (default `vit`) with the name's geometry under the caller's kwargs."""
     if pretrained:
         raise ValueError("pretrained=True is not allowed: structinit models have no pretrained weights")
     for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
         kwargs.pop(key, None)
-    return vit(**{**defaults, **kwargs})
+    return (build or vit)(**{**defaults, **kwargs})
 
 
 # The paper's small-data models (v1: 32 px, patch 2, avg pool, fixed sin-cos PE), and a digits model.
@@ -155,11 +156,7 @@ CONVMIXERS = {
 @register_model
 def convmixer_64_4_p1(pretrained: bool = False, **kwargs) -> ConvMixer:
     """ConvMixer for 8x8 digits: D = 64 channels, depth 4, 3x3 depthwise filters, patch 1."""
-    if pretrained:
-        raise ValueError("pretrained=True is not allowed: structinit models have no pretrained weights")
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-        kwargs.pop(key, None)
-    return convmixer(**{**CONVMIXERS["convmixer_64_4_p1"], **kwargs})
+    return _registered(pretrained, CONVMIXERS["convmixer_64_4_p1"], kwargs, build=convmixer)
 
 
 def create(name: str, **overrides) -> VisionTransformer | ConvMixer:

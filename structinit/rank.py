@@ -12,6 +12,8 @@ import statistics
 import torch
 from timm.models.convmixer import ConvMixer
 
+from structinit.models import spatial_filters
+
 
 def numerical_rank(x: torch.Tensor, rtol: float = 1e-2) -> int:
     """#singular values >= rtol * the largest (0 for a zero matrix)."""
@@ -37,7 +39,10 @@ def embeddings(model, images: torch.Tensor) -> torch.Tensor:
 
 
 def measure(model, images: torch.Tensor, filter_size: int, rtol: float = 1e-2) -> dict:
-    """k (median numerical rank over the images), the stable rank, min(N, D), and the conditions."""
+    """k (median numerical rank over the images), the stable rank, min(N, D), and the conditions.
+    `filter_size` is the ViT's f (the init's); a ConvMixer's is its kernel size."""
+    if isinstance(model, ConvMixer):
+        filter_size = spatial_filters(model)[0].kernel_size[0]
     x = embeddings(model, images)
     n, d = x.shape[1], x.shape[2]
     ranks = [numerical_rank(xi, rtol) for xi in x]

@@ -267,8 +267,9 @@ def check_cluster(study: Study) -> None:
     import ray
 
     if study.trial.gpu:
-        check("gpus_per_trial", 1, f"a cluster with GPUs (this one has or can scale to {capacity().get('GPU', 0)})",
-              capacity().get("GPU", 0) >= study.trial.workers)
+        gpus = capacity().get("GPU", 0)
+        check("gpus_per_trial", 1, f"a cluster with GPUs (this one has or can scale to {gpus})",
+              gpus >= study.trial.workers)
     hosts = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
     check("checkpoints", study.checkpoints or study.folder,
           f"a URI (s3://..., gs://...) or a shared folder: this cluster spans {len(hosts)} machines",

@@ -9,7 +9,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 
@@ -79,8 +79,6 @@ def log_init(run: Run, cfg, model, init, measured: dict) -> None:
 
 
 def set_tags(run: Run, tags: dict) -> None:
-    from mlflow.entities import RunTag
-
     MlflowClient(run.uri).log_batch(run.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 

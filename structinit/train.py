@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
-from timm.models.convmixer import ConvMixer
 from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
@@ -30,7 +29,7 @@ from structinit import data as datasets
 from structinit import fidelity, rank, tracking
 from structinit.config import TrialConfig, model_kwargs
 from structinit.inits import apply_init
-from structinit.models import create, spatial_filters
+from structinit.models import create
 
 
 class NonFiniteLossError(RuntimeError):
@@ -153,8 +152,7 @@ def initial_measures(model, cfg: TrialConfig, init, loader) -> tuple[dict, dict]
     asks for (rank.py), and, where the init has impulse targets, the attention's fidelity on the
     pseudo input and on the images. Also the full per-head fidelity, for the run's artifacts."""
     x, _ = next(iter(loader))
-    f = spatial_filters(model)[0].kernel_size[0] if isinstance(model, ConvMixer) else cfg.init.filter_size
-    k = rank.measure(model, x[:64], f)
+    k = rank.measure(model, x[:64], cfg.init.filter_size)
     out = {"init_rank_k": k["k"], "init_stable_rank": k["stable_rank"], "init_width_ratio": k["D"] / k["width_needed"]}
     if not init.pseudo_inputs:
         return out, {}

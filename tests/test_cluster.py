@@ -166,9 +166,9 @@ def test_autoscaler_adds_fake_gpu_nodes_for_gpu_trials_and_removes_them(tmp_path
         assert sum(first["nodes"].values()) == 0  # no GPU anywhere yet
         study = subprocess.run(
             [sys.executable, str(ROOT / "studies" / "heads_vs_dim.py"), "--preset", "smoke", "--inits", "impulse,default",
-             "--epochs", "1", "--gpus-per-trial", "1", "--set", 'backend="gloo"', "--address", address],
-            cwd=tmp_path, capture_output=True, text=True, timeout=600,
-            env={**os.environ, **auth, "STRUCTINIT_AUTOSCALING_CONFIG": str(config)})
+             "--epochs", "1", "--gpus-per-trial", "1", "--set", 'backend="gloo"'],
+            cwd=tmp_path, capture_output=True, text=True, timeout=600,  # attaches through RAY_ADDRESS, as `ray submit` would find its head
+            env={**os.environ, **auth, "RAY_ADDRESS": address, "STRUCTINIT_AUTOSCALING_CONFIG": str(config)})
         assert study.returncode == 0, study.stderr[-4000:]
         ended = time.time()
         summary = json.loads(study.stdout.strip().splitlines()[-1])

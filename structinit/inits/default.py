@@ -11,6 +11,13 @@ from structinit.inits.targets import cover_offsets
 from structinit.models import has_fixed_pos_embed, patch_pos_embed, sincos_pos_embed
 
 
+def reset_modules(model: torch.nn.Module) -> None:
+    """Every submodule to PyTorch's defaults (Kaiming-uniform a=sqrt(5), biases U(+-1/sqrt(fan_in)))."""
+    for module in model.modules():
+        if module is not model and hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+
+
 def base_init(model: VisionTransformer, base: str) -> None:
     """Every weight to `base`: "timm" is timm's ViT init (trunc-normal std 0.02 for Linear
     weights and the PE, zero biases, class token N(0, 1e-6)); "torch" is PyTorch's module
@@ -25,9 +32,7 @@ def base_init(model: VisionTransformer, base: str) -> None:
             if token is not None:
                 torch.nn.init.normal_(token, std=1e-6)
     else:
-        for module in model.modules():
-            if module is not model and hasattr(module, "reset_parameters"):
-                module.reset_parameters()
+        reset_modules(model)
         if model.pos_embed is not None:
             model.pos_embed.normal_(std=0.02)
         if model.cls_token is not None:

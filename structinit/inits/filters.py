@@ -15,15 +15,14 @@ import torch
 from timm.models.convmixer import ConvMixer
 
 from structinit.inits import InitConfig, InitResult, register
+from structinit.inits.default import reset_modules
 from structinit.inits.targets import cover_offsets, random_offsets
 from structinit.models import spatial_filters
 
 
 def reset(model: ConvMixer) -> None:
     """Every weight to PyTorch's defaults, every filter trainable."""
-    for module in model.modules():
-        if module is not model and hasattr(module, "reset_parameters"):
-            module.reset_parameters()
+    reset_modules(model)
     for conv in spatial_filters(model):
         conv.weight.requires_grad_(True)
 
