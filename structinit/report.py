@@ -124,15 +124,21 @@ def plots(folder: str, trials: pd.DataFrame, history: pd.DataFrame, optuna_url: 
         inits = sorted(done["init"].unique())
         fig, axes = plt.subplots(1, len(inits), figsize=(4 * len(inits), 3.5), squeeze=False)
         for ax, init in zip(axes[0], inits):
-            grid = done[done["init"] == init].pivot_table(index="num_heads", columns="embed_dim",
-                                                          values="final_test_top1", aggfunc="mean")
+            cells = done[done["init"] == init]
+            grid = cells.pivot_table(index="num_heads", columns="embed_dim", values="final_test_top1", aggfunc="mean")
+            ks = cells.pivot_table(index="num_heads", columns="embed_dim", values="init_rank_k",
+                                   aggfunc="mean").reindex(index=grid.index, columns=grid.columns).values
+            f2 = int(cells["filter_size"].iloc[0]) ** 2
             im = ax.imshow(grid.values, cmap="viridis", aspect="auto")
             ax.set_xticks(range(len(grid.columns)), grid.columns)
             ax.set_yticks(range(len(grid.index)), grid.index)
             for (i, j), v in np.ndenumerate(grid.values):
                 if not math.isnan(v):
-                    ax.text(j, i, f"{v:.1f}", ha="center", va="center", color="w", fontsize=8)
-            ax.set(xlabel="embed dim", ylabel="heads", title=init)
+                    h, dim = grid.index[i], grid.columns[j]
+                    k = ks[i, j]
+                    met = not math.isnan(k) and h >= f2 and dim // h >= math.ceil(k - 1e-9)
+                    ax.text(j, i, f"{v:.1f}{'*' if met else ''}", ha="center", va="center", color="w", fontsize=8)
+            ax.set(xlabel="embed dim", ylabel="heads", title=f"{init} (* h≥f², D/h≥k)")
             fig.colorbar(im, ax=ax)
         made.append(_save(fig, os.path.join(folder, "heads_vs_dim.png")))
     if "learned" in set(done["init"]) and done["kernel_size"].notna().any():
