@@ -31,11 +31,14 @@ def stable_rank(x: torch.Tensor) -> float:
 def embeddings(model, images: torch.Tensor) -> torch.Tensor:
     """(B, N, D) patch embeddings the first block sees: a ViT's patch tokens with their position
     embedding (prefix tokens dropped), a ConvMixer's stem output."""
-    model.eval()
-    if isinstance(model, ConvMixer):
-        return model.stem(images).flatten(2).transpose(1, 2)
-    tokens = model._pos_embed(model.patch_embed(images))
-    return tokens[:, model.num_prefix_tokens:]
+    was_training = model.training
+    model.eval()  # a ConvMixer's stem ends in BatchNorm: its running statistics, not the batch's
+    try:
+        if isinstance(model, ConvMixer):
+            return model.stem(images).flatten(2).transpose(1, 2)
+        return model._pos_embed(model.patch_embed(images))[:, model.num_prefix_tokens:]
+    finally:
+        model.train(was_training)
 
 
 def measure(model, images: torch.Tensor, filter_size: int, rtol: float = 1e-2) -> dict:
