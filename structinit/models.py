@@ -97,13 +97,13 @@ def patch_pos_embed(model: VisionTransformer) -> torch.Tensor:
     return pe if model.no_embed_class else pe[model.num_prefix_tokens:]
 
 
-def _registered(pretrained: bool, defaults: dict, kwargs: dict, build=None):
-    """A registered name: `build` (default `vit`) with the name's geometry under the caller's kwargs."""
+def _registered(pretrained: bool, defaults: dict, kwargs: dict, build=vit):
+    """A registered name: `build` with the name's geometry under the caller's kwargs."""
     if pretrained:
         raise ValueError("pretrained=True is not allowed: structinit models have no pretrained weights")
     for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
         kwargs.pop(key, None)
-    return (build or vit)(**{**defaults, **kwargs})
+    return build(**{**defaults, **kwargs})
 
 
 # The paper's small-data models (v1: 32 px, patch 2, avg pool, fixed sin-cos PE), and a digits model.

@@ -34,14 +34,26 @@ def label(params: str) -> str:
     return " ".join(f"{k.split('.')[-1]}={v}" for k, v in sorted(p.items())) or "(base)"
 
 
+def whole_rank(k: float) -> int:
+    """A mean measured rank as the integer the conditions use (its ceiling)."""
+    return math.ceil(k - 1e-9)
+
+
+def width_ratio(trial, k: float) -> float:
+    """D / (k f^2) of a ConvMixer configuration (NaN for a ViT or without a measured k)."""
+    if pd.isna(k) or pd.isna(trial.embed_dim) or pd.isna(trial.kernel_size):
+        return math.nan
+    return trial.embed_dim / (whole_rank(k) * trial.kernel_size ** 2)
+
+
 def theory(trial, k: float) -> str:
     """The paper's width conditions for one configuration, with k its measured embedding rank:
     ConvMixer D >= k f^2 (as the ratio D / (k f^2)); ViT h >= f^2 and D/h >= k."""
     if pd.isna(k) or pd.isna(trial.embed_dim):
         return ""
-    k = math.ceil(k - 1e-9)
+    k = whole_rank(k)
     if not pd.isna(trial.kernel_size):
-        return f"k={k}, D/(k f²)={trial.embed_dim / (k * trial.kernel_size ** 2):.2f}"
+        return f"k={k}, D/(k f²)={width_ratio(trial, k):.2f}"
     if pd.isna(trial.num_heads):
         return f"k={k}"
     f2, h = trial.filter_size ** 2, trial.num_heads
@@ -67,11 +79,13 @@ def summarize(trials: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     paired = []
     for (key, config), g in done.groupby(["config_key", "config"], sort=True):
         by = g.pivot_table(index="seed", columns="init", values="final_test_top1", aggfunc="mean")
+        ratio = width_ratio(g.iloc[0], g["init_rank_k"].mean())
         for a, b in PAIRS:
             if a in by and b in by:
                 diff = (by[a] - by[b]).dropna()
                 m, s, h, n = ci95(diff)
-                paired.append({"config": config, "pair": f"{a} - {b}", "mean": m, "std": s, "ci95": h, "n": n})
+                paired.append({"config": config, "pair": f"{a} - {b}", "mean": m, "std": s, "ci95": h, "n": n,
+                               "width_ratio": ratio})
     return pd.DataFrame(rows), pd.DataFrame(paired)
 
 
@@ -104,7 +118,8 @@ def markdown(study: str, table: pd.DataFrame, paired: pd.DataFrame, trials: pd.D
     return "\n".join(lines) + "\n"
 
 
-def plots(folder: str, trials: pd.DataFrame, history: pd.DataFrame, optuna_url: str, execution: str | None) -> list:
+def plots(folder: str, trials: pd.DataFrame, history: pd.DataFrame, paired: pd.DataFrame, optuna_url: str,
+          execution: str | None) -> list:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -136,24 +151,17 @@ def plots(folder: str, trials: pd.DataFrame, history: pd.DataFrame, optuna_url: 
                 if not math.isnan(v):
                     h, dim = grid.index[i], grid.columns[j]
                     k = ks[i, j]
-                    met = not math.isnan(k) and h >= f2 and dim // h >= math.ceil(k - 1e-9)
+                    met = not math.isnan(k) and h >= f2 and dim // h >= whole_rank(k)
                     ax.text(j, i, f"{v:.1f}{'*' if met else ''}", ha="center", va="center", color="w", fontsize=8)
             ax.set(xlabel="embed dim", ylabel="heads", title=f"{init} (* h≥f², D/h≥k)")
             fig.colorbar(im, ax=ax)
         made.append(_save(fig, os.path.join(folder, "heads_vs_dim.png")))
-    if "learned" in set(done["init"]) and done["kernel_size"].notna().any():
+    gaps = paired[paired["pair"].str.endswith(" - learned") & paired["width_ratio"].notna()] if len(paired) else []
+    if len(gaps):
         fig, ax = plt.subplots(figsize=(6, 4))
-        for init in sorted(set(done["init"]) - {"learned"}):
-            points = []
-            for _, g in done.groupby("config_key"):
-                by = g.pivot_table(index="seed", columns="init", values="final_test_top1", aggfunc="mean")
-                if init in by and "learned" in by and g["init_rank_k"].notna().any():
-                    mean, _, h, _ = ci95((by[init] - by["learned"]).dropna())
-                    r, k = g.iloc[0], math.ceil(g["init_rank_k"].mean() - 1e-9)
-                    points.append((r.embed_dim / (k * r.kernel_size ** 2), mean, 0 if math.isnan(h) else h))
-            if points:
-                x, m, h = zip(*sorted(points))
-                ax.errorbar(x, m, yerr=h, marker="o", capsize=3, label=f"{init} − learned")
+        for pair, g in gaps.sort_values("width_ratio").groupby("pair"):
+            ax.errorbar(g["width_ratio"], g["mean"], yerr=g["ci95"].fillna(0), marker="o", capsize=3,
+                        label=pair.replace(" - ", " − "))
         ax.axvline(1, ls="--", c="gray")
         ax.axhline(0, c="k", lw=0.5)
         ax.set_xscale("log")
@@ -203,7 +211,7 @@ def report(study: str, storage: str = "runs", tracking_uri: str | None = None, o
     paired.to_csv(os.path.join(out, "paired.csv"), index=False)
     latest = os.path.join(folder, "LATEST")
     execution = open(latest).read().strip() if os.path.exists(latest) else None
-    plots(out, trials, history, optuna_url or "sqlite:///" + os.path.join(folder, "optuna.db"), execution)
+    plots(out, trials, history, paired, optuna_url or "sqlite:///" + os.path.join(folder, "optuna.db"), execution)
     run = execution and tracking.latest_run(tracking_uri or tracking.default_uri(), study, "execution", execution)
     if run:
         tracking.log_folder(run, out, "report")

@@ -112,8 +112,9 @@ class InitConfig:
 @dataclass
 class InitResult:
     """What an init did: per block, the impulse offset of each head, the pseudo input the
-    fidelity is measured on, and (impulse) the keys each query's target puts its mass on. For inits without impulse targets these are the reference: the
-    `cover` offsets of `filter_size` on the model's position embedding."""
+    fidelity is measured on, and (impulse) the keys each query's target puts its mass on. For
+    inits without impulse targets these are the reference: the `cover` offsets of `filter_size`
+    on the model's position embedding."""
 
     offsets: list[list[tuple[int, int]]]
     pseudo_inputs: list[torch.Tensor]

@@ -43,7 +43,8 @@ def solve_closed_form(pt: torch.Tensor, maps: torch.Tensor, head_dim: int, rank_
     rank-deficient sin-cos PE (r ~ 15 on a 16x16 grid) is solved in its own subspace instead of
     inverting noise (the follow-up code truncates at d and collapses to uniform attention there).
     The logits P~ B P~^T reachable by B = W_q W_k^T are U C U^T; the closest to the target map H
-    (heads x N x N; a shift matrix for an impulse) is C = U^T H U, and its best rank-k approximation (k = min(d, r)) C_k = A S_c B^T gives
+    (heads x N x N; a shift matrix for an impulse) is C = U^T H U, and its best rank-k
+    approximation (k = min(d, r)) C_k = A S_c B^T gives
     W_q = V S^-1 A S_c^1/2, W_k = V S^-1 B S_c^1/2. The logit scale is left to `calibrate`.
     Returns (W_q, W_k), each (heads, D, k), and r."""
     u, s, vh = torch.linalg.svd(pt.double(), full_matrices=False)
