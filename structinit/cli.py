@@ -1,4 +1,4 @@
-"""`structinit` command line: inspect-init, train, report, rank, fetch."""
+"""`structinit` command line: inspect-init, train, report, sync, rank, fetch."""
 from __future__ import annotations
 
 import argparse
@@ -189,6 +189,35 @@ def report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+def sync(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Write what MLflow lacks of a study's executions from its Parquet tables, and record the
+    run ids in them (after MLflow was unreachable during a study)."""
+    import os
+
+    from structinit import results, tracking
+    from structinit.validate import check
+
+    folder = os.path.join(os.path.abspath(args.storage), args.study)
+    uri = args.tracking_uri or tracking.default_uri()
+    try:
+        names = results.executions(folder)
+        check("study", args.study, f"a study with results under {folder}/results", bool(names))
+        if args.execution:
+            check("execution", args.execution, f"one of {names}", args.execution in names)
+            names = [args.execution]
+        tracking.check(uri)
+    except ValueError as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    for execution in names:
+        trials, history = results.read(folder, execution)
+        ids = tracking.sync(uri, args.study, execution, trials, history)
+        for t in trials:
+            t["mlflow_run_id"] = ids.get(t["trial_id"])
+        results.write(folder, execution, trials, history)
+        print(f"{execution}: {len(ids)} trial runs, {len(history)} epochs checked in MLflow at {uri}")
+    return 0
+
+
 def rank(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import torch
 
@@ -196,6 +225,7 @@ def rank(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from structinit.config import MODEL_FIELDS, make, model_kwargs
     from structinit.models import create
     from structinit.rank import measure, text
+    from structinit.train import load_state
 
     try:
         cfg = make(args.dataset, model=args.model, data_root=args.data_root, verify=args.verify,
@@ -205,7 +235,7 @@ def rank(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         model = create(cfg.model.name, **model_kwargs(cfg, d.num_classes))
         if args.checkpoint:
             path = args.checkpoint if args.checkpoint.endswith(".pt") else f"{args.checkpoint}/state.pt"
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
+            model.load_state_dict(load_state(path, "cpu")["model"])
         else:
             apply_init(model, cfg.init, seed=args.seed)
     except (ValueError, OSError, RuntimeError, KeyError) as err:
@@ -248,6 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)")
     p.add_argument("--optuna-url", help="the study's Optuna storage URL (default sqlite in its folder)")
     p.set_defaults(run=report, parser=p)
+    p = sub.add_parser("sync", help="write what MLflow lacks of a study (runs, metrics, statuses) from its Parquet "
+                       "tables: after MLflow was unreachable during the study")
+    p.add_argument("study", help="the study's name, e.g. heads_vs_dim")
+    p.add_argument("--storage", default="runs", help="the studies' storage folder (default ./runs)")
+    p.add_argument("--execution", help="one execution (default: all of the study's)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)")
+    p.set_defaults(run=sync, parser=p)
     p = sub.add_parser("rank", help="numerical and stable rank k of a model's patch embeddings on a dataset, "
                        "against the widths D >= k f^2, h >= f^2, D/h >= k")
     _add_model_args(p)

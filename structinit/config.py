@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 
 from structinit.data import DATASETS
@@ -63,6 +64,8 @@ class TrialConfig:
     max_failures: int = 2  # Train worker-group restarts from the last checkpoint
 
     def __post_init__(self):
+        if self.data_root:  # workers do not share the driver's working directory
+            object.__setattr__(self, "data_root", os.path.abspath(os.path.expanduser(self.data_root)))
         choice("dataset", self.dataset, sorted(DATASETS))
         check("fraction", self.fraction, "a number in (0, 1]", 0 < self.fraction <= 1)
         check("val_fraction", self.val_fraction, "a number in [0, 1)", 0 <= self.val_fraction < 1)

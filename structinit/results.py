@@ -24,14 +24,18 @@ TRIALS = pa.schema([
     ("time_total_s", pa.float64()), ("mlflow_run_id", pa.string()), ("params", pa.string()),
     ("kernel_size", pa.int64()), ("offsets", pa.string()), ("distinct_filters", pa.int64()),
     ("init_rank_k", pa.float64()), ("init_stable_rank", pa.float64()), ("init_width_ratio", pa.float64()),
+    ("trial_config", pa.string()),  # every TrialConfig field (JSON): what `structinit sync` logs as params
 ])
 HISTORY = pa.schema([
     ("study", pa.string()), ("execution", pa.string()), ("trial_id", pa.string()), ("config_key", pa.string()),
     ("init", pa.string()), ("seed", pa.int64()), ("epoch", pa.int64()), ("train_loss", pa.float64()),
     ("val_top1", pa.float64()), ("val_loss", pa.float64()), ("test_top1", pa.float64()),
     ("test_loss", pa.float64()), ("lr", pa.float64()), ("images_per_s", pa.float64()),
-    ("epoch_seconds", pa.float64()),
-])
+    ("epoch_seconds", pa.float64()), ("val_top5", pa.float64()), ("test_top5", pa.float64()),
+    ("init_mass_pseudo", pa.float64()), ("init_hit_pseudo", pa.float64()), ("init_mass_data", pa.float64()),
+    ("init_hit_data", pa.float64()), ("init_rank_k", pa.float64()), ("init_stable_rank", pa.float64()),
+    ("init_width_ratio", pa.float64()),
+])  # every metric a worker logs per epoch: `structinit sync` replays MLflow from these tables
 
 
 def _error(trial) -> str | None:
@@ -44,21 +48,31 @@ def _error(trial) -> str | None:
     return (reasons[-1] if reasons else lines[-1])[:2000] if lines else None
 
 
-def collect(study, execution: str, run_ids: dict[str, str]) -> tuple[list[dict], list[dict]]:
-    """Rows for every trial of one execution, from Tune's experiment state (no cluster needed)."""
+def train_history(study, trial_id: str) -> list[dict]:
+    """Every epoch a trial trained, from its Ray Train run's latest checkpoint: complete across
+    worker and driver restarts (Tune's own per-trial log starts over when a trial restarts)."""
+    import ray.train
+
+    from structinit.train import history_of
+
+    try:
+        return history_of(ray.train.Result.from_path(f"{study.ray_storage}/train/train-{trial_id}"))
+    except RuntimeError:  # the trial never reached a checkpoint
+        return []
+
+
+def collect(study, execution: str) -> tuple[list[dict], list[dict]]:
+    """Rows for every trial of one execution, from Tune's experiment state and each trial's Train
+    checkpoint (no cluster needed)."""
     from ray.tune import ExperimentAnalysis
 
     from structinit.study import config_key, trial_config
 
     analysis = ExperimentAnalysis(f"{study.ray_storage}/tune/{execution}")
-    frames = analysis.trial_dataframes
     trials, history = [], []
     for t in analysis.trials:
         cfg, params = trial_config(study, t.config)
-        frame = frames.get(t.trial_id)
-        epochs = [] if frame is None or "epoch" not in frame else (
-            frame.dropna(subset=["epoch"]).drop_duplicates("epoch", keep="last").sort_values("epoch")
-            .to_dict("records"))
+        epochs = train_history(study, t.trial_id)
         last = epochs[-1] if epochs else {}
         base = {"study": study.name, "execution": execution, "trial_id": t.trial_id, "config_key": config_key(params),
                 "init": cfg.init.name, "seed": cfg.seed}
@@ -81,9 +95,9 @@ def collect(study, execution: str, run_ids: dict[str, str]) -> tuple[list[dict],
                                                    "init_hit_data", "init_rank_k", "init_stable_rank",
                                                    "init_width_ratio")},
                        "time_total_s": (t.last_result or {}).get("time_total_s"),
-                       "mlflow_run_id": run_ids.get(t.trial_id),
-                       "params": json.dumps(params, sort_keys=True, default=str)})
-        history += [{**base, **{k: e.get(k) for k in HISTORY.names if k not in base and k not in ("study",)}}
+                       "params": json.dumps(params, sort_keys=True, default=str),
+                       "trial_config": json.dumps(cfg.flat(), sort_keys=True, default=str)})
+        history += [{**base, **{k: e.get(k) for k in HISTORY.names if k not in base and k != "study"}}
                     for e in epochs]
     return trials, history
 
@@ -95,14 +109,12 @@ def _write(rows: list[dict], schema: pa.Schema, path: str) -> str:
     return path
 
 
-def write(study, execution: str, parent) -> dict:
-    """Write this execution's parts; returns their paths and how many trials ended in each status."""
+def write(folder: str, execution: str, trials: list[dict], history: list[dict]) -> dict:
+    """Write one execution's parts under a study folder; returns their paths and how many trials
+    ended in each status."""
     from collections import Counter
 
-    from structinit.tracking import child_runs
-
-    trials, history = collect(study, execution, child_runs(parent))
-    folder = os.path.join(study.folder, "results")
+    folder = os.path.join(folder, "results")
     return {"trials": _write(trials, TRIALS, os.path.join(folder, "trials", f"{execution}.parquet")),
             "history": _write(history, HISTORY, os.path.join(folder, "history", f"{execution}.parquet")),
             "statuses": dict(Counter(t["status"] for t in trials))}
@@ -118,3 +130,17 @@ def load(folder: str):
                              f"(run the study first)")
         out.append(pads.dataset(path, schema=schema, format="parquet").to_table().to_pandas())
     return tuple(out)
+
+
+def executions(folder: str) -> list[str]:
+    """The executions that have results under a study folder, oldest first."""
+    path = os.path.join(folder, "results", "trials")
+    return sorted(f[:-len(".parquet")] for f in os.listdir(path) if f.endswith(".parquet")) if os.path.isdir(
+        path) else []
+
+
+def read(folder: str, execution: str) -> tuple[list[dict], list[dict]]:
+    """(trials, history) rows of one execution, under today's schemas."""
+    return tuple(pads.dataset(os.path.join(folder, "results", name, f"{execution}.parquet"), schema=schema,
+                              format="parquet").to_table().to_pylist()
+                 for name, schema in (("trials", TRIALS), ("history", HISTORY)))

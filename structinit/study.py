@@ -18,6 +18,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -29,6 +30,7 @@ from structinit.validate import check, choice
 
 TRIAL_INDEX = "__trial_index__"  # ray.tune.search.repeater.TRIAL_INDEX
 DRIVER = "trial_driver"  # custom resource that trial drivers hold
+CHECKPOINT_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs", "file")  # what pyarrow's filesystems open
 
 
 @dataclass(frozen=True)
@@ -69,21 +71,39 @@ class Study:
               isinstance(self.grace_epochs, int) and 1 <= self.grace_epochs <= self.trial.recipe.epochs)
         check("max_concurrent", self.max_concurrent, "None or a positive integer",
               self.max_concurrent is None or (isinstance(self.max_concurrent, int) and self.max_concurrent > 0))
+        for name in ("storage", "checkpoints"):  # absolute: Tune runs trials in their own working directories
+            path = getattr(self, name)
+            if path and "://" not in path:
+                object.__setattr__(self, name, os.path.abspath(os.path.expanduser(path)))
+        check("storage", self.storage, "a folder (it is created if missing), not a file",
+              bool(self.storage) and not os.path.isfile(self.storage))
+        scheme = (self.checkpoints or "").partition("://")[0]
+        check("checkpoints", self.checkpoints, f"a folder every node reaches, or a URI with a scheme in {CHECKPOINT_SCHEMES}",
+              self.checkpoints is None or (scheme in CHECKPOINT_SCHEMES if "://" in self.checkpoints
+                                           else bool(self.checkpoints) and not os.path.isfile(self.checkpoints)))
+        if self.optuna_url is not None:
+            from sqlalchemy.engine import make_url
+            from sqlalchemy.exc import ArgumentError
+
+            try:
+                make_url(self.optuna_url)
+            except ArgumentError:
+                check("optuna_url", self.optuna_url, "an SQLAlchemy URL such as sqlite:////abs/optuna.db or "
+                      "postgresql://user@host/db", False)
         if self.grid is not None:
             check("grid", self.grid, "a dict of non-empty lists", all(isinstance(v, list) and v for v in
                                                                         self.grid.values()))
 
     @property
     def folder(self) -> str:
-        return os.path.join(os.path.abspath(self.storage), self.name)
+        return os.path.join(self.storage, self.name)
 
     @property
     def ray_storage(self) -> str:
         """Where Tune and Train keep state and checkpoints: <checkpoints>/<name>, else the study folder."""
         if self.checkpoints is None:
             return self.folder
-        root = self.checkpoints if "://" in self.checkpoints else os.path.abspath(self.checkpoints)
-        return root.rstrip("/") + "/" + self.name
+        return self.checkpoints.rstrip("/") + "/" + self.name
 
     @property
     def repeats(self) -> list[tuple[str, int]]:
@@ -174,14 +194,18 @@ def run_trial(config: dict, study: Study, parent: str, tracking_uri: str) -> Non
     from structinit.report import label
 
     name = f"{cfg.init.name} s{cfg.seed} {label(json.dumps(params))} [{trial_id}]"  # readable in MLflow's compare view
-    run = tracking.start_run(tracking_uri, study.name, name, cfg.flat(), tags, parent=parent)
+    run = tracking.attempt(tracking_uri, f"the run of trial {trial_id}", lambda _: tracking.start_run(
+        tracking_uri, study.name, name, cfg.flat(), tags, parent=parent))  # None: the study's sync creates it
     try:
         fit(cfg, storage_path=study.ray_storage + "/train", name=f"train-{trial_id}", run=run,
             callbacks=[TuneReportCallback()])
-    except BaseException:
-        tracking.finish(run, "FAILED")
+    except BaseException as err:
+        if run is not None:
+            tracking.set_tags(run, {"error": str(err)[-5000:]})
+            tracking.finish(run, "FAILED")
         raise
-    tracking.finish(run)
+    if run is not None:
+        tracking.finish(run)
 
 
 def searcher(study: Study, execution: str):
@@ -283,18 +307,26 @@ def run(study: Study, resume: bool = False, address: str | None = None, checked:
     import ray.tune
 
     from structinit import results
-    from structinit.train import connect
+    from structinit.train import check_address, connect, starts_local
 
     latest = os.path.join(study.folder, "LATEST")
     if resume:
         check("resume", study.name, f"a study with a previous execution under {study.folder}", os.path.exists(latest))
     if not checked:
         check_space(study)
+    check_address(address)
+    if study.trial.gpu and not ray.is_initialized() and starts_local(address):  # what a new local cluster would have: this machine's GPUs
+        import torch
+
+        gpus = torch.cuda.device_count()
+        check("gpus_per_trial", 1, f"a cluster with GPUs: this machine has {gpus} (attach to a GPU cluster with "
+              f"--address or RAY_ADDRESS)", gpus >= study.trial.workers)
+    uri = study.tracking_uri or tracking.default_uri()
+    tracking.check(uri)  # unreachable MLflow: a clear error before any cluster work
     if not ray.is_initialized():
         connect(address, num_cpus=os.cpu_count(), resources={DRIVER: 1000})
     check_cluster(study)  # before anything is recorded
     os.makedirs(study.folder, exist_ok=True)
-    uri = study.tracking_uri or tracking.default_uri()
     if resume:
         with open(latest) as f:
             execution = f.read().strip()
@@ -324,19 +356,26 @@ def run(study: Study, resume: bool = False, address: str | None = None, checked:
                 run_config=ray.tune.RunConfig(name=execution, storage_path=storage,
                                               failure_config=ray.tune.FailureConfig(max_failures=1)))
         tuner.fit()
-        out = results.write(study, execution, parent)
+        trials, history = results.collect(study, execution)
     except BaseException:
         tracking.finish(parent, "KILLED")
         raise
+    ids = tracking.attempt(uri, "the study's records", lambda _: tracking.sync(uri, study.name, execution,
+                                                                                trials, history))
+    for t in trials:
+        t["mlflow_run_id"] = (ids or {}).get(t["trial_id"])
+    out = results.write(study.folder, execution, trials, history)
+    if ids is None:
+        warnings.warn(f"MLflow at {uri} was unreachable when study {study.name} ended: the MLflow records of its "
+                      f"{len(trials)} trials ({len(history)} epochs) may be incomplete; the Parquet tables are "
+                      f"complete ({out['trials']}). Once MLflow is back, write what it lacks with: structinit sync "
+                      f"{study.name} --storage {study.storage} --tracking-uri {uri}")
     finished = sum(out["statuses"].get(s, 0) for s in ("TERMINATED", "ERROR"))
     expected = study.configs * len(study.repeats)
     if finished < expected:  # stopped early (Ctrl-C): Tune saved its state
-        tracking.finish(parent, "KILLED")
         print(f"study {study.name} stopped with {finished} of {expected} trials finished; continue it with --resume")
-    else:
-        tracking.finish(parent)
     return {"execution": execution, "parent_run_id": parent.run_id, "finished": finished, "expected": expected,
-            **out}
+            "mlflow_synced": ids is not None, **out}
 
 
 def _value(text: str):

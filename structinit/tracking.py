@@ -1,16 +1,35 @@
 """MLflow: runs, params, tags, batched per-epoch metrics and artifacts. The only module that
 talks to MLflow. The default store is MLFLOW_TRACKING_URI, else a SQLite file at an absolute path
-in the working directory; any tracking URI (an `mlflow server`) works the same."""
+in the working directory; any tracking URI (an `mlflow server`) works the same.
+
+A study must not stop because its tracking server does: `check` refuses an unusable URI before
+any cluster work, logging during training is best effort (`attempt`: a failure warns and the
+call is skipped), and `sync` writes whatever MLflow lacks from the study's Parquet tables, which
+are complete either way (at the end of every study, and by `structinit sync`)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 
+import requests
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+from structinit.validate import check as check_value
+
+# MLflow retries a failed HTTP call 7 times over about 4 minutes; what fails here is replayed by
+# `sync`, so training waits less (export MLFLOW_HTTP_REQUEST_MAX_RETRIES to choose otherwise)
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+RETRY_AFTER_S = 60.0  # after a failure, calls to that URI are skipped this long (sync fills the gap)
+SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
+UNREACHABLE = (MlflowException, requests.RequestException, OSError)
+_down_until: dict[str, float] = {}
 
 
 @dataclass(frozen=True)
@@ -23,6 +42,53 @@ def default_uri() -> str:
     """MLFLOW_TRACKING_URI (the cluster configs point it at the head's server), else a SQLite
     file in the working directory, by absolute path."""
     return os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///" + os.path.abspath("mlflow.db")
+
+
+@contextlib.contextmanager
+def _patient(retries: int, timeout: int):
+    """MLflow's HTTP retry budget for the calls inside (MLflow reads it per call)."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES=str(retries), MLFLOW_HTTP_REQUEST_TIMEOUT=str(timeout))
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+def check(uri: str) -> None:
+    """Refuse a tracking URI that MLflow cannot use, with one line, before any cluster work: an
+    unknown scheme, a SQLite file in a missing folder, a server or database that does not answer."""
+    scheme = uri.split(":", 1)[0].split("+", 1)[0]
+    allowed = ("an MLflow server (http://HOST:PORT), sqlite:////absolute/path.db, or a database URL "
+               "(postgresql://, mysql://, mssql://)")
+    check_value("tracking_uri", uri, allowed, "://" in uri and scheme in SCHEMES)
+    if scheme == "sqlite":
+        folder = os.path.dirname(uri[len("sqlite:///"):])
+        check_value("tracking_uri", uri, f"a SQLite file in an existing folder ({folder or '.'} is not one)",
+                    os.path.isdir(folder or "."))
+    try:
+        with _patient(retries=1, timeout=10):
+            MlflowClient(uri).search_experiments(max_results=1)
+    except UNREACHABLE as err:
+        reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        raise ValueError(f"tracking_uri={uri!r} is not allowed: expected a reachable MLflow store "
+                         f"(start the server, or pass another --tracking-uri): {reason}") from None
+
+
+def attempt(uri: str, what: str, call):
+    """`call(client)`, or None with a warning where MLflow fails; after a failure, calls to that
+    URI are skipped for RETRY_AFTER_S (training goes on; `sync` writes what was skipped)."""
+    if time.monotonic() < _down_until.get(uri, 0.0):
+        return None
+    try:
+        return call(MlflowClient(uri))
+    except UNREACHABLE as err:
+        _down_until[uri] = time.monotonic() + RETRY_AFTER_S
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        warnings.warn(f"MLflow at {uri} failed, {what} not logged ({reason}); training goes on, and the "
+                      f"study writes what MLflow lacks when it ends (or run `structinit sync`)", stacklevel=2)
+        return None
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
@@ -39,51 +105,67 @@ def experiment_id(client: MlflowClient, name: str) -> str:
     return client.create_experiment(name, artifact_location=location)
 
 
-def start_run(uri: str, experiment: str, name: str, params: dict, tags: dict, parent: str | None = None) -> Run:
-    """A run named `name` in `experiment`, or the existing one of that name (a resumed run keeps
-    its MLflow run). `parent` nests it under another run."""
-    client = MlflowClient(uri)
+def _find_or_create(client: MlflowClient, experiment: str, name: str, params: dict, tags: dict,
+                    parent: str | None) -> tuple[str, bool]:
+    """(run id, created) of the run named `name` in `experiment` (the `structinit.run` tag)."""
     exp = experiment_id(client, experiment)
     found = client.search_runs([exp], filter_string=f"tags.`structinit.run` = '{name}'", max_results=1)
     if found:
-        run_id = found[0].info.run_id
-        client.update_run(run_id, status="RUNNING")
-        return Run(uri, run_id)
+        return found[0].info.run_id, False
     all_tags = {"structinit.run": name, **{k: str(v) for k, v in tags.items()}}
     if parent:
         all_tags["mlflow.parentRunId"] = parent
     run_id = client.create_run(exp, run_name=name, tags=all_tags).info.run_id
     client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+    return run_id, True
+
+
+def start_run(uri: str, experiment: str, name: str, params: dict, tags: dict, parent: str | None = None) -> Run:
+    """A run named `name` in `experiment`, or the existing one of that name set RUNNING again (a
+    resumed trial or study keeps its MLflow run). `parent` nests it under another run."""
+    client = MlflowClient(uri)
+    run_id, created = _find_or_create(client, experiment, name, params, tags, parent)
+    if not created:
+        client.update_run(run_id, status="RUNNING")
     return Run(uri, run_id)
 
 
+def _metrics(values: dict, step: int, ts: int) -> list[Metric]:
+    return [Metric(k, float(v), ts, step) for k, v in values.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v]  # v == v: not NaN
+
+
 def log_epoch(run: Run, metrics: dict, step: int) -> None:
-    """One batched call for all of an epoch's numeric metrics."""
-    ts = int(time.time() * 1000)
-    batch = [Metric(k, float(v), ts, step) for k, v in metrics.items() if isinstance(v, (int, float))]
-    MlflowClient(run.uri).log_batch(run.run_id, metrics=batch)
+    """One batched call for all of an epoch's numeric metrics (best effort)."""
+    batch = _metrics(metrics, step, int(time.time() * 1000))
+    attempt(run.uri, f"epoch {step} of run {run.run_id}", lambda c: c.log_batch(run.run_id, metrics=batch))
 
 
 def log_init(run: Run, cfg, model, init, measured: dict) -> None:
-    """The init's fidelity per block and head (JSON) and its initial attention maps (PNG)."""
+    """The init's fidelity per block and head (JSON) and its initial attention maps (PNG), best
+    effort (`structinit inspect-init` regenerates them)."""
     from structinit.fidelity import plot_attention
 
-    client = MlflowClient(run.uri)
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "init_fidelity.json")
         with open(path, "w") as f:
             json.dump({"solve_seconds": init.solve_seconds, **measured}, f)
         plot_attention(model, init, os.path.join(folder, "init_attention.png"))
-        client.log_artifacts(run.run_id, folder, artifact_path="init")
-    client.set_tag(run.run_id, "init_solve_seconds", f"{init.solve_seconds:.4f}")
+
+        def log(client):
+            client.log_artifacts(run.run_id, folder, artifact_path="init")
+            client.set_tag(run.run_id, "init_solve_seconds", f"{init.solve_seconds:.4f}")
+
+        attempt(run.uri, f"the init artifacts of run {run.run_id} (structinit inspect-init redraws them)", log)
 
 
 def set_tags(run: Run, tags: dict) -> None:
-    MlflowClient(run.uri).log_batch(run.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    batch = [RunTag(k, str(v)) for k, v in tags.items()]
+    attempt(run.uri, f"tags {sorted(tags)} of run {run.run_id}", lambda c: c.log_batch(run.run_id, tags=batch))
 
 
 def finish(run: Run, status: str = "FINISHED") -> None:
-    MlflowClient(run.uri).set_terminated(run.run_id, status)
+    attempt(run.uri, f"status {status} of run {run.run_id}", lambda c: c.set_terminated(run.run_id, status))
 
 
 def history(run: Run, key: str) -> list[tuple[int, float]]:
@@ -91,13 +173,64 @@ def history(run: Run, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in MlflowClient(run.uri).get_metric_history(run.run_id, key))
 
 
+def children(client: MlflowClient, parent: str) -> list:
+    exp = client.get_run(parent).info.experiment_id
+    return client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'", max_results=50000)
+
+
 def child_runs(parent: Run) -> dict[str, str]:
     """{trial_id tag: run id} of the runs nested under `parent`."""
-    client = MlflowClient(parent.uri)
-    exp = client.get_run(parent.run_id).info.experiment_id
-    runs = client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent.run_id}'",
-                              max_results=50000)
-    return {r.data.tags.get("trial_id"): r.info.run_id for r in runs}
+    return {r.data.tags.get("trial_id"): r.info.run_id for r in children(MlflowClient(parent.uri), parent.run_id)}
+
+
+STATUS = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}  # Tune's final statuses -> MLflow's; others KILLED
+
+
+def sync(uri: str, study: str, execution: str, trials: list[dict], history: list[dict]) -> dict[str, str]:
+    """Make MLflow hold one study execution as its Parquet rows do, writing only what it lacks:
+    the parent run; one child run per trial (params, tags); every epoch's metrics; each run's
+    final status and a failed trial's error. Child runs of trials that Tune no longer has (a study
+    driver killed before Tune saved them; their configurations ran again as new trials) are
+    deleted (recoverable: `mlflow runs restore`). Idempotent. Returns {trial_id: run id}."""
+    client = MlflowClient(uri)
+    done = all(t["status"] in STATUS for t in trials)
+    parent, _ = _find_or_create(client, study, execution, {
+        "study": study, "inits": ",".join(sorted({t["init"] for t in trials})),
+        "seeds": ",".join(map(str, sorted({t["seed"] for t in trials})))}, {"study": study, "execution": execution},
+        None)
+    existing = {r.data.tags.get("trial_id"): r for r in children(client, parent)}
+    epochs: dict[str, list[dict]] = {}
+    for h in history:
+        epochs.setdefault(h["trial_id"], []).append(h)
+    from structinit.report import label
+
+    ids = {}
+    for t in trials:
+        name = f"{t['init']} s{t['seed']} {label(t['params'])} [{t['trial_id']}]"
+        found = existing.get(t["trial_id"])
+        run_id = found.info.run_id if found else _find_or_create(
+            client, study, name, json.loads(t["trial_config"] or "{}"),
+            {"study": study, "init": t["init"], "dataset": t["dataset"], "seed": t["seed"],
+             "config_key": t["config_key"], "trial_id": t["trial_id"]}, parent)[0]
+        ids[t["trial_id"]] = run_id
+        logged = {m.step for m in client.get_metric_history(run_id, "epoch")}
+        ts = int(time.time() * 1000)
+        batch = [m for e in epochs.get(t["trial_id"], []) if e["epoch"] not in logged
+                 for m in _metrics({k: v for k, v in e.items() if k not in ("seed",)}, e["epoch"], ts)]
+        for i in range(0, len(batch), 1000):  # MLflow takes at most 1000 metrics per batch
+            client.log_batch(run_id, metrics=batch[i:i + 1000])
+        if t.get("error"):
+            client.set_tag(run_id, "error", t["error"][:5000])
+        status = STATUS.get(t["status"], "KILLED")
+        if (found.info.status if found else "RUNNING") != status:
+            client.set_terminated(run_id, status)
+    for trial_id, r in existing.items():
+        if trial_id not in ids:
+            client.set_tag(r.info.run_id, "structinit.discarded", "a trial Tune discarded on resume")
+            client.set_terminated(r.info.run_id, "KILLED")
+            client.delete_run(r.info.run_id)
+    client.set_terminated(parent, "FINISHED" if done else "KILLED")
+    return ids
 
 
 def latest_run(uri: str, experiment: str, tag: str, value: str) -> Run | None:
@@ -112,4 +245,5 @@ def latest_run(uri: str, experiment: str, tag: str, value: str) -> Run | None:
 
 
 def log_folder(run: Run, folder: str, artifact_path: str) -> None:
-    MlflowClient(run.uri).log_artifacts(run.run_id, folder, artifact_path=artifact_path)
+    attempt(run.uri, f"{artifact_path}/ of run {run.run_id}",
+            lambda c: c.log_artifacts(run.run_id, folder, artifact_path=artifact_path))

@@ -30,6 +30,7 @@ from structinit import fidelity, rank, tracking
 from structinit.config import TrialConfig, model_kwargs
 from structinit.inits import apply_init
 from structinit.models import create
+from structinit.validate import check
 
 
 class NonFiniteLossError(RuntimeError):
@@ -213,7 +214,7 @@ def train_loop_per_worker(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            state = torch.load(os.path.join(folder, "state.pt"), map_location=ctx.device, weights_only=True)
+            state = load_state(os.path.join(folder, "state.pt"), ctx.device)
             with open(os.path.join(folder, "history.json")) as f:
                 history = json.load(f)
         raw.load_state_dict(state["model"])
@@ -221,6 +222,8 @@ def train_loop_per_worker(config: dict) -> None:
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         start, updates = state["epoch"] + 1, state["updates"]
+    if start >= r.epochs and history:  # finished before a restart (its study driver was killed): report, train nothing
+        ray.train.report(history[-1])
 
     bar = None
     if ctx.rank == 0:
@@ -267,6 +270,33 @@ def train_loop_per_worker(config: dict) -> None:
         bar.close()
 
 
+def load_state(path: str, device) -> dict:
+    """A checkpoint's tensors. `weights_only=True`: a checkpoint from shared storage is never
+    unpickled as arbitrary objects (a crafted pickle is refused, not run)."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"checkpoint={path!r} is not allowed: expected a state.pt of tensors and plain "
+                         f"containers (torch.load weights_only=True refused it: {str(err).splitlines()[0]})") from None
+
+
+def check_address(address: str | None) -> None:
+    """None, 'local', 'auto', HOST:PORT or ray://HOST:PORT."""
+    import re
+
+    check("address", address, "HOST:PORT, ray://HOST:PORT, 'auto' or 'local'", address is None or address in (
+        "local", "auto") or re.fullmatch(r"(ray://)?[\w.\-\[\]:]+:\d{1,5}", address) is not None)
+
+
+def starts_local(address: str | None) -> bool:
+    """Whether `connect(address)` starts a new local cluster (see there)."""
+    from ray._private.services import canonicalize_bootstrap_address  # ray.init's own lookup
+
+    return address == "local" or (address is None and canonicalize_bootstrap_address(None) is None)
+
+
 def connect(address: str | None, num_cpus: int, num_gpus: int | None = None, resources: dict | None = None) -> None:
     """Attach to a Ray cluster, or start a local one of this size.
 
@@ -274,11 +304,9 @@ def connect(address: str | None, num_cpus: int, num_gpus: int | None = None, res
     `ray up` cluster, where `ray submit` runs studies), else a new local cluster. "local": always a
     new local cluster. Anything else ("HOST:PORT", "ray://..."): that cluster."""
     import ray
-    from ray._private.services import canonicalize_bootstrap_address  # ray.init's own lookup
 
-    if address is None and canonicalize_bootstrap_address(None) is None:
-        address = "local"
-    if address == "local":
+    check_address(address)
+    if starts_local(address):
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, resources=resources)
     else:
         ray.init(address=address or "auto")

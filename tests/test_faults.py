@@ -1,0 +1,285 @@
+"""Faults a week-long study must survive, each on real Ray, Optuna storage and MLflow: a trial
+driver killed, the study driver SIGKILLed and resumed, a node removed, MLflow down mid-study,
+a trial whose loss turns NaN. (A killed Train worker: tests/test_train.py.)"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from functools import partial
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import requests
+from mlflow.tracking import MlflowClient
+
+from structinit.config import make
+from structinit.spaces import categorical
+from structinit.study import DRIVER, Study, run
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = [sys.executable, str(ROOT / "studies" / "heads_vs_dim.py"), "--preset", "smoke"]
+
+
+def small(tmp_path, name, epochs=6, inits=("impulse",), grid=None, **kw) -> Study:
+    """A digits study of one configuration (or a grid), tracked in a SQLite MLflow store."""
+    grid = grid or {"model.depth": [2]}
+    trial = make("digits", recipe_overrides=dict(epochs=epochs, warmup_epochs=0), max_failures=1)
+    return Study(name, trial, partial(categorical, **grid), grid=grid, inits=inits, seeds=(0,),
+                 storage=str(tmp_path / "runs"), tracking_uri="sqlite:///" + str(tmp_path / "mlflow.db"), **kw)
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def train_history(folder: Path) -> list[dict]:
+    """The epochs Ray Train has registered for a run (its latest checkpoint's history)."""
+    import ray.train
+
+    from structinit.train import history_of
+
+    try:
+        return history_of(ray.train.Result.from_path(str(folder)))
+    except (RuntimeError, FileNotFoundError):
+        return []
+
+
+def children(uri: str, study: str, parent: str | None = None) -> list:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(study)
+    if exp is None:
+        return []
+    where = f"tags.`mlflow.parentRunId` = '{parent}'" if parent else "tags.trial_id != ''"
+    return client.search_runs([exp.experiment_id], filter_string=where, max_results=1000)
+
+
+def epochs_logged(uri: str, run_id: str) -> list[int]:
+    return sorted(m.step for m in MlflowClient(uri).get_metric_history(run_id, "epoch"))
+
+
+def test_killed_trial_driver_is_restarted_and_resumes_with_the_right_progress(ray_local, tmp_path):
+    """Tune restarts the trial; its new TorchTrainer resumes from the Train checkpoint; ASHA reads
+    the worker's `epoch`, which continues, while Tune's own training_iteration starts over."""
+    from ray.util.state import list_actors
+
+    study = small(tmp_path, "driver_kill", epochs=6, scheduler="asha")
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(out=run(study)))
+    thread.start()
+    train = Path(study.ray_storage) / "train"
+    folder = wait_for(lambda: next((f for f in train.glob("train-*") if len(train_history(f)) >= 2), None), 240,
+                      "two epochs registered with Train")
+    (driver,) = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if a.class_name == "ImplicitFunc"]
+    os.kill(driver.pid, signal.SIGKILL)  # the Tune trial actor that runs fit()
+    thread.join(timeout=400)
+    out = outcome["out"]
+    trials, history = pd.read_parquet(out["trials"]), pd.read_parquet(out["history"])
+    assert list(trials.status) == ["TERMINATED"] and list(trials.epochs_done) == [6]
+    assert sorted(history.epoch) == list(range(6))  # no epoch missing, none twice
+    # after the restart Tune's training_iteration starts over while the worker's `epoch` (ASHA's time_attr)
+    # goes on from the checkpoint: ASHA sees the trial's true progress
+    progress = pd.read_csv(next((Path(study.ray_storage) / "tune" / out["execution"]).glob("run_trial_*/progress.csv")))
+    (restart,) = progress.index[progress.training_iteration.diff() < 0]
+    assert progress.training_iteration[restart] == 1 and progress.epoch[restart] >= 2
+    assert list(progress.epoch) == sorted(progress.epoch) and progress.epoch.max() == 5
+    (child,) = children(study.tracking_uri, study.name, out["parent_run_id"])
+    assert child.info.status == "FINISHED" and set(epochs_logged(study.tracking_uri, child.info.run_id)) == set(range(6))
+    assert folder.name == f"train-{trials.trial_id[0]}"
+    print(f"trial driver killed after epoch {progress.epoch[restart - 1]}; resumed at epoch {progress.epoch[restart]}")
+
+
+def test_study_driver_sigkilled_then_resumed(tmp_path):
+    """SIGKILL the study driver with one trial finished and others mid-training; `--resume`
+    finishes the study: no finished trial trains again, one MLflow child run per trial, none
+    left RUNNING, complete Parquet tables."""
+    uri = "sqlite:///" + str(tmp_path / "mlflow.db")
+    args = [*STUDY, "--epochs", "5", "--inits", "impulse,default", "--seeds", "0,1"]
+    log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen(args, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def progress():
+            runs = children(uri, "heads_vs_dim")
+            done = [r for r in runs if r.info.status == "FINISHED"]
+            busy = [r for r in runs if r.info.status == "RUNNING" and epochs_logged(uri, r.info.run_id)]
+            return (done, busy) if done and busy else None
+
+        done, busy = wait_for(progress, 400, "a finished trial and one mid-training")
+        time.sleep(2)
+        first.send_signal(signal.SIGKILL)  # the driver alone, as when its machine's session dies
+        first.wait(30)
+    finally:
+        try:
+            os.killpg(first.pid, signal.SIGKILL)  # what the driver started and left behind
+        except ProcessLookupError:
+            pass
+        log.close()
+    finished_before = {r.data.tags["trial_id"]: epochs_logged(uri, r.info.run_id) for r in done}
+    second = subprocess.run([*args, "--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-4000:]
+    out = json.loads(second.stdout.strip().splitlines()[-1])
+    trials, history = pd.read_parquet(out["trials"]), pd.read_parquet(out["history"])
+    assert len(trials) == 4 and set(trials.status) == {"TERMINATED"} and (trials.epochs_done == 5).all()
+    assert sorted(trials.groupby(["init", "seed"]).size()) == [1, 1, 1, 1]
+    assert len(history) == 20 and not history.duplicated(["trial_id", "epoch"]).any()
+    runs = children(uri, "heads_vs_dim", out["parent_run_id"])
+    assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(trials.trial_id)  # one child run per trial
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert set(trials.mlflow_run_id) == {r.info.run_id for r in runs}
+    for r in runs:
+        assert set(epochs_logged(uri, r.info.run_id)) == set(range(5))
+        if r.data.tags["trial_id"] in finished_before:  # not trained again: no epoch logged a second time
+            assert epochs_logged(uri, r.info.run_id) == finished_before[r.data.tags["trial_id"]] == list(range(5))
+    parent = MlflowClient(uri).get_run(out["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    client = MlflowClient(uri)
+    stale = [r for r in client.search_runs([parent.info.experiment_id], max_results=1000) if r.info.status == "RUNNING"]
+    assert not stale
+    print(f"killed with {len(done)} trial(s) finished and {len(busy)} mid-training; resumed to 4 trials")
+
+
+@pytest.fixture
+def two_cpu_nodes():
+    """A head with one CPU and the trial-driver resource, and a second node with two CPUs."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {DRIVER: 100}})
+    node = cluster.add_node(num_cpus=2)
+    ray.init(address=cluster.address, log_to_driver=False)
+    yield cluster, node
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def test_study_completes_when_a_node_is_removed(two_cpu_nodes, tmp_path):
+    cluster, node = two_cpu_nodes
+    study = small(tmp_path, "node_loss", epochs=6, inits=("impulse", "default"), max_concurrent=2)
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(out=run(study)))
+    thread.start()
+
+    def on_node():  # a trial whose rank-0 worker reported from the second node, past its first checkpoint
+        runs = children(study.tracking_uri, study.name)
+        return [r for r in runs if r.data.tags.get("node_id") == node.node_id
+                and len(epochs_logged(study.tracking_uri, r.info.run_id)) >= 2]
+
+    victims = wait_for(on_node, 300, "a trial training on the second node")
+    cluster.remove_node(node)
+    thread.join(timeout=500)
+    out = outcome["out"]
+    trials, history = pd.read_parquet(out["trials"]), pd.read_parquet(out["history"])
+    assert len(trials) == 2 and set(trials.status) == {"TERMINATED"} and (trials.epochs_done == 6).all()
+    assert len(history) == 12 and not history.duplicated(["trial_id", "epoch"]).any()
+    runs = {r.info.run_id: r for r in children(study.tracking_uri, study.name, out["parent_run_id"])}
+    for victim in victims:
+        after = runs[victim.info.run_id]
+        assert after.info.status == "FINISHED" and after.data.tags["node_id"] != node.node_id  # moved, finished
+    print(f"{len(victims)} trial(s) moved off the removed node and finished")
+
+
+def mlflow_server(db: Path, port: int, log) -> subprocess.Popen:
+    """A real, lean `mlflow server` on 127.0.0.1, ready."""
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--workers", "1", "--host", "127.0.0.1",
+         "--port", str(port), "--backend-store-uri", f"sqlite:///{db}",
+         "--artifacts-destination", str(db.parent / "mlartifacts")],
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True)
+
+    def healthy():
+        try:
+            return requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok
+        except requests.RequestException:
+            return False
+
+    wait_for(healthy, 120, "mlflow server")
+    return server
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+
+
+def test_mlflow_down_mid_study_training_goes_on_and_sync_writes_the_rest(tmp_path):
+    from test_cluster import free_port
+
+    port, db = free_port(), tmp_path / "server" / "mlflow.db"
+    db.parent.mkdir()
+    uri = f"http://127.0.0.1:{port}"
+    log = open(tmp_path / "server.log", "w")
+    server = mlflow_server(db, port, log)
+    study = subprocess.Popen([*STUDY, "--epochs", "6", "--inits", "impulse,default", "--tracking-uri", uri],
+                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    try:
+        wait_for(lambda: any(epochs_logged(uri, r.info.run_id) for r in children(uri, "heads_vs_dim")), 300,
+                 "a first epoch in MLflow")
+        stop(server)  # down for the rest of the study
+        stdout, stderr = study.communicate(timeout=600)
+    finally:
+        stop(study)
+        stop(server)
+    assert study.returncode == 0, stderr[-4000:]
+    out = json.loads(stdout.strip().splitlines()[-1])
+    assert out["mlflow_synced"] is False
+    assert f"structinit sync heads_vs_dim --storage runs --tracking-uri {uri}" in stderr  # what to run, said
+    trials, history = pd.read_parquet(out["trials"]), pd.read_parquet(out["history"])
+    assert len(trials) == 2 and set(trials.status) == {"TERMINATED"} and (trials.epochs_done == 6).all()
+    assert len(history) == 12 and history.test_top5.notna().all()  # the tables are complete without MLflow
+
+    server = mlflow_server(db, port, log)  # back, on the same store
+    try:
+        sync = [str(Path(sys.executable).parent / "structinit"), "sync", "heads_vs_dim", "--tracking-uri", uri]
+        done = subprocess.run(sync, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs = children(uri, "heads_vs_dim", out["parent_run_id"])
+        assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(trials.trial_id)
+        assert {r.info.status for r in runs} == {"FINISHED"}
+        client = MlflowClient(uri)
+        counts = {}
+        for r in runs:
+            assert epochs_logged(uri, r.info.run_id) == list(range(6))  # every epoch, once
+            counts[r.info.run_id] = len(client.get_metric_history(r.info.run_id, "test_top1"))
+        assert client.get_run(out["parent_run_id"]).info.status == "FINISHED"
+        assert set(pd.read_parquet(out["trials"]).mlflow_run_id) == {r.info.run_id for r in runs}
+        again = subprocess.run(sync, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0
+        assert all(len(client.get_metric_history(i, "test_top1")) == n for i, n in counts.items())  # idempotent
+    finally:
+        stop(server)
+        log.close()
+
+
+def test_non_finite_loss_fails_its_trial_and_the_study_goes_on(ray_local, tmp_path):
+    grid = {"recipe.lr": [2e-3, 1e6], "recipe.grad_clip": [None]}
+    study = small(tmp_path, "nan_trial", epochs=2, grid=grid)
+    out = run(study)
+    trials = pd.read_parquet(out["trials"]).set_index("params")
+    ok, bad = trials.loc[json.dumps({"recipe.grad_clip": None, "recipe.lr": 0.002})], trials.loc[
+        json.dumps({"recipe.grad_clip": None, "recipe.lr": 1e6})]
+    assert ok.status == "TERMINATED" and ok.epochs_done == 2
+    assert bad.status == "ERROR" and "non-finite training loss" in bad.error
+    client = MlflowClient(study.tracking_uri)
+    failed = client.get_run(bad.mlflow_run_id)
+    assert failed.info.status == "FAILED" and "non-finite training loss" in failed.data.tags["error"]
+    from structinit.report import report
+
+    text = report("nan_trial", storage=study.storage, tracking_uri=study.tracking_uri)
+    assert "Failed trials:" in text and "non-finite training loss" in text
