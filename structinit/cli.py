@@ -6,6 +6,7 @@ import json
 import sys
 
 from structinit.inits import InitConfig, apply_init
+from structinit.validate import Parser
 
 
 def _mass(text: str) -> float | None:
@@ -259,7 +260,7 @@ def fetch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="structinit", description=__doc__)
+    parser = Parser(prog="structinit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("inspect-init", help="initialise a ViT and print its attention's fidelity to the impulse targets")
     _add_model_args(p)

@@ -26,7 +26,7 @@ import optuna
 
 from structinit import tracking
 from structinit.config import TrialConfig
-from structinit.validate import check, choice
+from structinit.validate import Parser, check, choice
 
 TRIAL_INDEX = "__trial_index__"  # ray.tune.search.repeater.TRIAL_INDEX
 DRIVER = "trial_driver"  # custom resource that trial drivers hold
@@ -366,10 +366,10 @@ def run(study: Study, resume: bool = False, address: str | None = None, checked:
         t["mlflow_run_id"] = (ids or {}).get(t["trial_id"])
     out = results.write(study.folder, execution, trials, history)
     if ids is None:
-        warnings.warn(f"MLflow at {uri} was unreachable when study {study.name} ended: the MLflow records of its "
+        warnings.warn(f"MLflow at {tracking.shown(uri)} was unreachable when study {study.name} ended: the MLflow records of its "
                       f"{len(trials)} trials ({len(history)} epochs) may be incomplete; the Parquet tables are "
                       f"complete ({out['trials']}). Once MLflow is back, write what it lacks with: structinit sync "
-                      f"{study.name} --storage {study.storage} --tracking-uri {uri}")
+                      f"{study.name} --storage {study.storage} --tracking-uri {tracking.shown(uri)}")
     finished = sum(out["statuses"].get(s, 0) for s in ("TERMINATED", "ERROR"))
     expected = study.configs * len(study.repeats)
     if finished < expected:  # stopped early (Ctrl-C): Tune saved its state
@@ -395,8 +395,8 @@ def cli(name: str, presets: dict[str, Callable[[], Study]], argv=None, default: 
     import argparse
     import sys
 
-    p = argparse.ArgumentParser(prog=f"studies/{name}.py", description=sys.modules["__main__"].__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog=f"studies/{name}.py", description=sys.modules["__main__"].__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default=default, help=" | ".join(presets))
     p.add_argument("--resume", action="store_true", help="continue the latest execution (Tuner.restore + Optuna)")
     p.add_argument("--seeds", help="comma-separated seeds each configuration is repeated over")

@@ -44,6 +44,16 @@ def default_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///" + os.path.abspath("mlflow.db")
 
 
+def shown(uri: str) -> str:
+    """A URI as messages print it: without a password (prefer MLFLOW_TRACKING_USERNAME/PASSWORD)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}"))
+
+
 @contextlib.contextmanager
 def _patient(retries: int, timeout: int):
     """MLflow's HTTP retry budget for the calls inside (MLflow reads it per call)."""
@@ -62,7 +72,7 @@ def check(uri: str) -> None:
     scheme = uri.split(":", 1)[0].split("+", 1)[0]
     allowed = ("an MLflow server (http://HOST:PORT), sqlite:////absolute/path.db, or a database URL "
                "(postgresql://, mysql://, mssql://)")
-    check_value("tracking_uri", uri, allowed, "://" in uri and scheme in SCHEMES)
+    check_value("tracking_uri", shown(uri), allowed, "://" in uri and scheme in SCHEMES)
     if scheme == "sqlite":
         folder = os.path.dirname(uri[len("sqlite:///"):])
         check_value("tracking_uri", uri, f"a SQLite file in an existing folder ({folder or '.'} is not one)",
@@ -71,8 +81,8 @@ def check(uri: str) -> None:
         with _patient(retries=1, timeout=10):
             MlflowClient(uri).search_experiments(max_results=1)
     except UNREACHABLE as err:
-        reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
-        raise ValueError(f"tracking_uri={uri!r} is not allowed: expected a reachable MLflow store "
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:300].replace(uri, shown(uri))
+        raise ValueError(f"tracking_uri={shown(uri)!r} is not allowed: expected a reachable MLflow store "
                          f"(start the server, or pass another --tracking-uri): {reason}") from None
 
 
@@ -85,9 +95,9 @@ def attempt(uri: str, what: str, call):
         return call(MlflowClient(uri))
     except UNREACHABLE as err:
         _down_until[uri] = time.monotonic() + RETRY_AFTER_S
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
-        warnings.warn(f"MLflow at {uri} failed, {what} not logged ({reason}); training goes on, and the "
-                      f"study writes what MLflow lacks when it ends (or run `structinit sync`)", stacklevel=2)
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:300].replace(uri, shown(uri))
+        warnings.warn(f"MLflow at {shown(uri)} failed, {what} not logged ({reason}): the study's Parquet tables keep "
+                      f"it, and the study's end (or `structinit sync`) writes it to MLflow", stacklevel=2)
         return None
 
 

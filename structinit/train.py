@@ -283,10 +283,12 @@ def load_state(path: str, device) -> dict:
 
 
 def check_address(address: str | None) -> None:
-    """None, 'local', 'auto', HOST:PORT or ray://HOST:PORT."""
+    """None (then RAY_ADDRESS, if set, is checked), 'local', 'auto', HOST:PORT or ray://HOST:PORT."""
     import re
 
-    check("address", address, "HOST:PORT, ray://HOST:PORT, 'auto' or 'local'", address is None or address in (
+    name = "address" if address is not None else "RAY_ADDRESS"
+    address = address if address is not None else os.environ.get("RAY_ADDRESS")
+    check(name, address, "HOST:PORT, ray://HOST:PORT, 'auto' or 'local'", address is None or address in (
         "local", "auto") or re.fullmatch(r"(ray://)?[\w.\-\[\]:]+:\d{1,5}", address) is not None)
 
 
@@ -297,8 +299,9 @@ def starts_local(address: str | None) -> bool:
     return address == "local" or (address is None and canonicalize_bootstrap_address(None) is None)
 
 
-def connect(address: str | None, num_cpus: int, num_gpus: int | None = None, resources: dict | None = None) -> None:
-    """Attach to a Ray cluster, or start a local one of this size.
+def connect(address: str | None, num_cpus: int, num_gpus: int | None = None, resources: dict | None = None):
+    """Attach to a Ray cluster, or start a local one of this size (its dashboard on 127.0.0.1,
+    Ray's default); returns ray.init's context.
 
     address None: RAY_ADDRESS, else the cluster `ray start` runs on this machine (the head of a
     `ray up` cluster, where `ray submit` runs studies), else a new local cluster. "local": always a
@@ -307,9 +310,8 @@ def connect(address: str | None, num_cpus: int, num_gpus: int | None = None, res
 
     check_address(address)
     if starts_local(address):
-        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, resources=resources)
-    else:
-        ray.init(address=address or "auto")
+        return ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, resources=resources)
+    return ray.init(address=address or "auto")
 
 
 def run_name(cfg: TrialConfig) -> str:

@@ -158,12 +158,16 @@ def test_autoscaler_adds_fake_gpu_nodes_for_gpu_trials_and_removes_them(tmp_path
          f"--autoscaling-config={config}", "--num-cpus=1", "--num-gpus=0",
          f"--resources={json.dumps({DRIVER: 100})}", f"--dashboard-port={free_port()}"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    watch = None
+    watch = intruder = None
     try:
         watch = subprocess.Popen([sys.executable, "-c", WATCH, address], stdout=subprocess.PIPE, text=True,
                                  env={**os.environ, **auth}, start_new_session=True)
         first = json.loads(next(line for line in watch.stdout if line.startswith('{"t"')))  # the head answers
         assert sum(first["nodes"].values()) == 0  # no GPU anywhere yet
+        intruder = subprocess.Popen(  # a client with the wrong token, while the study runs
+            [sys.executable, "-c", f"import ray; ray.init(address='{address}'); print('CONNECTED')"],
+            env={**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         study = subprocess.run(
             [sys.executable, str(ROOT / "studies" / "heads_vs_dim.py"), "--preset", "smoke", "--inits", "impulse,default",
              "--epochs", "1", "--gpus-per-trial", "1", "--set", 'backend="gloo"'],
@@ -171,6 +175,10 @@ def test_autoscaler_adds_fake_gpu_nodes_for_gpu_trials_and_removes_them(tmp_path
             env={**os.environ, **auth, "RAY_ADDRESS": address, "STRUCTINIT_AUTOSCALING_CONFIG": str(config)})
         assert study.returncode == 0, study.stderr[-4000:]
         ended = time.time()
+        refused = intruder.communicate(timeout=120)[0]
+        assert intruder.returncode != 0 and "CONNECTED" not in refused  # token auth keeps it out
+        secret = token.read_text()
+        assert secret not in study.stdout + study.stderr + (tmp_path / "head.log").read_text()  # never logged
         summary = json.loads(study.stdout.strip().splitlines()[-1])
         seen, gpu_nodes, gone = [], set(), None
         for line in watch.stdout:  # follow the cluster until the GPU nodes are gone
@@ -190,7 +198,7 @@ def test_autoscaler_adds_fake_gpu_nodes_for_gpu_trials_and_removes_them(tmp_path
         assert len(gpu_nodes) == 2  # concurrency followed the 2 GPUs the config can scale to
         print(f"GPU nodes used: {len(gpu_nodes)}; all gone {gone:.1f} s after the study ended")
     finally:
-        for proc in (watch, head):
+        for proc in (intruder, watch, head):
             if proc is not None and proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
                 try:

@@ -24,10 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 STUDY = [sys.executable, str(ROOT / "studies" / "heads_vs_dim.py"), "--preset", "smoke"]
 
 
-def small(tmp_path, name, epochs=6, inits=("impulse",), grid=None, **kw) -> Study:
+def small(tmp_path, name, epochs=6, inits=("impulse",), grid=None, max_failures=1, **kw) -> Study:
     """A digits study of one configuration (or a grid), tracked in a SQLite MLflow store."""
     grid = grid or {"model.depth": [2]}
-    trial = make("digits", recipe_overrides=dict(epochs=epochs, warmup_epochs=0), max_failures=1)
+    trial = make("digits", recipe_overrides=dict(epochs=epochs, warmup_epochs=0), max_failures=max_failures)
     return Study(name, trial, partial(categorical, **grid), grid=grid, inits=inits, seeds=(0,),
                  storage=str(tmp_path / "runs"), tracking_uri="sqlite:///" + str(tmp_path / "mlflow.db"), **kw)
 
@@ -218,7 +218,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def test_mlflow_down_mid_study_training_goes_on_and_sync_writes_the_rest(tmp_path):
-    from test_cluster import free_port
+    from tests.test_cluster import free_port
 
     port, db = free_port(), tmp_path / "server" / "mlflow.db"
     db.parent.mkdir()
@@ -239,7 +239,8 @@ def test_mlflow_down_mid_study_training_goes_on_and_sync_writes_the_rest(tmp_pat
     assert study.returncode == 0, stderr[-4000:]
     out = json.loads(stdout.strip().splitlines()[-1])
     assert out["mlflow_synced"] is False
-    assert f"structinit sync heads_vs_dim --storage runs --tracking-uri {uri}" in stderr  # what to run, said
+    assert f"structinit sync heads_vs_dim --storage {tmp_path / 'runs'} --tracking-uri {uri}" in stderr  # how to replay
+    print("\n".join(line for line in stderr.splitlines() if "MLflow at" in line))
     trials, history = pd.read_parquet(out["trials"]), pd.read_parquet(out["history"])
     assert len(trials) == 2 and set(trials.status) == {"TERMINATED"} and (trials.epochs_done == 6).all()
     assert len(history) == 12 and history.test_top5.notna().all()  # the tables are complete without MLflow
@@ -269,7 +270,7 @@ def test_mlflow_down_mid_study_training_goes_on_and_sync_writes_the_rest(tmp_pat
 
 def test_non_finite_loss_fails_its_trial_and_the_study_goes_on(ray_local, tmp_path):
     grid = {"recipe.lr": [2e-3, 1e6], "recipe.grad_clip": [None]}
-    study = small(tmp_path, "nan_trial", epochs=2, grid=grid)
+    study = small(tmp_path, "nan_trial", epochs=2, grid=grid, max_failures=0)  # Tune still retries it once
     out = run(study)
     trials = pd.read_parquet(out["trials"]).set_index("params")
     ok, bad = trials.loc[json.dumps({"recipe.grad_clip": None, "recipe.lr": 0.002})], trials.loc[
