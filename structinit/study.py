@@ -106,6 +106,10 @@ class Study:
         return self.checkpoints.rstrip("/") + "/" + self.name
 
     @property
+    def optuna_storage(self) -> str:
+        return self.optuna_url or "sqlite:///" + os.path.join(self.folder, "optuna.db")
+
+    @property
     def repeats(self) -> list[tuple[str, int]]:
         return list(itertools.product(self.inits, self.seeds))
 
@@ -216,10 +220,20 @@ def searcher(study: Study, execution: str):
 
     sampler = (optuna.samplers.GridSampler(study.grid, seed=study.search_seed) if study.grid
                else optuna.samplers.TPESampler(seed=study.search_seed))
-    url = study.optuna_url or "sqlite:///" + os.path.join(study.folder, "optuna.db")
     optuna_search = OptunaSearch(space=study.space, metric=study.metric, mode=study.mode, sampler=sampler,
-                                 storage=optuna.storages.RDBStorage(url), study_name=execution)
+                                 storage=optuna.storages.RDBStorage(study.optuna_storage), study_name=execution)
     return Repeater(optuna_search, repeat=len(study.repeats), set_index=True)
+
+
+def close_orphans(study: Study, execution: str) -> int:
+    """Mark FAIL the Optuna trials a finished execution left RUNNING: proposals of Tune trials that
+    a killed study driver had started before Tune last saved its state (Tune proposed anew in
+    their place). Returns how many."""
+    search = optuna.load_study(study_name=execution, storage=study.optuna_storage)
+    stale = search.get_trials(deepcopy=False, states=[optuna.trial.TrialState.RUNNING])
+    for t in stale:
+        search.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    return len(stale)
 
 
 def scheduler(study: Study):
@@ -372,10 +386,11 @@ def run(study: Study, resume: bool = False, address: str | None = None, checked:
                       f"{study.name} --storage {study.storage} --tracking-uri {tracking.shown(uri)}")
     finished = sum(out["statuses"].get(s, 0) for s in ("TERMINATED", "ERROR"))
     expected = study.configs * len(study.repeats)
+    orphans = close_orphans(study, execution) if finished == expected else 0
     if finished < expected:  # stopped early (Ctrl-C): Tune saved its state
         print(f"study {study.name} stopped with {finished} of {expected} trials finished; continue it with --resume")
     return {"execution": execution, "parent_run_id": parent.run_id, "finished": finished, "expected": expected,
-            "mlflow_synced": ids is not None, **out}
+            "mlflow_synced": ids is not None, "optuna_orphans_closed": orphans, **out}
 
 
 def _value(text: str):

@@ -22,3 +22,21 @@ def _stop_ray():
     import ray
 
     ray.shutdown()
+
+
+@pytest.fixture
+def two_nodes(request):
+    """A head with one CPU and the trial-driver resource, and a second node: by default two CPUs
+    and one fake GPU, else the resources given by indirect parametrization. Yields (cluster, node)."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from structinit.study import DRIVER
+
+    ray.shutdown()  # the shared local cluster, if a test started it
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {DRIVER: 100}})
+    node = cluster.add_node(**getattr(request, "param", {"num_cpus": 2, "num_gpus": 1}))
+    ray.init(address=cluster.address, log_to_driver=False)
+    yield cluster, node
+    ray.shutdown()
+    cluster.shutdown()

@@ -85,21 +85,6 @@ def child_tags(uri: str, study: str, parent: str) -> list[dict]:
     return [r.data.tags | {"status": r.info.status} for r in runs]
 
 
-@pytest.fixture
-def two_nodes():
-    """A CPU head holding the trial-driver resource and a second node with one fake GPU."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    ray.shutdown()  # the shared local cluster, if a test started it
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {DRIVER: 100}})
-    gpu_node = cluster.add_node(num_cpus=2, num_gpus=1)
-    ray.init(address=cluster.address, log_to_driver=False)
-    yield cluster, gpu_node
-    ray.shutdown()
-    cluster.shutdown()
-
-
 def test_gpu_trial_runs_on_the_gpu_node(two_nodes, tmp_path):
     _, gpu_node = two_nodes
     study = gpu_study(tmp_path, "two_nodes")

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from structinit.config import make
 from structinit.spaces import categorical
-from structinit.study import DRIVER, Study, run
+from structinit.study import Study, run
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = [sys.executable, str(ROOT / "studies" / "heads_vs_dim.py"), "--preset", "smoke"]
@@ -144,26 +144,17 @@ def test_study_driver_sigkilled_then_resumed(tmp_path):
     client = MlflowClient(uri)
     stale = [r for r in client.search_runs([parent.info.experiment_id], max_results=1000) if r.info.status == "RUNNING"]
     assert not stale
-    print(f"killed with {len(done)} trial(s) finished and {len(busy)} mid-training; resumed to 4 trials")
+    import optuna
+
+    search = optuna.load_study(study_name=out["execution"], storage=f"sqlite:///{tmp_path}/runs/heads_vs_dim/optuna.db")
+    assert not search.get_trials(states=[optuna.trial.TrialState.RUNNING])  # none left RUNNING in Optuna either
+    print(f"killed with {len(done)} trial(s) finished and {len(busy)} mid-training; resumed to 4 trials; "
+          f"{out['optuna_orphans_closed']} orphaned Optuna trial(s) closed")
 
 
-@pytest.fixture
-def two_cpu_nodes():
-    """A head with one CPU and the trial-driver resource, and a second node with two CPUs."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {DRIVER: 100}})
-    node = cluster.add_node(num_cpus=2)
-    ray.init(address=cluster.address, log_to_driver=False)
-    yield cluster, node
-    ray.shutdown()
-    cluster.shutdown()
-
-
-def test_study_completes_when_a_node_is_removed(two_cpu_nodes, tmp_path):
-    cluster, node = two_cpu_nodes
+@pytest.mark.parametrize("two_nodes", [{"num_cpus": 2}], indirect=True, ids=["two CPUs"])
+def test_study_completes_when_a_node_is_removed(two_nodes, tmp_path):
+    cluster, node = two_nodes
     study = small(tmp_path, "node_loss", epochs=6, inits=("impulse", "default"), max_concurrent=2)
     outcome = {}
     thread = threading.Thread(target=lambda: outcome.update(out=run(study)))
