@@ -193,11 +193,9 @@ def run_trial(config: dict, study: Study, parent: str, tracking_uri: str) -> Non
 
     trial_id = ray.tune.get_context().get_trial_id()
     cfg, params = trial_config(study, config)
-    tags = {"study": study.name, "init": cfg.init.name, "dataset": cfg.dataset, "seed": cfg.seed,
-            "config_key": config_key(params), "trial_id": trial_id}
-    from structinit.report import label
-
-    name = f"{cfg.init.name} s{cfg.seed} {label(json.dumps(params))} [{trial_id}]"  # readable in MLflow's compare view
+    name, tags = tracking.trial_run(study.name, {
+        "init": cfg.init.name, "seed": cfg.seed, "dataset": cfg.dataset, "config_key": config_key(params),
+        "params": json.dumps(params, sort_keys=True, default=str), "trial_id": trial_id})
     run = tracking.attempt(tracking_uri, f"the run of trial {trial_id}", lambda _: tracking.start_run(
         tracking_uri, study.name, name, cfg.flat(), tags, parent=parent))  # None: the study's sync creates it
     try:

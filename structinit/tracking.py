@@ -74,9 +74,12 @@ def check(uri: str) -> None:
                "(postgresql://, mysql://, mssql://)")
     check_value("tracking_uri", shown(uri), allowed, "://" in uri and scheme in SCHEMES)
     if scheme == "sqlite":
-        folder = os.path.dirname(uri[len("sqlite:///"):])
+        path = uri[len("sqlite:///"):]
+        folder = os.path.dirname(path)
         check_value("tracking_uri", uri, f"a SQLite file in an existing folder ({folder or '.'} is not one)",
                     os.path.isdir(folder or "."))
+        if not os.path.exists(path):
+            return  # a new store: nothing to reach, and nothing is created before the study starts
     try:
         with _patient(retries=1, timeout=10):
             MlflowClient(uri).search_experiments(max_results=1)
@@ -193,6 +196,15 @@ def child_runs(parent: Run) -> dict[str, str]:
     return {r.data.tags.get("trial_id"): r.info.run_id for r in children(MlflowClient(parent.uri), parent.run_id)}
 
 
+def trial_run(study: str, trial: dict) -> tuple[str, dict]:
+    """Name and tags of a trial's child run, from the fields of its Parquet row: the name reads
+    well in MLflow's compare view, the tags group and pair runs (`config_key`: same configuration)."""
+    from structinit.report import label
+
+    name = f"{trial['init']} s{trial['seed']} {label(trial['params'])} [{trial['trial_id']}]"
+    return name, {"study": study, **{k: trial[k] for k in ("init", "dataset", "seed", "config_key", "trial_id")}}
+
+
 STATUS = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}  # Tune's final statuses -> MLflow's; others KILLED
 
 
@@ -212,16 +224,14 @@ def sync(uri: str, study: str, execution: str, trials: list[dict], history: list
     epochs: dict[str, list[dict]] = {}
     for h in history:
         epochs.setdefault(h["trial_id"], []).append(h)
-    from structinit.report import label
-
     ids = {}
     for t in trials:
-        name = f"{t['init']} s{t['seed']} {label(t['params'])} [{t['trial_id']}]"
         found = existing.get(t["trial_id"])
-        run_id = found.info.run_id if found else _find_or_create(
-            client, study, name, json.loads(t["trial_config"] or "{}"),
-            {"study": study, "init": t["init"], "dataset": t["dataset"], "seed": t["seed"],
-             "config_key": t["config_key"], "trial_id": t["trial_id"]}, parent)[0]
+        if found:
+            run_id = found.info.run_id
+        else:
+            name, tags = trial_run(study, t)
+            run_id, _ = _find_or_create(client, study, name, json.loads(t["trial_config"] or "{}"), tags, parent)
         ids[t["trial_id"]] = run_id
         logged = {m.step for m in client.get_metric_history(run_id, "epoch")}
         ts = int(time.time() * 1000)
