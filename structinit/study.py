@@ -327,7 +327,7 @@ def run(study: Study, resume: bool = False, address: str | None = None, checked:
     if not checked:
         check_space(study)
     check_address(address)
-    if study.trial.gpu and not ray.is_initialized() and starts_local(address):  # what a new local cluster would have: this machine's GPUs
+    if study.trial.gpu and not ray.is_initialized() and starts_local(address):  # a new local cluster: this machine's GPUs
         import torch
 
         gpus = torch.cuda.device_count()
