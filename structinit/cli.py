@@ -259,6 +259,12 @@ def fetch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+def _add_study_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", help="the study's name, e.g. heads_vs_dim")
+    p.add_argument("--storage", default="runs", help="the studies' storage folder (default ./runs)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="structinit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -274,17 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p)
     p.set_defaults(run=train, parser=p, model=None)
     p = sub.add_parser("report", help="comparison table, paired differences and plots of a study's results")
-    p.add_argument("study", help="the study's name, e.g. heads_vs_dim")
-    p.add_argument("--storage", default="runs", help="the studies' storage folder (default ./runs)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)")
+    _add_study_args(p)
     p.add_argument("--optuna-url", help="the study's Optuna storage URL (default sqlite in its folder)")
     p.set_defaults(run=report, parser=p)
     p = sub.add_parser("sync", help="write what MLflow lacks of a study (runs, metrics, statuses) from its Parquet "
                        "tables: after MLflow was unreachable during the study")
-    p.add_argument("study", help="the study's name, e.g. heads_vs_dim")
-    p.add_argument("--storage", default="runs", help="the studies' storage folder (default ./runs)")
+    _add_study_args(p)
     p.add_argument("--execution", help="one execution (default: all of the study's)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)")
     p.set_defaults(run=sync, parser=p)
     p = sub.add_parser("rank", help="numerical and stable rank k of a model's patch embeddings on a dataset, "
                        "against the widths D >= k f^2, h >= f^2, D/h >= k")
