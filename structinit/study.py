@@ -378,8 +378,8 @@ def run(study: Study, resume: bool = False, address: str | None = None, checked:
         t["mlflow_run_id"] = (ids or {}).get(t["trial_id"])
     out = results.write(study.folder, execution, trials, history)
     if ids is None:
-        warnings.warn(f"MLflow at {tracking.shown(uri)} was unreachable when study {study.name} ended: the MLflow records of its "
-                      f"{len(trials)} trials ({len(history)} epochs) may be incomplete; the Parquet tables are "
+        warnings.warn(f"MLflow at {tracking.shown(uri)} was unreachable when study {study.name} ended: the MLflow "
+                      f"records of its {len(trials)} trials ({len(history)} epochs) may be incomplete; the Parquet tables are "
                       f"complete ({out['trials']}). Once MLflow is back, write what it lacks with: structinit sync "
                       f"{study.name} --storage {study.storage} --tracking-uri {tracking.shown(uri)}")
     finished = sum(out["statuses"].get(s, 0) for s in ("TERMINATED", "ERROR"))

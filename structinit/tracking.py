@@ -54,6 +54,11 @@ def shown(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}"))
 
 
+def _reason(err: Exception, uri: str) -> str:
+    """The first line of an MLflow failure, for a one-line message (a URI password shown as ***)."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:300].replace(uri, shown(uri))
+
+
 @contextlib.contextmanager
 def _patient(retries: int, timeout: int):
     """MLflow's HTTP retry budget for the calls inside (MLflow reads it per call)."""
@@ -84,9 +89,8 @@ def check(uri: str) -> None:
         with _patient(retries=1, timeout=10):
             MlflowClient(uri).search_experiments(max_results=1)
     except UNREACHABLE as err:
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:300].replace(uri, shown(uri))
         raise ValueError(f"tracking_uri={shown(uri)!r} is not allowed: expected a reachable MLflow store "
-                         f"(start the server, or pass another --tracking-uri): {reason}") from None
+                         f"(start the server, or pass another --tracking-uri): {_reason(err, uri)}") from None
 
 
 def attempt(uri: str, what: str, call):
@@ -98,9 +102,8 @@ def attempt(uri: str, what: str, call):
         return call(MlflowClient(uri))
     except UNREACHABLE as err:
         _down_until[uri] = time.monotonic() + RETRY_AFTER_S
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:300].replace(uri, shown(uri))
-        warnings.warn(f"MLflow at {shown(uri)} failed, {what} not logged ({reason}): the study's Parquet tables keep "
-                      f"it, and the study's end (or `structinit sync`) writes it to MLflow", stacklevel=2)
+        warnings.warn(f"MLflow at {shown(uri)} failed, {what} not logged ({_reason(err, uri)}): the study's Parquet "
+                      f"tables keep it, and the study's end (or `structinit sync`) writes it to MLflow", stacklevel=2)
         return None
 
 
@@ -187,13 +190,9 @@ def history(run: Run, key: str) -> list[tuple[int, float]]:
 
 
 def children(client: MlflowClient, parent: str) -> list:
+    """The runs nested under the run `parent`."""
     exp = client.get_run(parent).info.experiment_id
     return client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'", max_results=50000)
-
-
-def child_runs(parent: Run) -> dict[str, str]:
-    """{trial_id tag: run id} of the runs nested under `parent`."""
-    return {r.data.tags.get("trial_id"): r.info.run_id for r in children(MlflowClient(parent.uri), parent.run_id)}
 
 
 def trial_run(study: str, trial: dict) -> tuple[str, dict]:
