@@ -101,12 +101,23 @@ class TrialConfig:
 
 
 def make(dataset: str = "digits", model: str | None = None, recipe_name: str | None = None,
-         recipe_overrides: dict | None = None, model_overrides: dict | None = None, **fields) -> TrialConfig:
-    """A TrialConfig with the dataset's default model and recipe unless named."""
+         recipe_overrides: dict | None = None, model_overrides: dict | None = None, footing: str | None = None,
+         init_overrides: dict | None = None, **fields) -> TrialConfig:
+    """A TrialConfig with the dataset's default model and recipe unless named. A `footing`
+    (footings.py: `v1`, `followup`) fixes a paper's PE, pooling and init fields; the overrides
+    given here win over it."""
+    from structinit.footings import FOOTINGS
     from structinit.recipes import recipe
 
     choice("dataset", dataset, sorted(DATASETS))
-    model_cfg = ModelConfig(name=model or DEFAULT_MODEL[dataset], **(model_overrides or {}))
+    choice("footing", footing, [None, *FOOTINGS])
+    base = FOOTINGS[footing] if footing else None
+    model_cfg = ModelConfig(name=model or DEFAULT_MODEL[dataset],
+                            **{**(base.model if base else {}), **(model_overrides or {})})
+    if base or init_overrides:
+        check("init", fields.get("init"), "not given with footing= or init_overrides= (they build it)",
+              "init" not in fields)
+        fields["init"] = InitConfig(**{**(base.init if base else {}), **(init_overrides or {})})
     rec = recipe(recipe_name or DEFAULT_RECIPE[dataset], **(recipe_overrides or {}))
     return TrialConfig(model=model_cfg, recipe=rec, dataset=dataset, **fields)
 

@@ -2,8 +2,9 @@
 
 `target_mass`: mean attention probability on the target key, over queries whose target is
 inside the grid; `argmax_hit`: the share of those queries whose most-attended key is the target.
-Measured on the pseudo input each block was solved on, or on the real inputs each block's
-attention sees in a forward pass over a batch of images (class token included as a key there).
+Both are measured as the model computes them: in a forward pass, on the tokens each block's
+attention sees when the pseudo input enters block 0, or when a batch of real images does
+(prefix tokens such as the class token are keys there, never targets).
 """
 from __future__ import annotations
 
@@ -41,36 +42,85 @@ def _block_entry(index: int, probs: torch.Tensor, result: InitResult, grid, pref
 
 
 @torch.no_grad()
-def pseudo_input_fidelity(model: VisionTransformer, result: InitResult) -> list[dict]:
-    """Per block, fidelity of its attention on LayerNorm(pseudo input) (patch tokens only)."""
-    grid = grid_size(model)
-    return [_block_entry(i, attention_probs(blk.attn, blk.norm1(p.to(blk.norm1.weight))[None]), result, grid, 0)
-            for i, (blk, p) in enumerate(zip(model.blocks, result.pseudo_inputs))]
+def pseudo_tokens(model: VisionTransformer, p: torch.Tensor) -> torch.Tensor:
+    """(1, T, D) the tokens block 0 gets when the patch tokens are the pseudo input `p` (N, D):
+    the prefix tokens (class, register) in front, with their position embedding where timm adds
+    one. For `pe` this is what the model computes on an image whose patch embedding is zero."""
+    x = p.to(model.blocks[0].norm1.weight)[None]
+    prefix = [t for t in (model.cls_token, model.reg_token) if t is not None]
+    if prefix:
+        pre = torch.cat(prefix, 1)
+        if not model.no_embed_class:
+            pre = pre + model.pos_embed[:, :pre.shape[1]]
+        x = torch.cat([pre, x], 1)
+    return x
 
 
 @torch.no_grad()
-def data_fidelity(model: VisionTransformer, result: InitResult, images: torch.Tensor) -> list[dict]:
-    """Per block, fidelity on the real inputs its attention sees in a forward pass of `images`."""
+def attention_inputs(model: VisionTransformer, forward) -> list[torch.Tensor]:
+    """What each block's attention sees (its norm1 output, hooked) while `forward()` runs the model
+    in eval mode; the model's mode is left as found."""
     seen: dict[int, torch.Tensor] = {}
     hooks = [blk.attn.register_forward_pre_hook(lambda m, args, i=i: seen.__setitem__(i, args[0]))
              for i, blk in enumerate(model.blocks)]
     was_training = model.training
     try:
         model.eval()
-        model(images)
+        forward()
     finally:
         model.train(was_training)
         for hook in hooks:
             hook.remove()
+    return [seen[i] for i in range(len(model.blocks))]
+
+
+def _fidelity(model: VisionTransformer, result: InitResult, inputs: list[torch.Tensor]) -> list[dict]:
     grid, prefix = grid_size(model), model.num_prefix_tokens
-    return [_block_entry(i, attention_probs(blk.attn, seen[i]), result, grid, prefix)
-            for i, blk in enumerate(model.blocks)]
+    return [_block_entry(i, attention_probs(blk.attn, x), result, grid, prefix)
+            for i, (blk, x) in enumerate(zip(model.blocks, inputs))]
+
+
+def pseudo_input_fidelity(model: VisionTransformer, result: InitResult) -> list[dict]:
+    """Per block, fidelity in a forward pass whose patch tokens enter block 0 as its pseudo input:
+    block 0 sees LayerNorm(pseudo input) (what it was solved on), block b > 0 what blocks 0..b-1
+    make of it (not what block b was solved on: the MLPs, V and the projections transform it)."""
+    tokens = pseudo_tokens(model, result.pseudo_inputs[0])
+    return _fidelity(model, result, attention_inputs(model, lambda: model.blocks(model.norm_pre(tokens))))
+
+
+def data_fidelity(model: VisionTransformer, result: InitResult, images: torch.Tensor) -> list[dict]:
+    """Per block, fidelity on the real inputs its attention sees in a forward pass of `images`."""
+    return _fidelity(model, result, attention_inputs(model, lambda: model(images)))
+
+
+def qk_norms(model: VisionTransformer) -> list[dict]:
+    """Per block, each head's ||W_q||_F and ||W_k||_F as stored in timm's fused qkv (any init)."""
+    out = []
+    for i, blk in enumerate(model.blocks):
+        attn = blk.attn
+        w = attn.qkv.weight.detach().reshape(3, attn.num_heads, attn.head_dim, -1)
+        out.append({"block": i, "wq_norm": w[0].flatten(1).norm(dim=1).tolist(),
+                    "wk_norm": w[1].flatten(1).norm(dim=1).tolist()})
+    return out
+
+
+def chance(model: VisionTransformer) -> float:
+    """The argmax hit of attention that ignores the targets: one key in T."""
+    return 1.0 / (grid_size(model)[0] * grid_size(model)[1] + model.num_prefix_tokens)
+
+
+def near_chance(model: VisionTransformer, blocks: list[dict]) -> bool:
+    """Whether the mean argmax hit over blocks and heads is below twice chance: the structure the
+    init wrote does not reach these inputs."""
+    return summary(blocks)["argmax_hit"]["mean"] < 2 * chance(model)
 
 
 def measure(model: VisionTransformer, result: InitResult, images: torch.Tensor | None = None) -> dict:
-    """{"pseudo": per-block fidelity on the pseudo input, "data": the same on `images` or None}."""
+    """{"pseudo": per-block forward-pass fidelity on the pseudo input, "data": the same on `images`
+    or None, "weights": per-block per-head W_q, W_k norms, "chance": the hit of a blind map}."""
     return {"pseudo": pseudo_input_fidelity(model, result),
-            "data": None if images is None else data_fidelity(model, result, images)}
+            "data": None if images is None else data_fidelity(model, result, images),
+            "weights": qk_norms(model), "chance": chance(model)}
 
 
 def summary(blocks: list[dict]) -> dict:

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from structinit import fidelity
+from structinit.data import DATASETS
 from structinit.inits import FILTER_INITS, INITS, InitConfig, apply_init
 from structinit.inits.mimetic import mimetic_factors, set_vo
 from structinit.models import create, patch_pos_embed, vit
@@ -95,9 +96,10 @@ def test_closed_form_reaches_the_requested_mass(mass, kw):
 def test_closed_form_on_random_pseudo_inputs(pseudo):
     model = small(embed_dim=96, num_heads=4)  # D = 96 > N = 64 tokens, d = 24
     result = apply_init(model, InitConfig(pseudo_input=pseudo, filter_size=5, target_mass=0.6), seed=0)
-    summary = fidelity.summary(fidelity.measure(model, result)["pseudo"])
-    assert abs(summary["target_mass"]["min"] - 0.6) <= 0.05 and abs(summary["target_mass"]["max"] - 0.6) <= 0.05
-    assert summary["argmax_hit"]["min"] >= 0.98
+    for note in result.notes["blocks"]:  # each block on its own draw (the forward pass sees only block 0's)
+        assert all(abs(m - 0.6) <= 0.05 for m in note["mass"]) and min(note["argmax_hit"]) >= 0.98
+    block0 = fidelity.measure(model, result)["pseudo"][0]["heads"]
+    assert [h["target_mass"] for h in block0] == pytest.approx(result.notes["blocks"][0]["mass"], abs=1e-3)
 
 
 def test_model_attention_uses_the_solved_maps():
@@ -223,6 +225,10 @@ def test_same_seed_gives_bit_identical_weights(cfg):
     (dict(target_mass=-0.2), "target_mass=-0.2"),
     (dict(target_mass=1.0), "target_mass=1.0"),
     (dict(target_mass=None), "target_mass=None"),
+    (dict(factor_norm=7.0), "factor_norm=7.0"),  # with target_mass=0.9: two sharpness settings
+    (dict(solver="gradient", target_mass=None, factor_norm=7.0), "factor_norm=7.0"),
+    (dict(damping=1.0), "damping=1.0"),
+    (dict(damping=-0.1), "damping=-0.1"),
     (dict(base="jax"), "base='jax'"),
     (dict(pe_scale=0.0), "pe_scale=0.0"),
 ])
@@ -266,6 +272,156 @@ def test_data_fidelity_equals_pseudo_fidelity_when_the_input_is_the_pe():
         model.patch_embed.proj.weight.zero_()
         model.patch_embed.proj.bias.zero_()
     got = fidelity.measure(model, result, torch.randn(3, 3, 16, 16))
-    for p, d in zip(got["pseudo"][0]["heads"], got["data"][0]["heads"]):
-        assert d["target_mass"] == pytest.approx(p["target_mass"], abs=1e-3)
-        assert d["argmax_hit"] == pytest.approx(p["argmax_hit"], abs=1e-3)
+    for pb, db in zip(got["pseudo"], got["data"]):  # every block: both are the same forward pass
+        for p, d in zip(pb["heads"], db["heads"]):
+            assert d["target_mass"] == pytest.approx(p["target_mass"], abs=1e-3)
+            assert d["argmax_hit"] == pytest.approx(p["argmax_hit"], abs=1e-3)
+
+
+# ---- conditioning on real inputs, forward-pass fidelity, filter sizes, footings --------------
+
+def digits(n=128):
+    """n real digits as the loaders normalise them (8x8 grey, mean 0.3, std 0.37)."""
+    from sklearn.datasets import load_digits
+
+    spec = DATASETS["digits"]
+    x = torch.tensor(load_digits().images[:n] / 16.0, dtype=torch.float32)[:, None]
+    return (x - spec.mean[0]) / spec.std[0]
+
+
+def nano(pos_embed):
+    return create("vit_nano_patch2_8", pos_embed=pos_embed, global_pool="token" if pos_embed == "learn" else "avg")
+
+
+def head_norms(model):
+    return torch.tensor([b["wq_norm"] for b in fidelity.qk_norms(model)])
+
+
+DAMPED_NORM_FACTOR = 10  # README: the damped solve keeps ||W_q||_F per head within 10x the timm base's
+
+
+@pytest.mark.parametrize("pos_embed", ["sincos", "learn"])
+def test_default_closed_form_is_well_conditioned_on_real_digits(pos_embed):
+    base = nano(pos_embed)
+    apply_init(base, InitConfig(name="default"), seed=0)
+    model = nano(pos_embed)
+    result = apply_init(model, InitConfig(target_mass=0.9), seed=0)
+    got = fidelity.measure(model, result, digits())
+    assert head_norms(model).max() <= DAMPED_NORM_FACTOR * head_norms(base).mean()
+    assert fidelity.summary(got["data"])["argmax_hit"]["mean"] >= 0.4
+    assert not fidelity.near_chance(model, got["data"])
+    assert all(abs(h["target_mass"] - 0.9) <= 0.05 for h in got["pseudo"][0]["heads"])
+    assert all(abs(m - 0.9) <= 0.05 for note in result.notes["blocks"] for m in note["mass"])
+    assert fidelity.summary(got["pseudo"])["target_mass"]["mean"] == pytest.approx(0.9, abs=0.05)
+
+
+def test_undamped_solve_on_the_sincos_pe_is_the_defect_damping_fixes():
+    """damping=0 inverts the PE's ~1.5 % directions: huge W_q, attention on the wrong key."""
+    model = nano("sincos")
+    result = apply_init(model, InitConfig(target_mass=0.9, damping=0.0), seed=0)
+    got = fidelity.measure(model, result, digits())
+    assert head_norms(model).mean() > 20
+    assert fidelity.summary(got["data"])["argmax_hit"]["mean"] < 0.2
+    note = result.notes["blocks"][0]
+    assert note["rank"] == 7 and note["gain"] == pytest.approx(note["cond"]) and note["cond"] > 50
+    damped = apply_init(nano("sincos"), InitConfig(target_mass=0.9), seed=0).notes["blocks"][0]
+    assert damped["gain"] <= 1 / (2 * 0.1) + 1e-9  # no direction amplified beyond 1/(2 damping)
+
+
+@pytest.mark.parametrize("base", ["timm", "torch"])
+@pytest.mark.parametrize("pos_embed", ["sincos", "learn"])
+def test_forward_fidelity_equals_a_hook_on_timms_own_attention(base, pos_embed):
+    """Per block, the measure equals the softmax timm's forward computes (attn_drop's input), on
+    real digits and with the pseudo input entering block 0."""
+    from structinit.inits.targets import mass_and_hit
+    from structinit.models import grid_size
+
+    model = nano(pos_embed)
+    result = apply_init(model, InitConfig(base=base, value_proj="mimetic"), seed=0)
+    images = digits(16)
+    got = fidelity.measure(model, result, images)
+    captured = []
+    for blk in model.blocks:
+        blk.attn.fused_attn = False
+        blk.attn.attn_drop.register_forward_hook(lambda m, i, o: captured.append(o))
+    model.eval()
+    with torch.no_grad():
+        model(images)
+        by_data = list(captured)
+        captured.clear()
+        model.blocks(model.norm_pre(fidelity.pseudo_tokens(model, result.pseudo_inputs[0])))
+    prefix = model.num_prefix_tokens
+    for where, probs in (("data", by_data), ("pseudo", captured)):
+        for b, p in enumerate(probs):
+            keys = torch.nn.functional.pad(fidelity.support(result, b, grid_size(model)), (prefix, 0))
+            mass, hit = mass_and_hit(p[..., prefix:, :], keys)
+            assert [h["target_mass"] for h in got[where][b]["heads"]] == pytest.approx(mass.tolist(), abs=1e-4)
+            assert [h["argmax_hit"] for h in got[where][b]["heads"]] == pytest.approx(hit.tolist(), abs=1e-4)
+    if base == "torch":  # later blocks see what earlier ones made of the pseudo input, not the solve
+        assert got["pseudo"][-1]["heads"][0]["target_mass"] < 0.8
+
+
+@pytest.mark.parametrize("heads", [3, 4, 8])
+def test_impulse_inits_differ_across_filter_sizes(heads):
+    inits = []
+    for f in (3, 5, 7):
+        model = small(embed_dim=48, num_heads=heads)  # 8 x 8 grid: filters up to 7 fit
+        result = apply_init(model, InitConfig(filter_size=f), seed=0)
+        assert max(max(abs(dy), abs(dx)) for dy, dx in result.offsets[0]) == f // 2
+        inits.append(model.blocks[0].attn.qkv.weight.clone())
+    assert not torch.equal(inits[0], inits[1]) and not torch.equal(inits[1], inits[2])
+    assert not torch.equal(inits[0], inits[2])
+
+
+def test_factor_norm_sets_each_factor_like_the_followup():
+    model = nano("learn")
+    result = apply_init(model, InitConfig(target_mass=None, factor_norm=7.0), seed=0)
+    norms = fidelity.qk_norms(model)
+    assert all(n == pytest.approx(7.0, rel=1e-4) for b in norms for n in b["wq_norm"] + b["wk_norm"])
+    assert all(m > 0.95 for note in result.notes["blocks"] for m in note["mass"])  # sharper than 0.9
+
+
+def footing_model(name, **init):
+    from structinit.config import make, model_kwargs
+
+    cfg = make("digits", footing=name, init_overrides=init or None)
+    model = create(cfg.model.name, **model_kwargs(cfg, 10))
+    return cfg, model, apply_init(model, cfg.init, seed=0)
+
+
+def test_v1_footing_builds_v1s_model_and_init():
+    cfg, model, result = footing_model("v1", solver_steps=200)
+    assert (cfg.model.pos_embed, cfg.model.global_pool) == ("sincos", "avg")
+    init = cfg.init
+    assert (init.base, init.solver, init.target_mass, init.qk, init.offsets, init.value_proj, init.pe_scale) == (
+        "torch", "gradient", None, "shared", "random", "default", 1.0)
+    assert model.cls_token is None and model.global_pool == "avg" and "pos_embed" in model._buffers
+    qkv = [blk.attn.qkv.weight[:128] for blk in model.blocks]
+    assert all(torch.equal(qkv[0], w) for w in qkv)  # one solve, shared
+    fc1 = model.blocks[0].mlp.fc1
+    assert fc1.weight.abs().max() <= 1 / 64 ** 0.5 + 1e-6 and fc1.bias.abs().sum() > 0  # PyTorch defaults
+    v = model.blocks[0].attn.qkv.weight[128:]
+    assert v.abs().max() <= 1 / 64 ** 0.5 + 1e-6  # V untouched (PyTorch default)
+    assert model.pos_embed.pow(2).mean().sqrt().item() == pytest.approx(0.5 ** 0.5, rel=0.01)  # sin-cos x1
+
+
+def test_followup_footing_builds_the_followups_model_and_init():
+    cfg, model, result = footing_model("followup")
+    assert (cfg.model.pos_embed, cfg.model.global_pool) == ("learn", "token")
+    init = cfg.init
+    assert (init.base, init.solver, init.target_mass, init.factor_norm, init.qk, init.offsets, init.value_proj,
+            init.pe_scale) == ("torch", "closed_form", None, 7.0, "per_block", "cover", "mimetic", 18.0)
+    assert model.cls_token is not None and model.global_pool == "token"
+    assert model.pos_embed.std().item() == pytest.approx(18 * 0.02, rel=0.1)  # learned PE x18
+    assert all(n == pytest.approx(7.0, rel=1e-4) for b in fidelity.qk_norms(model) for n in b["wq_norm"])
+    attn = model.blocks[0].attn
+    vo = attn.qkv.weight[128:].T @ attn.proj.weight.T
+    assert torch.diagonal(vo).mean().item() == pytest.approx(-0.4, abs=0.03)  # mimetic V/proj
+    assert result.offsets[0] == [(0, 0), (-1, 0), (0, 1), (0, -1)]  # the follow-up's order
+
+
+def test_bad_footing_is_rejected():
+    from structinit.config import make
+
+    with pytest.raises(ValueError, match="footing='v2'.*'v1', 'followup'"):
+        make("digits", footing="v2")

@@ -36,8 +36,16 @@ def test_cover_uses_every_tap_before_repeating(f):
 
 
 def test_cover_starts_with_the_followup_order():
-    assert cover_offsets(3, 5) == [(0, 0), (-1, 0), (0, 1), (0, -1), (1, 0)]
-    assert cover_offsets(5, 9) == cover_offsets(3, 9)  # the 3x3 core first, then the outer ring
+    assert cover_offsets(3, 9) == [(0, 0), (-1, 0), (0, 1), (0, -1), (1, 0), (-1, -1), (-1, 1), (1, -1), (1, 1)]
+
+
+@pytest.mark.parametrize("heads", [3, 4, 8])
+def test_cover_gives_each_filter_size_its_own_taps(heads):
+    """Larger filters reach further with the same heads: the outer ring comes right after the centre."""
+    taps = {f: cover_offsets(f, heads) for f in (3, 5, 7)}
+    assert taps[3] != taps[5] != taps[7] != taps[3]
+    for f, offsets in taps.items():
+        assert offsets[0] == (0, 0) and max(max(abs(dy), abs(dx)) for dy, dx in offsets) == f // 2
 
 
 def test_random_offsets_follow_torch_seed():

@@ -42,11 +42,14 @@ class InitConfig:
     offsets: str = "cover"
     pseudo_input: str = "pe"
     solver: str = "closed_form"
-    target_mass: float | None = 0.9  # None: the gradient solver's raw v1 map (mass set by its norm constraint)
+    target_mass: float | None = 0.9  # None: the gradient solver's raw v1 map, or `factor_norm` (the follow-up)
+    factor_norm: float | None = None  # closed form, target_mass=None: each head's W_q, W_k to this Frobenius
+    # norm (the follow-up's sharpness: 7)
     qk: str = "per_block"
     value_proj: str = "default"
     pe_scale: float | None = None  # None: 18 on a learned PE (the follow-up), 1 on a fixed sin-cos PE
     rank_rtol: float = 1e-2  # closed form: keep singular values of the pseudo input >= rank_rtol * largest
+    damping: float = 0.1  # closed form: Tikhonov damping lambda = damping * largest singular value (0: none)
     solver_steps: int = 10_000  # gradient solver (v1): Adam steps, lr, norm constraint every 100 steps
     solver_lr: float = 1e-4
     # mimetic (also the follow-up's value/projection init)
@@ -73,13 +76,18 @@ class InitConfig:
         choice("pseudo_input", self.pseudo_input, PSEUDO_INPUTS)
         choice("solver", self.solver, SOLVERS)
         if self.target_mass is None:
-            check("target_mass", None, "a number in (0, 1) with solver='closed_form'", self.solver == "gradient")
+            check("target_mass", None, "a number in (0, 1) with solver='closed_form' and no factor_norm",
+                  self.solver == "gradient" or self.factor_norm is not None)
         else:
             check("target_mass", self.target_mass, "a number in (0, 1)", 0 < self.target_mass < 1)
+        check("factor_norm", self.factor_norm, "None, or a positive number with solver='closed_form' and "
+              "target_mass=None (it sets the sharpness instead)", self.factor_norm is None or (
+                  self.factor_norm > 0 and self.solver == "closed_form" and self.target_mass is None))
         choice("qk", self.qk, QK_MODES)
         choice("value_proj", self.value_proj, VALUE_PROJ)
         check("pe_scale", self.pe_scale, "a positive number or None", self.pe_scale is None or self.pe_scale > 0)
         check("rank_rtol", self.rank_rtol, "a number in (0, 1)", 0 < self.rank_rtol < 1)
+        check("damping", self.damping, "a number in [0, 1)", 0 <= self.damping < 1)
         check("solver_steps", self.solver_steps, "a positive integer",
               isinstance(self.solver_steps, int) and self.solver_steps > 0)
         check("solver_lr", self.solver_lr, "a positive number", self.solver_lr > 0)

@@ -36,25 +36,35 @@ def pseudo_input(model: VisionTransformer, kind: str) -> torch.Tensor:
     return x
 
 
-def solve_closed_form(pt: torch.Tensor, maps: torch.Tensor, head_dim: int, rank_rtol: float):
-    """Least squares in the pseudo input's well-conditioned subspace, then best rank d.
+def solve_closed_form(pt: torch.Tensor, maps: torch.Tensor, head_dim: int, rank_rtol: float, damping: float):
+    """Damped least squares in the pseudo input's subspace, then best rank d.
 
-    P~ = U S V^T truncated at rank r = #{s_i >= rank_rtol * s_1}: the spectrum decides, so a
-    rank-deficient sin-cos PE (r ~ 15 on a 16x16 grid) is solved in its own subspace instead of
-    inverting noise (the follow-up code truncates at d and collapses to uniform attention there).
-    The logits P~ B P~^T reachable by B = W_q W_k^T are U C U^T; the closest to the target map H
-    (heads x N x N; a shift matrix for an impulse) is C = U^T H U, and its best rank-k
-    approximation (k = min(d, r)) C_k = A S_c B^T gives
+    P~ = U S V^T, cut at rank r = #{s_i >= rank_rtol * s_1} (the numerical null space). The
+    logits P~ B P~^T reachable by B = W_q W_k^T are U C U^T with C = S V^T B V S. Plain least
+    squares, C = U^T H U for the target map H (heads x N x N; a shift matrix for an impulse), gives
+    B = V S^-1 C S^-1 V^T: a direction the pseudo input carries weakly (small s_i) is inverted, so
+    an input that deviates from the pseudo input along it -- every real image does -- is amplified
+    by 1/s_i (4,000x on the digits' sin-cos PE: huge W_q, W_k, one-hot attention on the wrong key).
+    Tikhonov damping replaces the pseudo-inverse V S^-1 U^T by V S (S^2 + lambda^2)^-1 U^T,
+    lambda = `damping` * s_1, i.e. C = F U^T H U F with F = S^2 / (S^2 + lambda^2): directions with
+    s_i << lambda are faded out instead of inverted, and no input direction is amplified by more
+    than 1/(2 lambda) (at most 1/(2 damping) times the top direction's gain 1/s_1).
+    The best rank-k approximation (k = min(d, r)) C_k = A S_c B^T gives
     W_q = V S^-1 A S_c^1/2, W_k = V S^-1 B S_c^1/2. The logit scale is left to `calibrate`.
-    Returns (W_q, W_k), each (heads, D, k), and r."""
+    Returns (W_q, W_k), each (heads, D, k), and {rank r, cond s_1/s_r of the kept subspace,
+    gain: the largest amplification of an input direction relative to the top one}."""
     u, s, vh = torch.linalg.svd(pt.double(), full_matrices=False)
     r = int((s >= rank_rtol * s[0]).sum())
-    u, back = u[:, :r], vh[:r].T / s[:r]
-    c = u.T @ maps @ u
+    u, s, vh = u[:, :r], s[:r], vh[:r]
+    lam2 = (damping * s[0]) ** 2
+    fade = s ** 2 / (s ** 2 + lam2)
+    back = vh.T / s
+    c = fade[:, None] * (u.T @ maps @ u) * fade
     a, sc, bh = torch.linalg.svd(c)
     k = min(head_dim, r)
     root = sc[:, :k].sqrt().unsqueeze(1)
-    return back @ (a[..., :k] * root), back @ (bh[:, :k].transpose(1, 2) * root), r
+    info = {"rank": r, "cond": float(s[0] / s[-1]), "gain": float((s[0] * s / (s ** 2 + lam2)).max())}
+    return back @ (a[..., :k] * root), back @ (bh[:, :k].transpose(1, 2) * root), info
 
 
 def solve_gradient(pt: torch.Tensor, maps: torch.Tensor, head_dim: int, scale: float, steps: int, lr: float):
@@ -140,10 +150,10 @@ def solve_block(attn: Attention, pt: torch.Tensor, maps: torch.Tensor, support: 
     Head dims the closed form leaves unused (k < d) keep the base init, so they can still learn."""
     inner = attn.num_heads * attn.head_dim
     if cfg.solver == "closed_form":
-        wq, wk, rank = solve_closed_form(pt, maps, attn.head_dim, cfg.rank_rtol)
+        wq, wk, info = solve_closed_form(pt, maps, attn.head_dim, cfg.rank_rtol, cfg.damping)
     else:
         wq, wk = solve_gradient(pt, maps, attn.head_dim, attn.scale, cfg.solver_steps, cfg.solver_lr)
-        wq, wk, rank = wq.double(), wk.double(), None
+        wq, wk, info = wq.double(), wk.double(), {"rank": None, "cond": None, "gain": None}
     used = wq.shape[-1]
     fill_q = head_weights(attn, slice(0, inner))[..., used:]
     fill_k = head_weights(attn, slice(inner, 2 * inner))[..., used:]
@@ -157,6 +167,10 @@ def solve_block(attn: Attention, pt: torch.Tensor, maps: torch.Tensor, support: 
         scale = calibrate(logits(wq, wk), logits(fill_q, fill_k), support, cfg.target_mass)
         root = scale.sqrt()[:, None, None]
         wq, wk = wq * root, wk * root
+    elif cfg.factor_norm is not None:  # the follow-up: each head's factors to Frobenius norm `factor_norm`
+        nq, nk = wq.flatten(1).norm(dim=1), wk.flatten(1).norm(dim=1)
+        scale = cfg.factor_norm ** 2 / (nq * nk)
+        wq, wk = wq * (cfg.factor_norm / nq)[:, None, None], wk * (cfg.factor_norm / nk)[:, None, None]
     wq, wk = torch.cat([wq, fill_q], -1), torch.cat([wk, fill_k], -1)
     mass, hit = mass_and_hit(logits(wq, wk).softmax(-1), support)
     if cfg.target_mass is not None and (mass - cfg.target_mass).abs().max() > 0.05:
@@ -166,7 +180,8 @@ def solve_block(attn: Attention, pt: torch.Tensor, maps: torch.Tensor, support: 
     set_qk(attn, wq.float(), wk.float())
     if attn.qkv.bias is not None:
         attn.qkv.bias[:2 * inner] = 0
-    return {"rank": rank, "logit_scale": scale.tolist(), "mass": mass.tolist(), "argmax_hit": hit.tolist()}
+    return {**info, "logit_scale": scale.tolist(), "mass": mass.tolist(), "argmax_hit": hit.tolist(),
+            "wq_norm": wq.flatten(1).norm(dim=1).tolist(), "wk_norm": wk.flatten(1).norm(dim=1).tolist()}
 
 
 @register("impulse")

@@ -17,13 +17,21 @@ FOLLOWUP_3X3_ORDER = (4, 1, 5, 3, 7, 0, 2, 6, 8)
 
 
 def all_offsets(f: int) -> list[tuple[int, int]]:
-    """Every tap of an f x f window in `cover` order: the follow-up's 3x3 order first, then the
-    outer taps by distance from the centre (row-major among equals)."""
-    r = f // 2
-    core = [(k // 3 - 1, k % 3 - 1) for k in FOLLOWUP_3X3_ORDER]
-    outer = sorted(((dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1) if max(abs(dy), abs(dx)) > 1),
-                   key=lambda o: (o[0] ** 2 + o[1] ** 2, o))
-    return core + outer
+    """Every tap of an f x f window once, in `cover` order: the centre, then the rings from the
+    outermost (radius f//2) inwards; within a ring of radius r, the follow-up's compass order
+    scaled to r (up, right, left, down, then the diagonals), then its other taps row-major.
+    For f = 3 this is exactly the follow-up's order. For f > 3 the first heads spread over the
+    whole window, so with fewer heads than taps (h < f^2, e.g. ViT-T's 3) a larger f still means
+    a larger receptive field: starting from the 3x3 core instead would give f = 3, 5, 7 the same
+    taps for h <= 9 and make a filter-size study compare identical inits."""
+    compass = [(k // 3 - 1, k % 3 - 1) for k in FOLLOWUP_3X3_ORDER[1:]]
+    taps = [(0, 0)]
+    for r in range(f // 2, 0, -1):
+        ring = [(r * dy, r * dx) for dy, dx in compass]
+        ring += [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)
+                 if max(abs(dy), abs(dx)) == r and (dy, dx) not in ring]
+        taps += ring
+    return taps
 
 
 def cover_offsets(f: int, heads: int) -> list[tuple[int, int]]:
