@@ -4,7 +4,9 @@
 
 Closed form: every block solved (qk=per_block), for requested masses 0.3, 0.6, 0.9.
 Gradient (v1): one solve shared by all blocks, v1's raw map (target_mass=None), `--grad-steps`
-Adam steps. Fidelity is measured on each block's pseudo input; `hit` is the argmax hit rate.
+Adam steps. Mass and hit (argmax hit rate) are the solve's, on each block's own pseudo input;
+`fwd mass` is the forward-pass mean with the pseudo input entering block 0; `|W_q|` the mean
+per-head Frobenius norm.
 Targets (2-core CPU): closed form for all blocks of ViT-T/2@32 <= 1 s; mass within +-0.05 of the
 request for every head; argmax hit >= 0.98.
 """
@@ -31,12 +33,15 @@ def row(label, model, cfg, mass_label):
     t0 = time.perf_counter()
     result = apply_init(model, cfg, seed=0)
     wall = time.perf_counter() - t0
-    s = fidelity.summary(fidelity.measure(model, result)["pseudo"])
-    ranks = {b["rank"] for b in result.notes["blocks"]}
-    m, h = s["target_mass"], s["argmax_hit"]
+    notes = result.notes["blocks"]
+    mass = torch.tensor([m for b in notes for m in b["mass"]])
+    hit = torch.tensor([a for b in notes for a in b["argmax_hit"]])
+    wq = torch.tensor([n for b in notes for n in b["wq_norm"]])
+    forward = fidelity.summary(fidelity.measure(model, result)["pseudo"])["target_mass"]["mean"]
+    ranks = {b["rank"] for b in notes}
     print(f"| {label} | {cfg.solver} | {cfg.pseudo_input} | {mass_label} | {wall:.2f} | "
-          f"{','.join(str(r) for r in sorted(ranks, key=str))} | {m['mean']:.3f} | {m['min']:.3f} | {m['max']:.3f} | "
-          f"{h['min']:.3f} |", flush=True)
+          f"{','.join(str(r) for r in sorted(ranks, key=str))} | {mass.mean():.3f} | {mass.min():.3f} | "
+          f"{mass.max():.3f} | {hit.min():.3f} | {forward:.3f} | {wq.mean():.2f} |", flush=True)
 
 
 def main() -> None:
@@ -46,8 +51,9 @@ def main() -> None:
     parser.add_argument("--solvers", default="closed_form,gradient")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print("| model | solver | pseudo input | requested mass | solve s | rank | mass mean | mass min | mass max | hit min |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | solver | pseudo input | requested mass | solve s | rank | mass mean | mass min | mass max | hit min "
+          "| fwd mass | |W_q| |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for key in args.models.split(","):
         label, name, overrides = MODELS[key]
         model = create(name, **overrides)
