@@ -2,6 +2,7 @@
 from the CLI or a study to the Train driver, each worker's loop, and the model + init."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -97,7 +98,53 @@ class TrialConfig:
 
     def digest(self) -> str:
         """Short stable hash: the same config names the same run (so a rerun resumes it)."""
-        return hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:10]
+        return _hash(self.to_dict())
+
+
+def canonical(values: dict) -> str:
+    """The JSON a config or a proposal is stored and hashed as: sorted keys, other values as str."""
+    return json.dumps(values, sort_keys=True, default=str)
+
+
+def _hash(values: dict) -> str:
+    return hashlib.sha1(canonical(values).encode()).hexdigest()[:10]
+
+
+def config_key(params: dict) -> str:
+    """Identifies one proposed configuration (all its inits and seeds share it): the pairing key."""
+    return _hash(params)
+
+
+def label(params: str) -> str:
+    """A proposal's params (as `canonical` JSON) as a reader names the configuration."""
+    p = json.loads(params)
+    return " ".join(f"{k.split('.')[-1]}={v}" for k, v in sorted(p.items())) or "(base)"
+
+
+def search_params(config: dict) -> dict:
+    """The TrialConfig fields in a proposal (dotted `section.field` or top-level names); helper
+    names of the space such as `heads_e192` and Tune's `__trial_index__` are dropped."""
+    top = {f.name for f in dataclasses.fields(TrialConfig)}
+    return {k: v for k, v in config.items() if "." in k or (k in top and not k.startswith("__"))}
+
+
+def with_overrides(base: TrialConfig, overrides: dict) -> TrialConfig:
+    """`base` with dotted fields replaced (`model.embed_dim`, `init.filter_size`, `recipe.lr`, `seed`);
+    every section is re-validated."""
+    sections: dict[str, dict] = {}
+    top = {}
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        if name:
+            check("search field", key, "a TrialConfig field such as model.embed_dim or init.filter_size",
+                  section in ("model", "init", "recipe") and name in {f.name for f in dataclasses.fields(
+                      getattr(base, section))})
+            sections.setdefault(section, {})[name] = value
+        else:
+            check("search field", key, "a TrialConfig field", key in {f.name for f in dataclasses.fields(base)})
+            top[key] = value
+    replaced = {s: dataclasses.replace(getattr(base, s), **v) for s, v in sections.items()}
+    return dataclasses.replace(base, **replaced, **top)
 
 
 def make(dataset: str = "digits", model: str | None = None, recipe_name: str | None = None,

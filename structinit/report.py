@@ -3,7 +3,6 @@ of the final and best test accuracy; the paired differences impulse − mimetic 
 (same configuration, same seed); failed trials with their reasons; plots."""
 from __future__ import annotations
 
-import json
 import math
 import os
 
@@ -12,6 +11,7 @@ import pandas as pd
 from scipy import stats
 
 from structinit import results, tracking
+from structinit.config import label
 
 PAIRS = (("impulse", "mimetic"), ("impulse", "default"), ("impulse", "pe_scaled"),
          ("frozen_random", "learned"), ("frozen_impulse", "learned"), ("frozen_box", "learned"))
@@ -27,11 +27,6 @@ def ci95(values) -> tuple[float, float, float, int]:
         return float(v[0]), math.nan, math.nan, 1
     std = float(v.std(ddof=1))
     return float(v.mean()), std, float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)), n
-
-
-def label(params: str) -> str:
-    p = json.loads(params)
-    return " ".join(f"{k.split('.')[-1]}={v}" for k, v in sorted(p.items())) or "(base)"
 
 
 def whole_rank(k: float) -> int:

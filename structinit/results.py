@@ -5,7 +5,6 @@ so executions append and a resumed execution rewrites only its own part; `load` 
 """
 from __future__ import annotations
 
-import json
 import os
 
 import pyarrow as pa
@@ -66,7 +65,8 @@ def collect(study, execution: str) -> tuple[list[dict], list[dict]]:
     checkpoint (no cluster needed)."""
     from ray.tune import ExperimentAnalysis
 
-    from structinit.study import config_key, trial_config
+    from structinit.config import canonical, config_key
+    from structinit.study import trial_config
 
     analysis = ExperimentAnalysis(f"{study.ray_storage}/tune/{execution}")
     trials, history = [], []
@@ -95,8 +95,7 @@ def collect(study, execution: str) -> tuple[list[dict], list[dict]]:
                                                    "init_hit_data", "init_rank_k", "init_stable_rank",
                                                    "init_width_ratio")},
                        "time_total_s": (t.last_result or {}).get("time_total_s"),
-                       "params": json.dumps(params, sort_keys=True, default=str),
-                       "trial_config": json.dumps(cfg.flat(), sort_keys=True, default=str)})
+                       "params": canonical(params), "trial_config": canonical(cfg.flat())})
         history += [{**base, **{k: e.get(k) for k in HISTORY.names if k not in base and k != "study"}}
                     for e in epochs]
     return trials, history

@@ -12,7 +12,6 @@ The only module that wires Tune.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import json
 import math
@@ -25,7 +24,7 @@ from typing import Callable
 import optuna
 
 from structinit import tracking
-from structinit.config import TrialConfig
+from structinit.config import TrialConfig, canonical, config_key, search_params, with_overrides
 from structinit.validate import Parser, check, choice
 
 TRIAL_INDEX = "__trial_index__"  # ray.tune.search.repeater.TRIAL_INDEX
@@ -118,37 +117,6 @@ class Study:
         return math.prod(len(v) for v in self.grid.values()) if self.grid else self.num_configs
 
 
-def with_overrides(base: TrialConfig, overrides: dict) -> TrialConfig:
-    """`base` with dotted fields replaced (`model.embed_dim`, `init.filter_size`, `recipe.lr`, `seed`);
-    every section is re-validated."""
-    sections: dict[str, dict] = {}
-    top = {}
-    for key, value in overrides.items():
-        section, _, name = key.partition(".")
-        if name:
-            check("search field", key, "a TrialConfig field such as model.embed_dim or init.filter_size",
-                  section in ("model", "init", "recipe") and name in {f.name for f in dataclasses.fields(
-                      getattr(base, section))})
-            sections.setdefault(section, {})[name] = value
-        else:
-            check("search field", key, "a TrialConfig field", key in {f.name for f in dataclasses.fields(base)})
-            top[key] = value
-    replaced = {s: dataclasses.replace(getattr(base, s), **v) for s, v in sections.items()}
-    return dataclasses.replace(base, **replaced, **top)
-
-
-def config_key(params: dict) -> str:
-    """Identifies one proposed configuration (all its inits and seeds share it): the pairing key."""
-    return hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:10]
-
-
-def search_params(config: dict) -> dict:
-    """The TrialConfig fields in a proposal (dotted `section.field` or top-level names); helper
-    names of the space such as `heads_e192` and Tune's `__trial_index__` are dropped."""
-    top = {f.name for f in dataclasses.fields(TrialConfig)}
-    return {k: v for k, v in config.items() if "." in k or (k in top and not k.startswith("__"))}
-
-
 def trial_config(study: Study, config: dict) -> tuple[TrialConfig, dict]:
     """The TrialConfig of one Tune trial, and its configuration's params (without init and seed)."""
     params = search_params(config)
@@ -195,7 +163,7 @@ def run_trial(config: dict, study: Study, parent: str, tracking_uri: str) -> Non
     cfg, params = trial_config(study, config)
     name, tags = tracking.trial_run(study.name, {
         "init": cfg.init.name, "seed": cfg.seed, "dataset": cfg.dataset, "config_key": config_key(params),
-        "params": json.dumps(params, sort_keys=True, default=str), "trial_id": trial_id})
+        "params": canonical(params), "trial_id": trial_id})
     run = tracking.attempt(tracking_uri, f"the run of trial {trial_id}", lambda _: tracking.start_run(
         tracking_uri, study.name, name, cfg.flat(), tags, parent=parent))  # None: the study's sync creates it
     try:

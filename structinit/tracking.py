@@ -21,6 +21,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from structinit.config import label
 from structinit.validate import check as check_value
 
 # MLflow retries a failed HTTP call 7 times over about 4 minutes; what fails here is replayed by
@@ -198,8 +199,6 @@ def children(client: MlflowClient, parent: str) -> list:
 def trial_run(study: str, trial: dict) -> tuple[str, dict]:
     """Name and tags of a trial's child run, from the fields of its Parquet row: the name reads
     well in MLflow's compare view, the tags group and pair runs (`config_key`: same configuration)."""
-    from structinit.report import label
-
     name = f"{trial['init']} s{trial['seed']} {label(trial['params'])} [{trial['trial_id']}]"
     return name, {"study": study, **{k: trial[k] for k in ("init", "dataset", "seed", "config_key", "trial_id")}}
 
