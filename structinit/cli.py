@@ -141,7 +141,8 @@ def train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import os
 
     from structinit import config, tracking
-    from structinit.train import connect, fit, history_of, run_name
+    from structinit.checkpoint import history_of
+    from structinit.train import connect, fit, run_name
 
     try:
         cfg = trial_config(args)
@@ -223,10 +224,10 @@ def rank(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import torch
 
     from structinit import data
+    from structinit.checkpoint import load_state, state_path
     from structinit.config import MODEL_FIELDS, make, model_kwargs
     from structinit.models import create
     from structinit.rank import measure, text
-    from structinit.train import load_state
 
     try:
         cfg = make(args.dataset, model=args.model, data_root=args.data_root, verify=args.verify,
@@ -235,8 +236,7 @@ def rank(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                        seed=args.seed, recipe=cfg.recipe, verify=cfg.verify)
         model = create(cfg.model.name, **model_kwargs(cfg, d.num_classes))
         if args.checkpoint:
-            path = args.checkpoint if args.checkpoint.endswith(".pt") else f"{args.checkpoint}/state.pt"
-            model.load_state_dict(load_state(path, "cpu")["model"])
+            model.load_state_dict(load_state(state_path(args.checkpoint), "cpu")["model"])
         else:
             apply_init(model, cfg.init, seed=args.seed)
     except (ValueError, OSError, RuntimeError, KeyError) as err:

@@ -52,7 +52,7 @@ def train_history(study, trial_id: str) -> list[dict]:
     worker and driver restarts (Tune's own per-trial log starts over when a trial restarts)."""
     import ray.train
 
-    from structinit.train import history_of
+    from structinit.checkpoint import history_of
 
     try:
         return history_of(ray.train.Result.from_path(f"{study.ray_storage}/train/train-{trial_id}"))

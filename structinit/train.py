@@ -8,7 +8,6 @@ Nothing here knows of Tune; `study.py` wraps `fit` in a trial.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import socket
@@ -25,8 +24,8 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
+from structinit import checkpoint, fidelity, rank, tracking
 from structinit import data as datasets
-from structinit import fidelity, rank, tracking
 from structinit.config import TrialConfig, model_kwargs
 from structinit.inits import apply_init
 from structinit.models import create
@@ -211,12 +210,10 @@ def train_loop_per_worker(config: dict) -> None:
     loss_fn = loss_function(cfg)
 
     start, updates, history = 0, 0, []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            state = load_state(os.path.join(folder, "state.pt"), ctx.device)
-            with open(os.path.join(folder, "history.json")) as f:
-                history = json.load(f)
+    latest = ray.train.get_checkpoint()
+    if latest is not None:
+        with latest.as_directory() as folder:
+            state, history = checkpoint.read(folder, ctx.device)
         raw.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -253,12 +250,9 @@ def train_loop_per_worker(config: dict) -> None:
         with tempfile.TemporaryDirectory() as folder:
             ckpt = None
             if ctx.rank == 0:
-                torch.save({"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                            "epoch": epoch, "updates": updates},
-                           os.path.join(folder, "state.pt"))
-                with open(os.path.join(folder, "history.json"), "w") as f:
-                    json.dump(history, f)
+                checkpoint.write(folder, {"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
+                                          "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                                          "epoch": epoch, "updates": updates, "config": cfg.to_dict()}, history)
                 ckpt = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(metrics, checkpoint=ckpt)
         if bar is not None:
@@ -268,18 +262,6 @@ def train_loop_per_worker(config: dict) -> None:
             bar.update(1)
     if bar is not None:
         bar.close()
-
-
-def load_state(path: str, device) -> dict:
-    """A checkpoint's tensors. `weights_only=True`: a checkpoint from shared storage is never
-    unpickled as arbitrary objects (a crafted pickle is refused, not run)."""
-    import pickle
-
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(f"checkpoint={path!r} is not allowed: expected a state.pt of tensors and plain "
-                         f"containers (torch.load weights_only=True refused it: {str(err).splitlines()[0]})") from None
 
 
 def check_address(address: str | None) -> None:
@@ -339,12 +321,3 @@ def fit(cfg: TrialConfig, *, storage_path: str, name: str | None = None, run: tr
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
     )
     return trainer.fit()
-
-
-def history_of(result) -> list[dict]:
-    """Every epoch's metrics, from the run's latest checkpoint (complete across restarts)."""
-    if result.checkpoint is None:
-        return []
-    with result.checkpoint.as_directory() as folder:
-        with open(os.path.join(folder, "history.json")) as f:
-            return json.load(f)

@@ -46,7 +46,7 @@ def train_history(folder: Path) -> list[dict]:
     """The epochs Ray Train has registered for a run (its latest checkpoint's history)."""
     import ray.train
 
-    from structinit.train import history_of
+    from structinit.checkpoint import history_of
 
     try:
         return history_of(ray.train.Result.from_path(str(folder)))

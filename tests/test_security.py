@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from structinit import tracking
-from structinit.train import load_state
+from structinit.checkpoint import load_state
 
 ROOT = Path(__file__).resolve().parents[1]
 CLOUD = [ROOT / "cluster" / "gpu.yaml", ROOT / "cluster" / "gcp.yaml"]
