@@ -142,7 +142,8 @@ def train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     from structinit import config, tracking
     from structinit.checkpoint import history_of
-    from structinit.train import connect, fit, run_name
+    from structinit.cluster import connect
+    from structinit.train import fit, run_name
 
     try:
         cfg = trial_config(args)

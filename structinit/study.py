@@ -28,7 +28,6 @@ from structinit.config import TrialConfig, canonical, config_key, search_params,
 from structinit.validate import Parser, check, choice
 
 TRIAL_INDEX = "__trial_index__"  # ray.tune.search.repeater.TRIAL_INDEX
-DRIVER = "trial_driver"  # custom resource that trial drivers hold
 CHECKPOINT_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs", "file")  # what pyarrow's filesystems open
 
 
@@ -211,101 +210,27 @@ def scheduler(study: Study):
     return FIFOScheduler()
 
 
-def driver_resources() -> dict:
-    """What a trial driver (the Tune trainable that runs `fit`) holds: one unit of the custom
-    resource DRIVER where the cluster has it (a local cluster, the head of the cloud configs: it
-    pins drivers to a safe node and leaves every CPU to Train workers), else a sliver of a CPU."""
-    import ray
-
-    return {"CPU": 0, DRIVER: 1} if ray.cluster_resources().get(DRIVER) else {"CPU": 0.1}
-
-
-BOOTSTRAP = "~/ray_bootstrap_config.yaml"  # the autoscaling config `ray up` leaves on the head
-
-
-def scalable(path: str) -> dict:
-    """The resources an autoscaling config's worker node types can add at most."""
-    import yaml
-
-    path = os.path.expanduser(path)
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        cfg = yaml.safe_load(f)
-    out: dict = {}
-    for name, node in cfg.get("available_node_types", {}).items():
-        if name != cfg.get("head_node_type"):
-            count = min(node.get("max_workers", 0), cfg.get("max_workers", math.inf))
-            for key, value in node.get("resources", {}).items():
-                out[key] = out.get(key, 0) + count * value
-    return out
-
-
-def capacity() -> dict:
-    """The most of each resource the cluster can hold: what it has now or, under an autoscaler,
-    what its worker types can scale to: the cluster config the autoscaler reports to the GCS (v2,
-    KubeRay; Ray Train reads it the same way), else the autoscaling YAML on this head
-    (STRUCTINIT_AUTOSCALING_CONFIG, default the one `ray up` writes)."""
-    import ray
-    from ray._private.state import state
-
-    now = ray.cluster_resources()
-    limits = (state.get_max_resources_from_cluster_config()
-              or scalable(os.environ.get("STRUCTINIT_AUTOSCALING_CONFIG", BOOTSTRAP)))
-    return {k: max(now.get(k, 0), limits.get(k, 0)) for k in {*now, *limits}}
-
-
-def concurrency(study: Study) -> int:
-    """Trials at once: what the cluster can hold or scale to (GPUs for GPU trials, else CPUs)."""
-    if study.max_concurrent:
-        return study.max_concurrent
-    most, t = capacity(), study.trial
-    if t.gpu:
-        return max(1, int(most.get("GPU", 0) // t.workers))
-    return max(1, int(most.get("CPU", 1) // (t.workers * t.cpus_per_worker)))
-
-
-def check_cluster(study: Study) -> None:
-    """What only the connected cluster can tell, before any trial starts: GPU trials need GPUs
-    it has or can scale to; on several machines, checkpoints need storage every node reaches."""
-    import ray
-
-    if study.trial.gpu:
-        gpus = capacity().get("GPU", 0)
-        check("gpus_per_trial", 1, f"a cluster with GPUs (this one has or can scale to {gpus})",
-              gpus >= study.trial.workers)
-    hosts = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
-    check("checkpoints", study.checkpoints or study.folder,
-          f"a URI (s3://..., gs://...) or a shared folder: this cluster spans {len(hosts)} machines",
-          len(hosts) == 1 or "://" in (study.checkpoints or ""))
-
-
 def run(study: Study, resume: bool = False, address: str | None = None, checked: bool = False) -> dict:
     """Run (or with `resume`, continue) a study; returns where its results went. The study is
     checked first (`check_space`) unless the caller already did."""
     import ray
     import ray.tune
 
-    from structinit import results
-    from structinit.train import check_address, connect, starts_local
+    from structinit import cluster, results
 
     latest = os.path.join(study.folder, "LATEST")
     if resume:
         check("resume", study.name, f"a study with a previous execution under {study.folder}", os.path.exists(latest))
     if not checked:
         check_space(study)
-    check_address(address)
-    if study.trial.gpu and not ray.is_initialized() and starts_local(address):  # a new local cluster: this machine's GPUs
-        import torch
-
-        gpus = torch.cuda.device_count()
-        check("gpus_per_trial", 1, f"a cluster with GPUs: this machine has {gpus} (attach to a GPU cluster with "
-              f"--address or RAY_ADDRESS)", gpus >= study.trial.workers)
+    cluster.check_address(address)
+    gpus = study.trial.workers if study.trial.gpu else 0
+    cluster.check_local_gpus(address, gpus)
     uri = study.tracking_uri or tracking.default_uri()
     tracking.check(uri)  # unreachable MLflow: a clear error before any cluster work
     if not ray.is_initialized():
-        connect(address, num_cpus=os.cpu_count(), resources={DRIVER: 1000})
-    check_cluster(study)  # before anything is recorded
+        cluster.connect(address, num_cpus=os.cpu_count(), resources={cluster.DRIVER: 1000})
+    cluster.check_cluster(gpus, study.checkpoints or study.folder)  # before anything is recorded
     os.makedirs(study.folder, exist_ok=True)
     if resume:
         with open(latest) as f:
@@ -321,7 +246,7 @@ def run(study: Study, resume: bool = False, address: str | None = None, checked:
     storage = study.ray_storage + "/tune"
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(run_trial, study=study, parent=parent.run_id, tracking_uri=uri),
-        driver_resources())
+        cluster.driver_resources())
     try:
         if resume and ray.tune.Tuner.can_restore(f"{storage}/{execution}"):
             tuner = ray.tune.Tuner.restore(f"{storage}/{execution}", trainable=trainable,
@@ -332,7 +257,8 @@ def run(study: Study, resume: bool = False, address: str | None = None, checked:
                 tune_config=ray.tune.TuneConfig(
                     metric=study.metric, mode=study.mode, num_samples=study.configs * len(study.repeats),
                     search_alg=searcher(study, execution), scheduler=scheduler(study),
-                    max_concurrent_trials=concurrency(study)),
+                    max_concurrent_trials=study.max_concurrent or cluster.concurrency(
+                        study.trial.workers, study.trial.cpus_per_worker, study.trial.gpu)),
                 run_config=ray.tune.RunConfig(name=execution, storage_path=storage,
                                               failure_config=ray.tune.FailureConfig(max_failures=1)))
         tuner.fit()

@@ -9,7 +9,6 @@ Nothing here knows of Tune; `study.py` wraps `fit` in a trial.
 from __future__ import annotations
 
 import math
-import os
 import socket
 import tempfile
 import time
@@ -29,7 +28,6 @@ from structinit import data as datasets
 from structinit.config import TrialConfig, model_kwargs
 from structinit.inits import apply_init
 from structinit.models import create
-from structinit.validate import check
 
 
 class NonFiniteLossError(RuntimeError):
@@ -262,38 +260,6 @@ def train_loop_per_worker(config: dict) -> None:
             bar.update(1)
     if bar is not None:
         bar.close()
-
-
-def check_address(address: str | None) -> None:
-    """None (then RAY_ADDRESS, if set, is checked), 'local', 'auto', HOST:PORT or ray://HOST:PORT."""
-    import re
-
-    name = "address" if address is not None else "RAY_ADDRESS"
-    address = address if address is not None else os.environ.get("RAY_ADDRESS")
-    check(name, address, "HOST:PORT, ray://HOST:PORT, 'auto' or 'local'", address is None or address in (
-        "local", "auto") or re.fullmatch(r"(ray://)?[\w.\-\[\]:]+:\d{1,5}", address) is not None)
-
-
-def starts_local(address: str | None) -> bool:
-    """Whether `connect(address)` starts a new local cluster (see there)."""
-    from ray._private.services import canonicalize_bootstrap_address  # ray.init's own lookup
-
-    return address == "local" or (address is None and canonicalize_bootstrap_address(None) is None)
-
-
-def connect(address: str | None, num_cpus: int, num_gpus: int | None = None, resources: dict | None = None):
-    """Attach to a Ray cluster, or start a local one of this size (its dashboard on 127.0.0.1,
-    Ray's default); returns ray.init's context.
-
-    address None: RAY_ADDRESS, else the cluster `ray start` runs on this machine (the head of a
-    `ray up` cluster, where `ray submit` runs studies), else a new local cluster. "local": always a
-    new local cluster. Anything else ("HOST:PORT", "ray://..."): that cluster."""
-    import ray
-
-    check_address(address)
-    if starts_local(address):
-        return ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, resources=resources)
-    return ray.init(address=address or "auto")
 
 
 def run_name(cfg: TrialConfig) -> str:
