@@ -195,12 +195,12 @@ def report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def sync(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Write what MLflow lacks of a study's executions from its Parquet tables, and record the
     run ids in them (after MLflow was unreachable during a study)."""
-    import os
 
     from structinit import results, tracking
+    from structinit.paths import StudyPaths
     from structinit.validate import check
 
-    folder = os.path.join(os.path.abspath(args.storage), args.study)
+    folder = StudyPaths(args.storage, args.study).folder
     uri = args.tracking_uri or tracking.default_uri()
     try:
         names = results.executions(folder)

@@ -12,6 +12,7 @@ from scipy import stats
 
 from structinit import results, tracking
 from structinit.config import label
+from structinit.paths import StudyPaths
 
 PAIRS = (("impulse", "mimetic"), ("impulse", "default"), ("impulse", "pe_scaled"),
          ("frozen_random", "learned"), ("frozen_impulse", "learned"), ("frozen_box", "learned"))
@@ -194,19 +195,18 @@ def report(study: str, storage: str = "runs", tracking_uri: str | None = None, o
     """Build the report of a study's results: print-ready Markdown; also written as report.md,
     table.csv, paired.csv and plots under <storage>/<study>/report/, and logged to the MLflow run
     of the latest execution."""
-    folder = os.path.join(os.path.abspath(storage), study)
-    trials, history = results.load(folder)
+    paths = StudyPaths(storage, study, optuna_url=optuna_url)
+    trials, history = results.load(paths.folder)
     table, paired = summarize(trials)
     text = markdown(study, table, paired, trials)
-    out = os.path.join(folder, "report")
+    out = paths.report
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write(text)
     table.to_csv(os.path.join(out, "table.csv"), index=False)
     paired.to_csv(os.path.join(out, "paired.csv"), index=False)
-    latest = os.path.join(folder, "LATEST")
-    execution = open(latest).read().strip() if os.path.exists(latest) else None
-    plots(out, trials, history, paired, optuna_url or "sqlite:///" + os.path.join(folder, "optuna.db"), execution)
+    execution = paths.execution()
+    plots(out, trials, history, paired, paths.optuna, execution)
     run = execution and tracking.latest_run(tracking_uri or tracking.default_uri(), study, "execution", execution)
     if run:
         tracking.log_folder(run, out, "report")

@@ -11,6 +11,8 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from structinit.paths import StudyPaths
+
 TRIALS = pa.schema([
     ("study", pa.string()), ("execution", pa.string()), ("trial_id", pa.string()), ("status", pa.string()),
     ("error", pa.string()), ("config_key", pa.string()), ("init", pa.string()), ("seed", pa.int64()),
@@ -47,7 +49,7 @@ def _error(trial) -> str | None:
     return (reasons[-1] if reasons else lines[-1])[:2000] if lines else None
 
 
-def train_history(study, trial_id: str) -> list[dict]:
+def train_history(paths: StudyPaths, trial_id: str) -> list[dict]:
     """Every epoch a trial trained, from its Ray Train run's latest checkpoint: complete across
     worker and driver restarts (Tune's own per-trial log starts over when a trial restarts)."""
     import ray.train
@@ -55,26 +57,25 @@ def train_history(study, trial_id: str) -> list[dict]:
     from structinit.checkpoint import history_of
 
     try:
-        return history_of(ray.train.Result.from_path(f"{study.ray_storage}/train/train-{trial_id}"))
+        return history_of(ray.train.Result.from_path(f"{paths.train}/{paths.train_name(trial_id)}"))
     except RuntimeError:  # the trial never reached a checkpoint
         return []
 
 
-def collect(study, execution: str) -> tuple[list[dict], list[dict]]:
+def collect(study: str, execution: str, paths: StudyPaths, configure) -> tuple[list[dict], list[dict]]:
     """Rows for every trial of one execution, from Tune's experiment state and each trial's Train
-    checkpoint (no cluster needed)."""
+    checkpoint (no cluster needed); `configure(config)` is a Tune trial's (TrialConfig, params)."""
     from ray.tune import ExperimentAnalysis
 
     from structinit.config import canonical, config_key
-    from structinit.study import trial_config
 
-    analysis = ExperimentAnalysis(f"{study.ray_storage}/tune/{execution}")
+    analysis = ExperimentAnalysis(f"{paths.tune}/{execution}")
     trials, history = [], []
     for t in analysis.trials:
-        cfg, params = trial_config(study, t.config)
-        epochs = train_history(study, t.trial_id)
+        cfg, params = configure(t.config)
+        epochs = train_history(paths, t.trial_id)
         last = epochs[-1] if epochs else {}
-        base = {"study": study.name, "execution": execution, "trial_id": t.trial_id, "config_key": config_key(params),
+        base = {"study": study, "execution": execution, "trial_id": t.trial_id, "config_key": config_key(params),
                 "init": cfg.init.name, "seed": cfg.seed}
 
         def best(key):

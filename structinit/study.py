@@ -19,12 +19,14 @@ import os
 import time
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import optuna
 
 from structinit import tracking
 from structinit.config import TrialConfig, canonical, config_key, search_params, with_overrides
+from structinit.paths import StudyPaths
 from structinit.validate import Parser, check, choice
 
 TRIAL_INDEX = "__trial_index__"  # ray.tune.search.repeater.TRIAL_INDEX
@@ -93,19 +95,17 @@ class Study:
                                                                         self.grid.values()))
 
     @property
+    def paths(self) -> StudyPaths:
+        return StudyPaths(self.storage, self.name, self.checkpoints, self.optuna_url)
+
+    @property
     def folder(self) -> str:
-        return os.path.join(self.storage, self.name)
+        return self.paths.folder
 
     @property
     def ray_storage(self) -> str:
-        """Where Tune and Train keep state and checkpoints: <checkpoints>/<name>, else the study folder."""
-        if self.checkpoints is None:
-            return self.folder
-        return self.checkpoints.rstrip("/") + "/" + self.name
-
-    @property
-    def optuna_storage(self) -> str:
-        return self.optuna_url or "sqlite:///" + os.path.join(self.folder, "optuna.db")
+        """Where Tune and Train keep state and checkpoints (see StudyPaths.ray)."""
+        return self.paths.ray
 
     @property
     def repeats(self) -> list[tuple[str, int]]:
@@ -166,7 +166,7 @@ def run_trial(config: dict, study: Study, parent: str, tracking_uri: str) -> Non
     run = tracking.attempt(tracking_uri, f"the run of trial {trial_id}", lambda _: tracking.start_run(
         tracking_uri, study.name, name, cfg.flat(), tags, parent=parent))  # None: the study's sync creates it
     try:
-        fit(cfg, storage_path=study.ray_storage + "/train", name=f"train-{trial_id}", run=run,
+        fit(cfg, storage_path=study.paths.train, name=study.paths.train_name(trial_id), run=run,
             callbacks=[TuneReportCallback()])
     except BaseException as err:
         if run is not None:
@@ -186,7 +186,7 @@ def searcher(study: Study, execution: str):
     sampler = (optuna.samplers.GridSampler(study.grid, seed=study.search_seed) if study.grid
                else optuna.samplers.TPESampler(seed=study.search_seed))
     optuna_search = OptunaSearch(space=study.space, metric=study.metric, mode=study.mode, sampler=sampler,
-                                 storage=optuna.storages.RDBStorage(study.optuna_storage), study_name=execution)
+                                 storage=optuna.storages.RDBStorage(study.paths.optuna), study_name=execution)
     return Repeater(optuna_search, repeat=len(study.repeats), set_index=True)
 
 
@@ -194,7 +194,7 @@ def close_orphans(study: Study, execution: str) -> int:
     """Mark FAIL the Optuna trials a finished execution left RUNNING: proposals of Tune trials that
     a killed study driver had started before Tune last saved its state (Tune proposed anew in
     their place). Returns how many."""
-    search = optuna.load_study(study_name=execution, storage=study.optuna_storage)
+    search = optuna.load_study(study_name=execution, storage=study.paths.optuna)
     stale = search.get_trials(deepcopy=False, states=[optuna.trial.TrialState.RUNNING])
     for t in stale:
         search.tell(t.number, state=optuna.trial.TrialState.FAIL)
@@ -218,9 +218,10 @@ def run(study: Study, resume: bool = False, address: str | None = None, checked:
 
     from structinit import cluster, results
 
-    latest = os.path.join(study.folder, "LATEST")
+    paths = study.paths
     if resume:
-        check("resume", study.name, f"a study with a previous execution under {study.folder}", os.path.exists(latest))
+        check("resume", study.name, f"a study with a previous execution under {paths.folder}",
+              paths.execution() is not None)
     if not checked:
         check_space(study)
     cluster.check_address(address)
@@ -230,26 +231,20 @@ def run(study: Study, resume: bool = False, address: str | None = None, checked:
     tracking.check(uri)  # unreachable MLflow: a clear error before any cluster work
     if not ray.is_initialized():
         cluster.connect(address, num_cpus=os.cpu_count(), resources={cluster.DRIVER: 1000})
-    cluster.check_cluster(gpus, study.checkpoints or study.folder)  # before anything is recorded
-    os.makedirs(study.folder, exist_ok=True)
-    if resume:
-        with open(latest) as f:
-            execution = f.read().strip()
-    else:
-        execution = f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    cluster.check_cluster(gpus, study.checkpoints or paths.folder)  # before anything is recorded
+    os.makedirs(paths.folder, exist_ok=True)
+    execution = paths.execution() if resume else f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     parent = tracking.start_run(uri, study.name, execution, {"study": study.name, "inits": ",".join(study.inits),
                                                               "seeds": ",".join(map(str, study.seeds))},
                                 {"study": study.name, "execution": execution})
-    with open(latest, "w") as f:
-        f.write(execution)
+    paths.set_execution(execution)
 
-    storage = study.ray_storage + "/tune"
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(run_trial, study=study, parent=parent.run_id, tracking_uri=uri),
         cluster.driver_resources())
     try:
-        if resume and ray.tune.Tuner.can_restore(f"{storage}/{execution}"):
-            tuner = ray.tune.Tuner.restore(f"{storage}/{execution}", trainable=trainable,
+        if resume and ray.tune.Tuner.can_restore(f"{paths.tune}/{execution}"):
+            tuner = ray.tune.Tuner.restore(f"{paths.tune}/{execution}", trainable=trainable,
                                            resume_unfinished=True, resume_errored=True)
         else:
             tuner = ray.tune.Tuner(
@@ -259,10 +254,10 @@ def run(study: Study, resume: bool = False, address: str | None = None, checked:
                     search_alg=searcher(study, execution), scheduler=scheduler(study),
                     max_concurrent_trials=study.max_concurrent or cluster.concurrency(
                         study.trial.workers, study.trial.cpus_per_worker, study.trial.gpu)),
-                run_config=ray.tune.RunConfig(name=execution, storage_path=storage,
+                run_config=ray.tune.RunConfig(name=execution, storage_path=paths.tune,
                                               failure_config=ray.tune.FailureConfig(max_failures=1)))
         tuner.fit()
-        trials, history = results.collect(study, execution)
+        trials, history = results.collect(study.name, execution, paths, partial(trial_config, study))
     except BaseException:
         tracking.finish(parent, "KILLED")
         raise
@@ -270,7 +265,7 @@ def run(study: Study, resume: bool = False, address: str | None = None, checked:
                                                                                 trials, history))
     for t in trials:
         t["mlflow_run_id"] = (ids or {}).get(t["trial_id"])
-    out = results.write(study.folder, execution, trials, history)
+    out = results.write(paths.folder, execution, trials, history)
     if ids is None:
         warnings.warn(f"MLflow at {tracking.shown(uri)} was unreachable when study {study.name} ended: the MLflow "
                       f"records of its {len(trials)} trials ({len(history)} epochs) may be incomplete; the Parquet tables are "
