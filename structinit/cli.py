@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from structinit.inits import InitConfig, apply_init
+from structinit.inits import InitConfig
 from structinit.validate import Parser
 
 
@@ -58,21 +58,20 @@ def init_config(args: argparse.Namespace) -> InitConfig:
                       mix_ratio=args.mix_ratio, distinct_filters=args.distinct_filters)
 
 
-def model_from(args: argparse.Namespace):
-    from structinit.models import create
+def geometry(args: argparse.Namespace) -> dict:
+    """The model flags given (None where not), by ModelConfig field."""
+    from structinit.config import MODEL_FIELDS
 
-    return create(args.model, img_size=args.img_size, patch_size=args.patch_size, embed_dim=args.embed_dim,
-                  depth=args.depth, num_heads=args.num_heads, pos_embed=args.pos_embed,
-                  global_pool=args.global_pool, kernel_size=args.kernel_size)
+    return {k: getattr(args, k, None) for k in MODEL_FIELDS}
 
 
 def inspect_init(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from structinit import fidelity
+    from structinit.config import ModelConfig, build_model
 
     try:
         cfg = init_config(args)
-        model = model_from(args)
-        result = apply_init(model, cfg, seed=args.seed)
+        model, result = build_model(ModelConfig(args.model, **geometry(args)), cfg, args.seed)
     except ValueError as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     blocks = fidelity.measure(model, result)["pseudo"]
@@ -125,13 +124,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def trial_config(args: argparse.Namespace):
-    from structinit.config import MODEL_FIELDS, make
+    from structinit.config import make
 
     recipe_overrides = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "weight_decay",
                                                       "warmup_epochs", "grad_clip")}
-    model_overrides = {k: getattr(args, k, None) for k in MODEL_FIELDS}
     return make(args.dataset, model=args.model, recipe_name=args.recipe, recipe_overrides=recipe_overrides,
-                model_overrides=model_overrides, init=init_config(args), data_root=args.data_root,
+                model_overrides=geometry(args), init=init_config(args), data_root=args.data_root,
                 download=args.download, verify=args.verify, fraction=args.fraction, val_fraction=args.val_fraction,
                 seed=args.seed, workers=args.workers, gpu=args.gpu, cpus_per_worker=args.cpus_per_worker,
                 compile=args.compile, max_failures=args.max_failures)
@@ -226,20 +224,18 @@ def rank(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     from structinit import data
     from structinit.checkpoint import load_state, state_path
-    from structinit.config import MODEL_FIELDS, make, model_kwargs
-    from structinit.models import create
+    from structinit.config import build_model, data_kwargs, make
     from structinit.rank import measure, text
 
     try:
         cfg = make(args.dataset, model=args.model, data_root=args.data_root, verify=args.verify,
-                   model_overrides={k: getattr(args, k, None) for k in MODEL_FIELDS}, init=init_config(args))
+                   model_overrides=geometry(args), init=init_config(args))
         d = data.build(cfg.dataset, cfg.data_root, img_size=cfg.model.img_size, fraction=1.0, val_fraction=0.0,
                        seed=args.seed, recipe=cfg.recipe, verify=cfg.verify)
-        model = create(cfg.model.name, **model_kwargs(cfg, d.num_classes))
+        model, _ = build_model(cfg.model, None if args.checkpoint else cfg.init, args.seed,
+                               **data_kwargs(cfg, d.num_classes))
         if args.checkpoint:
             model.load_state_dict(load_state(state_path(args.checkpoint), "cpu")["model"])
-        else:
-            apply_init(model, cfg.init, seed=args.seed)
     except (ValueError, OSError, RuntimeError, KeyError) as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     images = torch.stack([d.test[i][0] for i in range(min(args.images, len(d.test)))])

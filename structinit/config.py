@@ -9,7 +9,8 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from structinit.data import DATASETS
-from structinit.inits import InitConfig
+from structinit.inits import InitConfig, apply_init
+from structinit.models import create
 from structinit.recipes import Recipe
 from structinit.validate import check, choice
 
@@ -174,15 +175,24 @@ def validate_data(cfg: TrialConfig) -> None:
 
 def validate_model(cfg: TrialConfig) -> None:
     """The model geometry builds and the init fits it."""
-    from structinit.models import create
-
-    model = create(cfg.model.name, **model_kwargs(cfg, DATASETS[cfg.dataset].num_classes or 2))
+    model, _ = build_model(cfg.model, **data_kwargs(cfg, DATASETS[cfg.dataset].num_classes or 2))
     cfg.init.check_model(model)
 
 
-def model_kwargs(cfg: TrialConfig, num_classes: int) -> dict:
+def build_model(model: ModelConfig, init: InitConfig | None = None, seed: int = 0, **fixed):
+    """A model and its init from a config, the one way every caller builds them: `model`'s timm
+    name and geometry over what the data fix (`fixed`: `data_kwargs`; none for a bare model), then
+    `init` applied at `seed` (None: left as built, for a checkpoint's weights or a check).
+    Returns (model, InitResult or None)."""
+    net = create(model.name, **{**fixed, **model.kwargs()})
+    return net, None if init is None else apply_init(net, init, seed=seed)
+
+
+def data_kwargs(cfg: TrialConfig, num_classes: int) -> dict:
+    """What a run's data and recipe fix in its model: the dataset's image side (a model config's
+    img_size wins) and channels, the number of classes, the drop-path rate."""
     spec = DATASETS[cfg.dataset]
-    kw = {"img_size": spec.img_size, "in_chans": spec.in_chans, **cfg.model.kwargs(), "num_classes": num_classes}
+    kw = {"img_size": spec.img_size, "in_chans": spec.in_chans, "num_classes": num_classes}
     if cfg.recipe.drop_path:
         kw["drop_path_rate"] = cfg.recipe.drop_path
     return kw

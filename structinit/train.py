@@ -25,9 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from structinit import checkpoint, fidelity, rank, tracking
 from structinit import data as datasets
-from structinit.config import TrialConfig, model_kwargs
-from structinit.inits import apply_init
-from structinit.models import create
+from structinit.config import TrialConfig, build_model, data_kwargs
 
 
 class NonFiniteLossError(RuntimeError):
@@ -117,8 +115,7 @@ def build(cfg: TrialConfig, ctx: Context):
     d = datasets.build(cfg.dataset, cfg.data_root, img_size=cfg.model.img_size, fraction=cfg.fraction,
                        val_fraction=cfg.val_fraction, seed=cfg.seed, recipe=cfg.recipe, download=False,
                        verify=cfg.verify)
-    model = create(cfg.model.name, **model_kwargs(cfg, d.num_classes))
-    init = apply_init(model, cfg.init, seed=cfg.seed)
+    model, init = build_model(cfg.model, cfg.init, cfg.seed, **data_kwargs(cfg, d.num_classes))
     r = cfg.recipe
     per_worker = r.batch_size // ctx.world
     sampler = DistributedSampler(d.train, num_replicas=ctx.world, rank=ctx.rank, shuffle=True, seed=cfg.seed)
