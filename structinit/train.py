@@ -8,7 +8,9 @@ Nothing here knows of Tune; `study.py` wraps `fit` in a trial.
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 import socket
 import tempfile
 import time
@@ -159,6 +161,16 @@ def initial_measures(model, cfg: TrialConfig, init, loader) -> tuple[dict, dict]
     return out, measured
 
 
+def log_init(run: tracking.Run, model, init, measured: dict) -> None:
+    """The init's fidelity per block and head (JSON) and its initial attention maps (PNG), drawn
+    here and logged as the run's artifacts by tracking, which draws nothing."""
+    with tempfile.TemporaryDirectory() as folder:
+        with open(os.path.join(folder, "init_fidelity.json"), "w") as f:
+            json.dump({"solve_seconds": init.solve_seconds, **measured}, f)
+        fidelity.plot_attention(model, init, os.path.join(folder, "init_attention.png"))
+        tracking.log_init(run, folder, init.solve_seconds)
+
+
 def worker_device() -> torch.device:
     """The accelerator Ray gave this worker, or the CPU where torch cannot use it (a node that
     advertises a GPU without a driver: the fake-GPU nodes of the cluster tests). The fallback
@@ -188,7 +200,7 @@ def train_loop_per_worker(config: dict) -> None:
         tracking.set_tags(run, {"device": ctx.device, "node_id": ray.get_runtime_context().get_node_id(),
                                 "hostname": socket.gethostname()})  # where rank 0 ran (the latest attempt)
         if ray.train.get_checkpoint() is None and init.pseudo_inputs:
-            tracking.log_init(run, cfg, model, init, measured)
+            log_init(run, model, init, measured)
 
     model = ray.train.torch.prepare_model(model, move_to_device=ctx.device)
     raw = getattr(model, "module", model)
