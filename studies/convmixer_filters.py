@@ -12,9 +12,10 @@ report reads the frozen - learned gap against D / (k f^2) (table column "theory"
 """
 from functools import partial
 
+from structinit.commands.study import cli
 from structinit.config import make
 from structinit.spaces import categorical
-from structinit.study import Study, cli
+from structinit.study import Study
 
 INITS = ("learned", "frozen_random", "frozen_impulse", "frozen_box")
 

@@ -7,9 +7,10 @@ Digits use patch 1 here (an 8x8 grid), so filters up to 7 fit.
 """
 from functools import partial
 
+from structinit.commands.study import cli
 from structinit.config import make
 from structinit.spaces import categorical
-from structinit.study import Study, cli
+from structinit.study import Study
 
 
 def study(sizes, trial, seeds):

@@ -10,9 +10,10 @@ follow-up's footing, where impulse scales it by 18).
 """
 from functools import partial
 
+from structinit.commands.study import cli
 from structinit.config import make
 from structinit.spaces import categorical
-from structinit.study import Study, cli
+from structinit.study import Study
 
 INITS = ("impulse", "pe_scaled", "mimetic", "default")
 

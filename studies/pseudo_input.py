@@ -5,9 +5,10 @@
 """
 from functools import partial
 
+from structinit.commands.study import cli
 from structinit.config import make
 from structinit.spaces import categorical
-from structinit.study import Study, cli
+from structinit.study import Study
 
 
 def study(inputs, trial, seeds):

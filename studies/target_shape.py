@@ -10,9 +10,10 @@ before the solve; the attention mass is always calibrated on the structured targ
 import dataclasses
 from functools import partial
 
+from structinit.commands.study import cli
 from structinit.config import make
 from structinit.spaces import categorical
-from structinit.study import Study, cli
+from structinit.study import Study
 
 
 def study(shapes, mixes, trial, seeds, mix_ratio=0.3):

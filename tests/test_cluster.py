@@ -21,8 +21,9 @@ from mlflow.tracking import MlflowClient
 
 from structinit.cluster import DRIVER
 from structinit.config import make
+from structinit.runner import run
 from structinit.spaces import heads_and_dims
-from structinit.study import Study, run
+from structinit.study import Study
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "cluster").glob("*.yaml"))

@@ -17,8 +17,9 @@ import requests
 from mlflow.tracking import MlflowClient
 
 from structinit.config import make
+from structinit.runner import run
 from structinit.spaces import categorical
-from structinit.study import Study, run
+from structinit.study import Study
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = [sys.executable, str(ROOT / "studies" / "heads_vs_dim.py"), "--preset", "smoke"]

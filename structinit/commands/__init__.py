@@ -1,0 +1,1 @@
+"""Command lines: the study scripts' (study.py)."""
