@@ -7,6 +7,7 @@ import json
 import os
 from typing import Callable
 
+from structinit.commands.options import TRACKING_URI
 from structinit.config import with_overrides
 from structinit.runner import run
 from structinit.study import Study, check_space
@@ -51,7 +52,7 @@ def cli(name: str, presets: dict[str, Callable[[], Study]], argv=None, default: 
                    help="Tune/Train state and checkpoints: s3://..., gs://... or a shared folder "
                         "(default: STRUCTINIT_CHECKPOINTS, else --storage)")
     p.add_argument("--optuna-url", help="SQLAlchemy URL of the Optuna storage (default sqlite in --storage)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)")
+    p.add_argument("--tracking-uri", help=TRACKING_URI)
     p.add_argument("--address", help="Ray cluster to attach to: HOST:PORT, or 'local' for a new local one "
                                      "(default: RAY_ADDRESS, else the one `ray start` runs here, else local)")
     args = p.parse_args(argv)
@@ -84,10 +85,10 @@ def cli(name: str, presets: dict[str, Callable[[], Study]], argv=None, default: 
         study = dataclasses.replace(study, **fields)
         check_space(study)
     except (ValueError, TypeError) as err:
-        p.exit(2, f"{p.prog}: error: {err}\n")
+        p.refuse(err)
     try:
         out = run(study, resume=args.resume, address=args.address, checked=True)
     except ValueError as err:  # what only the cluster can tell (check_cluster), or no execution to resume
-        p.exit(2, f"{p.prog}: error: {err}\n")
+        p.refuse(err)
     print(json.dumps(out))
     return out
