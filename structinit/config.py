@@ -87,6 +87,12 @@ class TrialConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, values: dict) -> TrialConfig:
+        """The config `to_dict` gave (a checkpoint carries it), validated again."""
+        sections = {"model": ModelConfig, "recipe": Recipe, "init": InitConfig}
+        return cls(**{k: sections[k](**v) if k in sections else v for k, v in values.items()})
+
     def flat(self) -> dict:
         """Flat `section.key` params, e.g. for MLflow."""
         out = {}
