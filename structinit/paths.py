@@ -1,6 +1,6 @@
 """Where a study keeps its records, named in one place. On the driver's machine,
-<storage>/<study>/ holds LATEST (the latest execution's name), optuna.db, results/ (results.py)
-and report/ (report.py); Tune and Train state and checkpoints go under
+<storage>/<study>/ holds LATEST (the latest execution's name), optuna.db, results/ (results.py),
+report/ and report_spec.json (report.py); Tune and Train state and checkpoints go under
 <checkpoints>/<study>/{tune,train}, by default the study folder itself."""
 from __future__ import annotations
 
@@ -51,6 +51,11 @@ class StudyPaths:
     @property
     def report(self) -> str:
         return os.path.join(self.folder, "report")
+
+    @property
+    def report_spec(self) -> str:
+        """The pairs and plots the study declared, for its report."""
+        return os.path.join(self.folder, "report_spec.json")
 
     @property
     def _latest(self) -> str:

@@ -19,7 +19,7 @@ from functools import partial
 
 import optuna
 
-from structinit import cluster, results, tracking
+from structinit import cluster, report, results, tracking
 from structinit.config import canonical, config_key
 from structinit.study import Study, check_space, trial_config
 from structinit.validate import check
@@ -110,6 +110,7 @@ def run(study: Study, resume: bool = False, address: str | None = None, checked:
                                                               "seeds": ",".join(map(str, study.seeds))},
                                 {"study": study.name, "execution": execution})
     paths.set_execution(execution)
+    report.declare(paths, study.pairs, study.plots)
 
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(run_trial, study=study, parent=parent.run_id, tracking_uri=uri),

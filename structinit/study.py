@@ -20,6 +20,7 @@ import optuna
 
 from structinit.config import TrialConfig, config_key, search_params, with_overrides
 from structinit.paths import StudyPaths
+from structinit.report import PAIRS, PLOTS
 from structinit.validate import check, choice
 
 TRIAL_INDEX = "__trial_index__"  # ray.tune.search.repeater.TRIAL_INDEX
@@ -46,13 +47,17 @@ class Study:
     # nodes share; default <storage>/<name>
     optuna_url: str | None = None  # any SQLAlchemy URL; default sqlite in the storage folder
     tracking_uri: str | None = None
+    pairs: tuple = PAIRS  # (a, b): the paired differences a - b its report shows, where both ran
+    plots: tuple = PLOTS  # which of report.PLOTS its report draws, each where the results allow
 
     def __post_init__(self):
         check("name", self.name, "a non-empty name of letters, digits, '_' or '-'",
               bool(self.name) and all(c.isalnum() or c in "_-" for c in self.name))
         check("inits", self.inits, "a non-empty tuple of init names", len(self.inits) > 0)
-        for init in self.inits:
+        check("pairs", self.pairs, "a tuple of (init, init) pairs", all(len(pair) == 2 for pair in self.pairs))
+        for init in (*self.inits, *(i for pair in self.pairs for i in pair)):
             dataclasses.replace(self.trial.init, name=init)  # validates the name
+        check("plots", self.plots, f"a tuple of names in {PLOTS}", all(p in PLOTS for p in self.plots))
         check("seeds", self.seeds, "a non-empty tuple of distinct integers >= 0",
               len(self.seeds) > 0 and len(set(self.seeds)) == len(self.seeds) and all(
                   isinstance(s, int) and s >= 0 for s in self.seeds))

@@ -14,6 +14,7 @@ from functools import partial
 
 from structinit.commands.study import cli
 from structinit.config import make
+from structinit.report import FILTER_PAIRS
 from structinit.spaces import categorical
 from structinit.study import Study
 
@@ -22,7 +23,8 @@ INITS = ("learned", "frozen_random", "frozen_impulse", "frozen_box")
 
 def study(kernels, dims, trial, seeds):
     grid = {"model.kernel_size": list(kernels), "model.embed_dim": list(dims)}
-    return Study("convmixer_filters", trial, partial(categorical, **grid), grid=grid, inits=INITS, seeds=seeds)
+    return Study("convmixer_filters", trial, partial(categorical, **grid), grid=grid, inits=INITS, seeds=seeds,
+                 pairs=FILTER_PAIRS, plots=("curves", "filter_gap", "param_importances"))
 
 
 def digits(epochs: int):

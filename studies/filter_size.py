@@ -9,6 +9,7 @@ from functools import partial
 
 from structinit.commands.study import cli
 from structinit.config import make
+from structinit.report import IMPULSE_PAIRS
 from structinit.spaces import categorical
 from structinit.study import Study
 
@@ -16,7 +17,7 @@ from structinit.study import Study
 def study(sizes, trial, seeds):
     grid = {"init.filter_size": list(sizes)}
     return Study("filter_size", trial, partial(categorical, **grid), grid=grid, inits=("impulse", "mimetic"),
-                 seeds=seeds)
+                 seeds=seeds, pairs=IMPULSE_PAIRS, plots=("curves", "param_importances"))
 
 
 PRESETS = {
