@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import typing
 from dataclasses import asdict, dataclass, field
 
 from structinit.data import DATASETS
@@ -106,6 +107,17 @@ class TrialConfig:
     def digest(self) -> str:
         """Short stable hash: the same config names the same run (so a rerun resumes it)."""
         return _hash(self.to_dict())
+
+
+def field_types(cls=TrialConfig, prefix: str = "") -> dict[str, type]:
+    """The type of each `flat()` key (an optional field by its other type), e.g. for a table's schema."""
+    out = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(hint):
+            out.update(field_types(hint, f"{prefix}{name}."))
+        else:
+            out[prefix + name] = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+    return out
 
 
 def canonical(values: dict) -> str:
