@@ -4,7 +4,7 @@
     worker:  data -> model + init (fidelity at epoch 0) -> DDP -> epochs of train + eval,
              each epoch reported to Ray with a checkpoint, resumed from the latest one on restart.
 
-Nothing here knows of Tune; `study.py` wraps `fit` in a trial.
+Nothing here knows of Tune; `runner.py` wraps `fit` in a trial.
 """
 from __future__ import annotations
 
