@@ -15,9 +15,9 @@ import tempfile
 import time
 
 import torch
+from structinit.checkpoint import history_of
 from structinit.config import make
-from structinit.train import (Context, build, fit, history_of, loss_function, optimizer_and_schedule,
-                              train_one_epoch)
+from structinit.train import Context, build, fit, loss_function, optimizer_and_schedule, train_one_epoch
 
 
 def bare(cfg) -> list[float]:

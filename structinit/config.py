@@ -2,13 +2,16 @@
 from the CLI or a study to the Train driver, each worker's loop, and the model + init."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+import typing
 from dataclasses import asdict, dataclass, field
 
 from structinit.data import DATASETS
-from structinit.inits import InitConfig
+from structinit.inits import InitConfig, apply_init
+from structinit.models import create
 from structinit.recipes import Recipe
 from structinit.validate import check, choice
 
@@ -85,6 +88,12 @@ class TrialConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, values: dict) -> TrialConfig:
+        """The config `to_dict` gave (a checkpoint carries it), validated again."""
+        sections = {"model": ModelConfig, "recipe": Recipe, "init": InitConfig}
+        return cls(**{k: sections[k](**v) if k in sections else v for k, v in values.items()})
+
     def flat(self) -> dict:
         """Flat `section.key` params, e.g. for MLflow."""
         out = {}
@@ -97,7 +106,64 @@ class TrialConfig:
 
     def digest(self) -> str:
         """Short stable hash: the same config names the same run (so a rerun resumes it)."""
-        return hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:10]
+        return _hash(self.to_dict())
+
+
+def field_types(cls=TrialConfig, prefix: str = "") -> dict[str, type]:
+    """The type of each `flat()` key (an optional field by its other type), e.g. for a table's schema."""
+    out = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(hint):
+            out.update(field_types(hint, f"{prefix}{name}."))
+        else:
+            out[prefix + name] = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+    return out
+
+
+def canonical(values: dict) -> str:
+    """The JSON a config or a proposal is stored and hashed as: sorted keys, other values as str."""
+    return json.dumps(values, sort_keys=True, default=str)
+
+
+def _hash(values: dict) -> str:
+    return hashlib.sha1(canonical(values).encode()).hexdigest()[:10]
+
+
+def config_key(params: dict) -> str:
+    """Identifies one proposed configuration (all its inits and seeds share it): the pairing key."""
+    return _hash(params)
+
+
+def label(params: str) -> str:
+    """A proposal's params (as `canonical` JSON) as a reader names the configuration."""
+    p = json.loads(params)
+    return " ".join(f"{k.split('.')[-1]}={v}" for k, v in sorted(p.items())) or "(base)"
+
+
+def search_params(config: dict) -> dict:
+    """The TrialConfig fields in a proposal (dotted `section.field` or top-level names); helper
+    names of the space such as `heads_e192` and Tune's `__trial_index__` are dropped."""
+    top = {f.name for f in dataclasses.fields(TrialConfig)}
+    return {k: v for k, v in config.items() if "." in k or (k in top and not k.startswith("__"))}
+
+
+def with_overrides(base: TrialConfig, overrides: dict) -> TrialConfig:
+    """`base` with dotted fields replaced (`model.embed_dim`, `init.filter_size`, `recipe.lr`, `seed`);
+    every section is re-validated."""
+    sections: dict[str, dict] = {}
+    top = {}
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        if name:
+            check("search field", key, "a TrialConfig field such as model.embed_dim or init.filter_size",
+                  section in ("model", "init", "recipe") and name in {f.name for f in dataclasses.fields(
+                      getattr(base, section))})
+            sections.setdefault(section, {})[name] = value
+        else:
+            check("search field", key, "a TrialConfig field", key in {f.name for f in dataclasses.fields(base)})
+            top[key] = value
+    replaced = {s: dataclasses.replace(getattr(base, s), **v) for s, v in sections.items()}
+    return dataclasses.replace(base, **replaced, **top)
 
 
 def make(dataset: str = "digits", model: str | None = None, recipe_name: str | None = None,
@@ -138,15 +204,24 @@ def validate_data(cfg: TrialConfig) -> None:
 
 def validate_model(cfg: TrialConfig) -> None:
     """The model geometry builds and the init fits it."""
-    from structinit.models import create
-
-    model = create(cfg.model.name, **model_kwargs(cfg, DATASETS[cfg.dataset].num_classes or 2))
+    model, _ = build_model(cfg.model, **data_kwargs(cfg, DATASETS[cfg.dataset].num_classes or 2))
     cfg.init.check_model(model)
 
 
-def model_kwargs(cfg: TrialConfig, num_classes: int) -> dict:
+def build_model(model: ModelConfig, init: InitConfig | None = None, seed: int = 0, **fixed):
+    """A model and its init from a config, the one way every caller builds them: `model`'s timm
+    name and geometry over what the data fix (`fixed`: `data_kwargs`; none for a bare model), then
+    `init` applied at `seed` (None: left as built, for a checkpoint's weights or a check).
+    Returns (model, InitResult or None)."""
+    net = create(model.name, **{**fixed, **model.kwargs()})
+    return net, None if init is None else apply_init(net, init, seed=seed)
+
+
+def data_kwargs(cfg: TrialConfig, num_classes: int) -> dict:
+    """What a run's data and recipe fix in its model: the dataset's image side (a model config's
+    img_size wins) and channels, the number of classes, the drop-path rate."""
     spec = DATASETS[cfg.dataset]
-    kw = {"img_size": spec.img_size, "in_chans": spec.in_chans, **cfg.model.kwargs(), "num_classes": num_classes}
+    kw = {"img_size": spec.img_size, "in_chans": spec.in_chans, "num_classes": num_classes}
     if cfg.recipe.drop_path:
         kw["drop_path_rate"] = cfg.recipe.drop_path
     return kw

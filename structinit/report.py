@@ -1,6 +1,11 @@
 """The comparison table of a study: per configuration and init, mean ± std and 95 % CI over seeds
-of the final and best test accuracy; the paired differences impulse − mimetic and impulse − default
-(same configuration, same seed); failed trials with their reasons; plots."""
+of the final and best test accuracy; the paired differences a study declares, e.g. impulse −
+mimetic and impulse − default (same configuration, same seed); failed trials with their reasons;
+the plots it declares.
+
+A study declares its pairs and plots (Study.pairs, Study.plots); its runner records them in the
+study folder (`declare`), where `structinit report STUDY`, which knows the study by name only,
+reads them."""
 from __future__ import annotations
 
 import json
@@ -12,9 +17,28 @@ import pandas as pd
 from scipy import stats
 
 from structinit import results, tracking
+from structinit.config import label
+from structinit.paths import StudyPaths
 
-PAIRS = (("impulse", "mimetic"), ("impulse", "default"), ("impulse", "pe_scaled"),
-         ("frozen_random", "learned"), ("frozen_impulse", "learned"), ("frozen_box", "learned"))
+IMPULSE_PAIRS = (("impulse", "mimetic"), ("impulse", "default"), ("impulse", "pe_scaled"))  # ViT inits
+FILTER_PAIRS = (("frozen_random", "learned"), ("frozen_impulse", "learned"), ("frozen_box", "learned"))  # ConvMixer
+PAIRS = IMPULSE_PAIRS + FILTER_PAIRS  # a study that declares none: each pair where both inits ran
+PLOTS = ("curves", "heads_vs_dim", "filter_gap", "param_importances")  # each drawn where the results allow
+
+
+def declare(paths: StudyPaths, pairs: tuple, plots: tuple) -> None:
+    """Record a study's pairs and plots in its folder, for `structinit report`."""
+    with open(paths.report_spec, "w") as f:
+        json.dump({"pairs": pairs, "plots": plots}, f)
+
+
+def declared(paths: StudyPaths) -> tuple[tuple, tuple]:
+    """(pairs, plots) a study recorded; PAIRS and PLOTS where it recorded none."""
+    if not os.path.exists(paths.report_spec):
+        return PAIRS, PLOTS
+    with open(paths.report_spec) as f:
+        spec = json.load(f)
+    return tuple(tuple(pair) for pair in spec["pairs"]), tuple(spec["plots"])
 
 
 def ci95(values) -> tuple[float, float, float, int]:
@@ -27,11 +51,6 @@ def ci95(values) -> tuple[float, float, float, int]:
         return float(v[0]), math.nan, math.nan, 1
     std = float(v.std(ddof=1))
     return float(v.mean()), std, float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)), n
-
-
-def label(params: str) -> str:
-    p = json.loads(params)
-    return " ".join(f"{k.split('.')[-1]}={v}" for k, v in sorted(p.items())) or "(base)"
 
 
 def whole_rank(k: float) -> int:
@@ -60,8 +79,8 @@ def theory(trial, k: float) -> str:
     return (f"k={k}, h≥f² {'✓' if h >= f2 else '✗'}, D/h≥k {'✓' if trial.embed_dim // h >= k else '✗'}")
 
 
-def summarize(trials: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(per configuration x init statistics, paired differences)."""
+def summarize(trials: pd.DataFrame, pairs: tuple = PAIRS) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per configuration x init statistics, paired differences a - b for the `pairs` that ran)."""
     done = trials[trials["status"] == "TERMINATED"].reindex(columns=[*trials.columns, *(
         c for c in results.TRIALS.names if c not in trials.columns)])  # every schema column, NaN where absent
     done["config"] = done["params"].map(label)
@@ -80,7 +99,7 @@ def summarize(trials: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     for (key, config), g in done.groupby(["config_key", "config"], sort=True):
         by = g.pivot_table(index="seed", columns="init", values="final_test_top1", aggfunc="mean")
         ratio = width_ratio(g.iloc[0], g["init_rank_k"].mean())
-        for a, b in PAIRS:
+        for a, b in pairs:
             if a in by and b in by:
                 diff = (by[a] - by[b]).dropna()
                 m, s, h, n = ci95(diff)
@@ -119,14 +138,15 @@ def markdown(study: str, table: pd.DataFrame, paired: pd.DataFrame, trials: pd.D
 
 
 def plots(folder: str, trials: pd.DataFrame, history: pd.DataFrame, paired: pd.DataFrame, optuna_url: str,
-          execution: str | None) -> list:
+          execution: str | None, wanted: tuple = PLOTS) -> list:
+    """The `wanted` plots (of PLOTS) the results allow, as PNGs in `folder`; returns their paths."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     made = []
     done = trials[trials["status"] == "TERMINATED"]
-    if len(history):
+    if "curves" in wanted and len(history):
         fig, ax = plt.subplots(figsize=(6, 4))
         for init, g in history.groupby("init"):
             curve = g.groupby("epoch")["test_top1"].agg(["mean", "std"])
@@ -135,7 +155,8 @@ def plots(folder: str, trials: pd.DataFrame, history: pd.DataFrame, paired: pd.D
         ax.set(xlabel="epoch", ylabel="test top-1 (%)", title="accuracy per init (mean ± std over runs)")
         ax.legend()
         made.append(_save(fig, os.path.join(folder, "curves.png")))
-    if done["num_heads"].notna().any() and (done["embed_dim"].nunique() > 1 or done["num_heads"].nunique() > 1):
+    if "heads_vs_dim" in wanted and done["num_heads"].notna().any() and (
+            done["embed_dim"].nunique() > 1 or done["num_heads"].nunique() > 1):
         inits = sorted(done["init"].unique())
         fig, axes = plt.subplots(1, len(inits), figsize=(4 * len(inits), 3.5), squeeze=False)
         for ax, init in zip(axes[0], inits):
@@ -156,7 +177,8 @@ def plots(folder: str, trials: pd.DataFrame, history: pd.DataFrame, paired: pd.D
             ax.set(xlabel="embed dim", ylabel="heads", title=f"{init} (* h≥f², D/h≥k)")
             fig.colorbar(im, ax=ax)
         made.append(_save(fig, os.path.join(folder, "heads_vs_dim.png")))
-    gaps = paired[paired["pair"].str.endswith(" - learned") & paired["width_ratio"].notna()] if len(paired) else []
+    gaps = (paired[paired["pair"].str.endswith(" - learned") & paired["width_ratio"].notna()]
+            if "filter_gap" in wanted and len(paired) else [])
     if len(gaps):
         fig, ax = plt.subplots(figsize=(6, 4))
         for pair, g in gaps.sort_values("width_ratio").groupby("pair"):
@@ -169,7 +191,7 @@ def plots(folder: str, trials: pd.DataFrame, history: pd.DataFrame, paired: pd.D
                title="frozen minus learned filters (theory: gap closes at D ≥ k f²)")
         ax.legend(fontsize=8)
         made.append(_save(fig, os.path.join(folder, "filter_gap.png")))
-    if execution:
+    if "param_importances" in wanted and execution:
         import optuna
 
         try:
@@ -199,19 +221,19 @@ def report(study: str, storage: str = "runs", tracking_uri: str | None = None, o
     """Build the report of a study's results: print-ready Markdown; also written as report.md,
     table.csv, paired.csv and plots under <storage>/<study>/report/, and logged to the MLflow run
     of the latest execution."""
-    folder = os.path.join(os.path.abspath(storage), study)
-    trials, history = results.load(folder)
-    table, paired = summarize(trials)
+    paths = StudyPaths(storage, study, optuna_url=optuna_url)
+    trials, history = results.load(paths.folder)
+    pairs, wanted = declared(paths)
+    table, paired = summarize(trials, pairs)
     text = markdown(study, table, paired, trials)
-    out = os.path.join(folder, "report")
+    out = paths.report
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write(text)
     table.to_csv(os.path.join(out, "table.csv"), index=False)
     paired.to_csv(os.path.join(out, "paired.csv"), index=False)
-    latest = os.path.join(folder, "LATEST")
-    execution = open(latest).read().strip() if os.path.exists(latest) else None
-    plots(out, trials, history, paired, optuna_url or "sqlite:///" + os.path.join(folder, "optuna.db"), execution)
+    execution = paths.execution()
+    plots(out, trials, history, paired, paths.optuna, execution, wanted)
     run = execution and tracking.latest_run(tracking_uri or tracking.default_uri(), study, "execution", execution)
     if run:
         tracking.log_folder(run, out, "report")

@@ -5,25 +5,35 @@ so executions append and a resumed execution rewrites only its own part; `load` 
 """
 from __future__ import annotations
 
-import json
 import os
 
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from structinit.config import canonical, config_key, field_types
+from structinit.paths import StudyPaths
+
+CONFIG = ("dataset", "fraction", "model.name", "model.embed_dim", "model.num_heads", "model.depth", "model.patch_size",
+          "model.kernel_size", "init.filter_size", "init.pseudo_input", "init.solver", "init.target_mass",
+          "init.offsets", "init.distinct_filters")  # TrialConfig.flat() keys a trial's row holds, as `column`s
+INIT = ("init_mass_pseudo", "init_hit_pseudo", "init_mass_data", "init_hit_data", "init_rank_k", "init_stable_rank",
+        "init_width_ratio")  # measured at init, reported with every epoch
+ARROW = {int: pa.int64(), float: pa.float64(), str: pa.string(), bool: pa.bool_()}
+
+
+def column(key: str) -> str:
+    """A config field's column: its name without the section (the model's name: `model`)."""
+    return "model" if key == "model.name" else key.rpartition(".")[2]
+
+
 TRIALS = pa.schema([
     ("study", pa.string()), ("execution", pa.string()), ("trial_id", pa.string()), ("status", pa.string()),
     ("error", pa.string()), ("config_key", pa.string()), ("init", pa.string()), ("seed", pa.int64()),
-    ("dataset", pa.string()), ("fraction", pa.float64()), ("model", pa.string()), ("embed_dim", pa.int64()),
-    ("num_heads", pa.int64()), ("depth", pa.int64()), ("patch_size", pa.int64()), ("filter_size", pa.int64()),
-    ("pseudo_input", pa.string()), ("solver", pa.string()), ("target_mass", pa.float64()),
+    *((column(k), ARROW[t]) for k, t in field_types().items() if k in CONFIG),
     ("epochs_done", pa.int64()), ("final_val_top1", pa.float64()), ("best_val_top1", pa.float64()),
-    ("final_test_top1", pa.float64()), ("best_test_top1", pa.float64()), ("init_mass_pseudo", pa.float64()),
-    ("init_hit_pseudo", pa.float64()), ("init_mass_data", pa.float64()), ("init_hit_data", pa.float64()),
+    ("final_test_top1", pa.float64()), ("best_test_top1", pa.float64()), *((k, pa.float64()) for k in INIT),
     ("time_total_s", pa.float64()), ("mlflow_run_id", pa.string()), ("params", pa.string()),
-    ("kernel_size", pa.int64()), ("offsets", pa.string()), ("distinct_filters", pa.int64()),
-    ("init_rank_k", pa.float64()), ("init_stable_rank", pa.float64()), ("init_width_ratio", pa.float64()),
     ("trial_config", pa.string()),  # every TrialConfig field (JSON): what `structinit sync` logs as params
 ])
 HISTORY = pa.schema([
@@ -32,9 +42,7 @@ HISTORY = pa.schema([
     ("val_top1", pa.float64()), ("val_loss", pa.float64()), ("test_top1", pa.float64()),
     ("test_loss", pa.float64()), ("lr", pa.float64()), ("images_per_s", pa.float64()),
     ("epoch_seconds", pa.float64()), ("val_top5", pa.float64()), ("test_top5", pa.float64()),
-    ("init_mass_pseudo", pa.float64()), ("init_hit_pseudo", pa.float64()), ("init_mass_data", pa.float64()),
-    ("init_hit_data", pa.float64()), ("init_rank_k", pa.float64()), ("init_stable_rank", pa.float64()),
-    ("init_width_ratio", pa.float64()),
+    *((k, pa.float64()) for k in INIT),
 ])  # every metric a worker logs per epoch: `structinit sync` replays MLflow from these tables
 
 
@@ -48,55 +56,44 @@ def _error(trial) -> str | None:
     return (reasons[-1] if reasons else lines[-1])[:2000] if lines else None
 
 
-def train_history(study, trial_id: str) -> list[dict]:
+def train_history(paths: StudyPaths, trial_id: str) -> list[dict]:
     """Every epoch a trial trained, from its Ray Train run's latest checkpoint: complete across
     worker and driver restarts (Tune's own per-trial log starts over when a trial restarts)."""
     import ray.train
 
-    from structinit.train import history_of
+    from structinit.checkpoint import history_of
 
     try:
-        return history_of(ray.train.Result.from_path(f"{study.ray_storage}/train/train-{trial_id}"))
+        return history_of(ray.train.Result.from_path(f"{paths.train}/{paths.train_name(trial_id)}"))
     except RuntimeError:  # the trial never reached a checkpoint
         return []
 
 
-def collect(study, execution: str) -> tuple[list[dict], list[dict]]:
+def collect(study: str, execution: str, paths: StudyPaths, configure) -> tuple[list[dict], list[dict]]:
     """Rows for every trial of one execution, from Tune's experiment state and each trial's Train
-    checkpoint (no cluster needed)."""
+    checkpoint (no cluster needed); `configure(config)` is a Tune trial's (TrialConfig, params)."""
     from ray.tune import ExperimentAnalysis
 
-    from structinit.study import config_key, trial_config
-
-    analysis = ExperimentAnalysis(f"{study.ray_storage}/tune/{execution}")
+    analysis = ExperimentAnalysis(f"{paths.tune}/{execution}")
     trials, history = [], []
     for t in analysis.trials:
-        cfg, params = trial_config(study, t.config)
-        epochs = train_history(study, t.trial_id)
+        cfg, params = configure(t.config)
+        epochs = train_history(paths, t.trial_id)
         last = epochs[-1] if epochs else {}
-        base = {"study": study.name, "execution": execution, "trial_id": t.trial_id, "config_key": config_key(params),
+        base = {"study": study, "execution": execution, "trial_id": t.trial_id, "config_key": config_key(params),
                 "init": cfg.init.name, "seed": cfg.seed}
 
         def best(key):
             values = [e[key] for e in epochs if e.get(key) is not None]
             return max(values) if values else None
 
+        flat = cfg.flat()
         trials.append({**base, "status": t.status, "error": _error(t) if t.status == "ERROR" else None,
-                       "dataset": cfg.dataset, "fraction": cfg.fraction, "model": cfg.model.name,
-                       "embed_dim": cfg.model.embed_dim, "num_heads": cfg.model.num_heads, "depth": cfg.model.depth,
-                       "patch_size": cfg.model.patch_size, "filter_size": cfg.init.filter_size,
-                       "pseudo_input": cfg.init.pseudo_input, "solver": cfg.init.solver,
-                       "target_mass": cfg.init.target_mass, "epochs_done": len(epochs),
+                       **{column(k): flat[k] for k in CONFIG}, "epochs_done": len(epochs),
                        "final_val_top1": last.get("val_top1"), "best_val_top1": best("val_top1"),
                        "final_test_top1": last.get("test_top1"), "best_test_top1": best("test_top1"),
-                       "kernel_size": cfg.model.kernel_size, "offsets": cfg.init.offsets,
-                       "distinct_filters": cfg.init.distinct_filters,
-                       **{k: last.get(k) for k in ("init_mass_pseudo", "init_hit_pseudo", "init_mass_data",
-                                                   "init_hit_data", "init_rank_k", "init_stable_rank",
-                                                   "init_width_ratio")},
-                       "time_total_s": (t.last_result or {}).get("time_total_s"),
-                       "params": json.dumps(params, sort_keys=True, default=str),
-                       "trial_config": json.dumps(cfg.flat(), sort_keys=True, default=str)})
+                       **{k: last.get(k) for k in INIT}, "time_total_s": (t.last_result or {}).get("time_total_s"),
+                       "params": canonical(params), "trial_config": canonical(flat)})
         history += [{**base, **{k: e.get(k) for k in HISTORY.names if k not in base and k != "study"}}
                     for e in epochs]
     return trials, history

@@ -1,35 +1,29 @@
-"""A study: Ray Tune + Optuna over TrialConfig fields, each trial a Ray Train run, tracked in MLflow.
+"""A study: what it searches and how it pairs its runs, checked before anything runs.
 
     Study(name, trial=<base TrialConfig>, space=<define-by-run fn>, inits=..., seeds=...)
-      -> OptunaSearch (TPE, or a grid) proposes a configuration (dotted TrialConfig fields)
-      -> Repeater runs it once per (init, seed): the paired runs every comparison needs
-      -> each Tune trial builds a TrialConfig and calls `train.fit` (TuneReportCallback)
-      -> one MLflow child run per trial under one parent run per study execution
-      -> Parquet tables (results.py) and a report (report.py)
+      space: a proposal of dotted TrialConfig fields (spaces.py), proposed by Optuna (runner.py)
+      repeats: each proposal runs once per (init, seed), the paired runs every comparison needs
+      trial_config: the TrialConfig of one of those runs
 
-The only module that wires Tune.
+Running it is runner.py's; its command line is commands/study.py's.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
-import json
 import math
 import os
-import time
-import warnings
 from dataclasses import dataclass
 from typing import Callable
 
 import optuna
 
-from structinit import tracking
-from structinit.config import TrialConfig
-from structinit.validate import Parser, check, choice
+from structinit.config import TrialConfig, config_key, search_params, with_overrides
+from structinit.paths import StudyPaths
+from structinit.report import PAIRS, PLOTS
+from structinit.validate import check, choice
 
 TRIAL_INDEX = "__trial_index__"  # ray.tune.search.repeater.TRIAL_INDEX
-DRIVER = "trial_driver"  # custom resource that trial drivers hold
 CHECKPOINT_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs", "file")  # what pyarrow's filesystems open
 
 
@@ -53,13 +47,17 @@ class Study:
     # nodes share; default <storage>/<name>
     optuna_url: str | None = None  # any SQLAlchemy URL; default sqlite in the storage folder
     tracking_uri: str | None = None
+    pairs: tuple = PAIRS  # (a, b): the paired differences a - b its report shows, where both ran
+    plots: tuple = PLOTS  # which of report.PLOTS its report draws, each where the results allow
 
     def __post_init__(self):
         check("name", self.name, "a non-empty name of letters, digits, '_' or '-'",
               bool(self.name) and all(c.isalnum() or c in "_-" for c in self.name))
         check("inits", self.inits, "a non-empty tuple of init names", len(self.inits) > 0)
-        for init in self.inits:
+        check("pairs", self.pairs, "a tuple of (init, init) pairs", all(len(pair) == 2 for pair in self.pairs))
+        for init in (*self.inits, *(i for pair in self.pairs for i in pair)):
             dataclasses.replace(self.trial.init, name=init)  # validates the name
+        check("plots", self.plots, f"a tuple of names in {PLOTS}", all(p in PLOTS for p in self.plots))
         check("seeds", self.seeds, "a non-empty tuple of distinct integers >= 0",
               len(self.seeds) > 0 and len(set(self.seeds)) == len(self.seeds) and all(
                   isinstance(s, int) and s >= 0 for s in self.seeds))
@@ -95,19 +93,17 @@ class Study:
                                                                         self.grid.values()))
 
     @property
+    def paths(self) -> StudyPaths:
+        return StudyPaths(self.storage, self.name, self.checkpoints, self.optuna_url)
+
+    @property
     def folder(self) -> str:
-        return os.path.join(self.storage, self.name)
+        return self.paths.folder
 
     @property
     def ray_storage(self) -> str:
-        """Where Tune and Train keep state and checkpoints: <checkpoints>/<name>, else the study folder."""
-        if self.checkpoints is None:
-            return self.folder
-        return self.checkpoints.rstrip("/") + "/" + self.name
-
-    @property
-    def optuna_storage(self) -> str:
-        return self.optuna_url or "sqlite:///" + os.path.join(self.folder, "optuna.db")
+        """Where Tune and Train keep state and checkpoints (see StudyPaths.ray)."""
+        return self.paths.ray
 
     @property
     def repeats(self) -> list[tuple[str, int]]:
@@ -116,37 +112,6 @@ class Study:
     @property
     def configs(self) -> int:
         return math.prod(len(v) for v in self.grid.values()) if self.grid else self.num_configs
-
-
-def with_overrides(base: TrialConfig, overrides: dict) -> TrialConfig:
-    """`base` with dotted fields replaced (`model.embed_dim`, `init.filter_size`, `recipe.lr`, `seed`);
-    every section is re-validated."""
-    sections: dict[str, dict] = {}
-    top = {}
-    for key, value in overrides.items():
-        section, _, name = key.partition(".")
-        if name:
-            check("search field", key, "a TrialConfig field such as model.embed_dim or init.filter_size",
-                  section in ("model", "init", "recipe") and name in {f.name for f in dataclasses.fields(
-                      getattr(base, section))})
-            sections.setdefault(section, {})[name] = value
-        else:
-            check("search field", key, "a TrialConfig field", key in {f.name for f in dataclasses.fields(base)})
-            top[key] = value
-    replaced = {s: dataclasses.replace(getattr(base, s), **v) for s, v in sections.items()}
-    return dataclasses.replace(base, **replaced, **top)
-
-
-def config_key(params: dict) -> str:
-    """Identifies one proposed configuration (all its inits and seeds share it): the pairing key."""
-    return hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:10]
-
-
-def search_params(config: dict) -> dict:
-    """The TrialConfig fields in a proposal (dotted `section.field` or top-level names); helper
-    names of the space such as `heads_e192` and Tune's `__trial_index__` are dropped."""
-    top = {f.name for f in dataclasses.fields(TrialConfig)}
-    return {k: v for k, v in config.items() if "." in k or (k in top and not k.startswith("__"))}
 
 
 def trial_config(study: Study, config: dict) -> tuple[TrialConfig, dict]:
@@ -182,290 +147,3 @@ def check_space(study: Study, samples: int = 64) -> None:
                 validate_data(cfg)
                 sources.add(source)
             validate_model(cfg)
-
-
-def run_trial(config: dict, study: Study, parent: str, tracking_uri: str) -> None:
-    """The Tune trainable: one (configuration, init, seed) trained by a TorchTrainer."""
-    import ray.tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from structinit.train import fit
-
-    trial_id = ray.tune.get_context().get_trial_id()
-    cfg, params = trial_config(study, config)
-    name, tags = tracking.trial_run(study.name, {
-        "init": cfg.init.name, "seed": cfg.seed, "dataset": cfg.dataset, "config_key": config_key(params),
-        "params": json.dumps(params, sort_keys=True, default=str), "trial_id": trial_id})
-    run = tracking.attempt(tracking_uri, f"the run of trial {trial_id}", lambda _: tracking.start_run(
-        tracking_uri, study.name, name, cfg.flat(), tags, parent=parent))  # None: the study's sync creates it
-    try:
-        fit(cfg, storage_path=study.ray_storage + "/train", name=f"train-{trial_id}", run=run,
-            callbacks=[TuneReportCallback()])
-    except BaseException as err:
-        if run is not None:
-            tracking.set_tags(run, {"error": str(err)[-5000:]})
-            tracking.finish(run, "FAILED")
-        raise
-    if run is not None:
-        tracking.finish(run)
-
-
-def searcher(study: Study, execution: str):
-    """OptunaSearch (seeded TPE, or a seeded grid) over the study's space with persistent storage,
-    wrapped in a Repeater that runs each proposal once per (init, seed)."""
-    from ray.tune.search import Repeater
-    from ray.tune.search.optuna import OptunaSearch
-
-    sampler = (optuna.samplers.GridSampler(study.grid, seed=study.search_seed) if study.grid
-               else optuna.samplers.TPESampler(seed=study.search_seed))
-    optuna_search = OptunaSearch(space=study.space, metric=study.metric, mode=study.mode, sampler=sampler,
-                                 storage=optuna.storages.RDBStorage(study.optuna_storage), study_name=execution)
-    return Repeater(optuna_search, repeat=len(study.repeats), set_index=True)
-
-
-def close_orphans(study: Study, execution: str) -> int:
-    """Mark FAIL the Optuna trials a finished execution left RUNNING: proposals of Tune trials that
-    a killed study driver had started before Tune last saved its state (Tune proposed anew in
-    their place). Returns how many."""
-    search = optuna.load_study(study_name=execution, storage=study.optuna_storage)
-    stale = search.get_trials(deepcopy=False, states=[optuna.trial.TrialState.RUNNING])
-    for t in stale:
-        search.tell(t.number, state=optuna.trial.TrialState.FAIL)
-    return len(stale)
-
-
-def scheduler(study: Study):
-    """ASHA on the worker-reported epoch (restarts do not reset it), or run every trial to the end."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    if study.scheduler == "asha":
-        return ASHAScheduler(time_attr="epoch", max_t=study.trial.recipe.epochs, grace_period=study.grace_epochs)
-    return FIFOScheduler()
-
-
-def driver_resources() -> dict:
-    """What a trial driver (the Tune trainable that runs `fit`) holds: one unit of the custom
-    resource DRIVER where the cluster has it (a local cluster, the head of the cloud configs: it
-    pins drivers to a safe node and leaves every CPU to Train workers), else a sliver of a CPU."""
-    import ray
-
-    return {"CPU": 0, DRIVER: 1} if ray.cluster_resources().get(DRIVER) else {"CPU": 0.1}
-
-
-BOOTSTRAP = "~/ray_bootstrap_config.yaml"  # the autoscaling config `ray up` leaves on the head
-
-
-def scalable(path: str) -> dict:
-    """The resources an autoscaling config's worker node types can add at most."""
-    import yaml
-
-    path = os.path.expanduser(path)
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        cfg = yaml.safe_load(f)
-    out: dict = {}
-    for name, node in cfg.get("available_node_types", {}).items():
-        if name != cfg.get("head_node_type"):
-            count = min(node.get("max_workers", 0), cfg.get("max_workers", math.inf))
-            for key, value in node.get("resources", {}).items():
-                out[key] = out.get(key, 0) + count * value
-    return out
-
-
-def capacity() -> dict:
-    """The most of each resource the cluster can hold: what it has now or, under an autoscaler,
-    what its worker types can scale to: the cluster config the autoscaler reports to the GCS (v2,
-    KubeRay; Ray Train reads it the same way), else the autoscaling YAML on this head
-    (STRUCTINIT_AUTOSCALING_CONFIG, default the one `ray up` writes)."""
-    import ray
-    from ray._private.state import state
-
-    now = ray.cluster_resources()
-    limits = (state.get_max_resources_from_cluster_config()
-              or scalable(os.environ.get("STRUCTINIT_AUTOSCALING_CONFIG", BOOTSTRAP)))
-    return {k: max(now.get(k, 0), limits.get(k, 0)) for k in {*now, *limits}}
-
-
-def concurrency(study: Study) -> int:
-    """Trials at once: what the cluster can hold or scale to (GPUs for GPU trials, else CPUs)."""
-    if study.max_concurrent:
-        return study.max_concurrent
-    most, t = capacity(), study.trial
-    if t.gpu:
-        return max(1, int(most.get("GPU", 0) // t.workers))
-    return max(1, int(most.get("CPU", 1) // (t.workers * t.cpus_per_worker)))
-
-
-def check_cluster(study: Study) -> None:
-    """What only the connected cluster can tell, before any trial starts: GPU trials need GPUs
-    it has or can scale to; on several machines, checkpoints need storage every node reaches."""
-    import ray
-
-    if study.trial.gpu:
-        gpus = capacity().get("GPU", 0)
-        check("gpus_per_trial", 1, f"a cluster with GPUs (this one has or can scale to {gpus})",
-              gpus >= study.trial.workers)
-    hosts = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
-    check("checkpoints", study.checkpoints or study.folder,
-          f"a URI (s3://..., gs://...) or a shared folder: this cluster spans {len(hosts)} machines",
-          len(hosts) == 1 or "://" in (study.checkpoints or ""))
-
-
-def run(study: Study, resume: bool = False, address: str | None = None, checked: bool = False) -> dict:
-    """Run (or with `resume`, continue) a study; returns where its results went. The study is
-    checked first (`check_space`) unless the caller already did."""
-    import ray
-    import ray.tune
-
-    from structinit import results
-    from structinit.train import check_address, connect, starts_local
-
-    latest = os.path.join(study.folder, "LATEST")
-    if resume:
-        check("resume", study.name, f"a study with a previous execution under {study.folder}", os.path.exists(latest))
-    if not checked:
-        check_space(study)
-    check_address(address)
-    if study.trial.gpu and not ray.is_initialized() and starts_local(address):  # a new local cluster: this machine's GPUs
-        import torch
-
-        gpus = torch.cuda.device_count()
-        check("gpus_per_trial", 1, f"a cluster with GPUs: this machine has {gpus} (attach to a GPU cluster with "
-              f"--address or RAY_ADDRESS)", gpus >= study.trial.workers)
-    uri = study.tracking_uri or tracking.default_uri()
-    tracking.check(uri)  # unreachable MLflow: a clear error before any cluster work
-    if not ray.is_initialized():
-        connect(address, num_cpus=os.cpu_count(), resources={DRIVER: 1000})
-    check_cluster(study)  # before anything is recorded
-    os.makedirs(study.folder, exist_ok=True)
-    if resume:
-        with open(latest) as f:
-            execution = f.read().strip()
-    else:
-        execution = f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    parent = tracking.start_run(uri, study.name, execution, {"study": study.name, "inits": ",".join(study.inits),
-                                                              "seeds": ",".join(map(str, study.seeds))},
-                                {"study": study.name, "execution": execution})
-    with open(latest, "w") as f:
-        f.write(execution)
-
-    storage = study.ray_storage + "/tune"
-    trainable = ray.tune.with_resources(
-        ray.tune.with_parameters(run_trial, study=study, parent=parent.run_id, tracking_uri=uri),
-        driver_resources())
-    try:
-        if resume and ray.tune.Tuner.can_restore(f"{storage}/{execution}"):
-            tuner = ray.tune.Tuner.restore(f"{storage}/{execution}", trainable=trainable,
-                                           resume_unfinished=True, resume_errored=True)
-        else:
-            tuner = ray.tune.Tuner(
-                trainable,
-                tune_config=ray.tune.TuneConfig(
-                    metric=study.metric, mode=study.mode, num_samples=study.configs * len(study.repeats),
-                    search_alg=searcher(study, execution), scheduler=scheduler(study),
-                    max_concurrent_trials=concurrency(study)),
-                run_config=ray.tune.RunConfig(name=execution, storage_path=storage,
-                                              failure_config=ray.tune.FailureConfig(max_failures=1)))
-        tuner.fit()
-        trials, history = results.collect(study, execution)
-    except BaseException:
-        tracking.finish(parent, "KILLED")
-        raise
-    ids = tracking.attempt(uri, "the study's records", lambda _: tracking.sync(uri, study.name, execution,
-                                                                                trials, history))
-    for t in trials:
-        t["mlflow_run_id"] = (ids or {}).get(t["trial_id"])
-    out = results.write(study.folder, execution, trials, history)
-    if ids is None:
-        warnings.warn(f"MLflow at {tracking.shown(uri)} was unreachable when study {study.name} ended: the MLflow "
-                      f"records of its {len(trials)} trials ({len(history)} epochs) may be incomplete; the Parquet tables are "
-                      f"complete ({out['trials']}). Once MLflow is back, write what it lacks with: structinit sync "
-                      f"{study.name} --storage {study.storage} --tracking-uri {tracking.shown(uri)}")
-    finished = sum(out["statuses"].get(s, 0) for s in ("TERMINATED", "ERROR"))
-    expected = study.configs * len(study.repeats)
-    orphans = close_orphans(study, execution) if finished == expected else 0
-    if finished < expected:  # stopped early (Ctrl-C): Tune saved its state
-        print(f"study {study.name} stopped with {finished} of {expected} trials finished; continue it with --resume")
-    return {"execution": execution, "parent_run_id": parent.run_id, "finished": finished, "expected": expected,
-            "mlflow_synced": ids is not None, "optuna_orphans_closed": orphans, **out}
-
-
-def _value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def cli(name: str, presets: dict[str, Callable[[], Study]], argv=None, default: str = "cpu") -> dict:
-    """The command line every study script shares: a preset, then overrides of any field.
-
-    --preset smoke|cpu|paper   --resume   --seeds 0,1,2   --inits impulse,mimetic   --num-configs N
-    --epochs N --dataset NAME --data-root DIR --workers-per-trial W --gpus-per-trial 0|1
-    --set section.field=value (any TrialConfig field, e.g. --set recipe.lr=5e-4 --set init.target_mass=0.6)
-    Bad input exits 2 with one line, before any cluster work."""
-    import argparse
-    import sys
-
-    p = Parser(prog=f"studies/{name}.py", description=sys.modules["__main__"].__doc__,
-               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default=default, help=" | ".join(presets))
-    p.add_argument("--resume", action="store_true", help="continue the latest execution (Tuner.restore + Optuna)")
-    p.add_argument("--seeds", help="comma-separated seeds each configuration is repeated over")
-    p.add_argument("--inits", help="comma-separated init names each configuration is run with")
-    p.add_argument("--num-configs", type=int, help="configurations the search proposes")
-    p.add_argument("--search-seed", type=int)
-    p.add_argument("--scheduler", help="fifo | asha")
-    p.add_argument("--max-concurrent", type=int)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--dataset")
-    p.add_argument("--data-root")
-    p.add_argument("--workers-per-trial", type=int)
-    p.add_argument("--gpus-per-trial", type=int, help="0 or 1 GPU per Train worker")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override any TrialConfig field")
-    p.add_argument("--storage", help="where Optuna storage, results and reports go (default ./runs)")
-    p.add_argument("--checkpoints", default=os.environ.get("STRUCTINIT_CHECKPOINTS"),
-                   help="Tune/Train state and checkpoints: s3://..., gs://... or a shared folder "
-                        "(default: STRUCTINIT_CHECKPOINTS, else --storage)")
-    p.add_argument("--optuna-url", help="SQLAlchemy URL of the Optuna storage (default sqlite in --storage)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)")
-    p.add_argument("--address", help="Ray cluster to attach to: HOST:PORT, or 'local' for a new local one "
-                                     "(default: RAY_ADDRESS, else the one `ray start` runs here, else local)")
-    args = p.parse_args(argv)
-    try:
-        choice("preset", args.preset, sorted(presets))
-        study = presets[args.preset]()
-        overrides = {}
-        for item in args.set:
-            check("--set", item, "FIELD=VALUE", "=" in item)
-            key, _, value = item.partition("=")
-            overrides[key] = _value(value)
-        for flag, key in (("epochs", "recipe.epochs"), ("dataset", "dataset"), ("data_root", "data_root"),
-                          ("workers_per_trial", "workers")):
-            if getattr(args, flag) is not None:
-                overrides[key] = getattr(args, flag)
-        if args.gpus_per_trial is not None:
-            check("gpus_per_trial", args.gpus_per_trial, "0 or 1", args.gpus_per_trial in (0, 1))
-            overrides["gpu"] = bool(args.gpus_per_trial)
-        fields = {"trial": with_overrides(study.trial, overrides)}
-        if args.seeds:
-            check("seeds", args.seeds, "comma-separated integers >= 0, e.g. 0,1,2",
-                  all(part.strip().isdigit() for part in args.seeds.split(",")))
-            fields["seeds"] = tuple(int(s) for s in args.seeds.split(","))
-        if args.inits:
-            fields["inits"] = tuple(args.inits.split(","))
-        for flag in ("num_configs", "search_seed", "scheduler", "max_concurrent", "storage", "checkpoints",
-                     "optuna_url", "tracking_uri"):
-            if getattr(args, flag) is not None:
-                fields[flag] = getattr(args, flag)
-        study = dataclasses.replace(study, **fields)
-        check_space(study)
-    except (ValueError, TypeError) as err:
-        p.exit(2, f"{p.prog}: error: {err}\n")
-    try:
-        out = run(study, resume=args.resume, address=args.address, checked=True)
-    except ValueError as err:  # what only the cluster can tell (check_cluster), or no execution to resume
-        p.exit(2, f"{p.prog}: error: {err}\n")
-    print(json.dumps(out))
-    return out

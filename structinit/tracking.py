@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from structinit.config import label
 from structinit.validate import check as check_value
 
 # MLflow retries a failed HTTP call 7 times over about 4 minutes; what fails here is replayed by
@@ -157,22 +157,15 @@ def log_epoch(run: Run, metrics: dict, step: int) -> None:
     attempt(run.uri, f"epoch {step} of run {run.run_id}", lambda c: c.log_batch(run.run_id, metrics=batch))
 
 
-def log_init(run: Run, cfg, model, init, measured: dict) -> None:
-    """The init's fidelity per block and head (JSON) and its initial attention maps (PNG), best
-    effort (`structinit inspect-init` regenerates them)."""
-    from structinit.fidelity import plot_attention
+def log_init(run: Run, folder: str, solve_seconds: float) -> None:
+    """The init's artifacts the Train loop wrote to `folder` (its fidelity per block and head, its
+    initial attention maps), as the run's init/, and its solve time, best effort (`structinit
+    inspect-init` regenerates them)."""
+    def log(client):
+        client.log_artifacts(run.run_id, folder, artifact_path="init")
+        client.set_tag(run.run_id, "init_solve_seconds", f"{solve_seconds:.4f}")
 
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "init_fidelity.json")
-        with open(path, "w") as f:
-            json.dump({"solve_seconds": init.solve_seconds, **measured}, f)
-        plot_attention(model, init, os.path.join(folder, "init_attention.png"))
-
-        def log(client):
-            client.log_artifacts(run.run_id, folder, artifact_path="init")
-            client.set_tag(run.run_id, "init_solve_seconds", f"{init.solve_seconds:.4f}")
-
-        attempt(run.uri, f"the init artifacts of run {run.run_id} (structinit inspect-init redraws them)", log)
+    attempt(run.uri, f"the init artifacts of run {run.run_id} (structinit inspect-init redraws them)", log)
 
 
 def set_tags(run: Run, tags: dict) -> None:
@@ -198,8 +191,6 @@ def children(client: MlflowClient, parent: str) -> list:
 def trial_run(study: str, trial: dict) -> tuple[str, dict]:
     """Name and tags of a trial's child run, from the fields of its Parquet row: the name reads
     well in MLflow's compare view, the tags group and pair runs (`config_key`: same configuration)."""
-    from structinit.report import label
-
     name = f"{trial['init']} s{trial['seed']} {label(trial['params'])} [{trial['trial_id']}]"
     return name, {"study": study, **{k: trial[k] for k in ("init", "dataset", "seed", "config_key", "trial_id")}}
 

@@ -4,7 +4,7 @@
     worker:  data -> model + init (fidelity at epoch 0) -> DDP -> epochs of train + eval,
              each epoch reported to Ray with a checkpoint, resumed from the latest one on restart.
 
-Nothing here knows of Tune; `study.py` wraps `fit` in a trial.
+Nothing here knows of Tune; `runner.py` wraps `fit` in a trial.
 """
 from __future__ import annotations
 
@@ -25,12 +25,9 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
+from structinit import checkpoint, fidelity, rank, tracking
 from structinit import data as datasets
-from structinit import fidelity, rank, tracking
-from structinit.config import TrialConfig, model_kwargs
-from structinit.inits import apply_init
-from structinit.models import create
-from structinit.validate import check
+from structinit.config import TrialConfig, build_model, data_kwargs
 
 
 class NonFiniteLossError(RuntimeError):
@@ -120,8 +117,7 @@ def build(cfg: TrialConfig, ctx: Context):
     d = datasets.build(cfg.dataset, cfg.data_root, img_size=cfg.model.img_size, fraction=cfg.fraction,
                        val_fraction=cfg.val_fraction, seed=cfg.seed, recipe=cfg.recipe, download=False,
                        verify=cfg.verify)
-    model = create(cfg.model.name, **model_kwargs(cfg, d.num_classes))
-    init = apply_init(model, cfg.init, seed=cfg.seed)
+    model, init = build_model(cfg.model, cfg.init, cfg.seed, **data_kwargs(cfg, d.num_classes))
     r = cfg.recipe
     per_worker = r.batch_size // ctx.world
     sampler = DistributedSampler(d.train, num_replicas=ctx.world, rank=ctx.rank, shuffle=True, seed=cfg.seed)
@@ -165,6 +161,16 @@ def initial_measures(model, cfg: TrialConfig, init, loader) -> tuple[dict, dict]
     return out, measured
 
 
+def log_init(run: tracking.Run, model, init, measured: dict) -> None:
+    """The init's fidelity per block and head (JSON) and its initial attention maps (PNG), drawn
+    here and logged as the run's artifacts by tracking, which draws nothing."""
+    with tempfile.TemporaryDirectory() as folder:
+        with open(os.path.join(folder, "init_fidelity.json"), "w") as f:
+            json.dump({"solve_seconds": init.solve_seconds, **measured}, f)
+        fidelity.plot_attention(model, init, os.path.join(folder, "init_attention.png"))
+        tracking.log_init(run, folder, init.solve_seconds)
+
+
 def worker_device() -> torch.device:
     """The accelerator Ray gave this worker, or the CPU where torch cannot use it (a node that
     advertises a GPU without a driver: the fake-GPU nodes of the cluster tests). The fallback
@@ -194,7 +200,7 @@ def train_loop_per_worker(config: dict) -> None:
         tracking.set_tags(run, {"device": ctx.device, "node_id": ray.get_runtime_context().get_node_id(),
                                 "hostname": socket.gethostname()})  # where rank 0 ran (the latest attempt)
         if ray.train.get_checkpoint() is None and init.pseudo_inputs:
-            tracking.log_init(run, cfg, model, init, measured)
+            log_init(run, model, init, measured)
 
     model = ray.train.torch.prepare_model(model, move_to_device=ctx.device)
     raw = getattr(model, "module", model)
@@ -211,12 +217,10 @@ def train_loop_per_worker(config: dict) -> None:
     loss_fn = loss_function(cfg)
 
     start, updates, history = 0, 0, []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            state = load_state(os.path.join(folder, "state.pt"), ctx.device)
-            with open(os.path.join(folder, "history.json")) as f:
-                history = json.load(f)
+    latest = ray.train.get_checkpoint()
+    if latest is not None:
+        with latest.as_directory() as folder:
+            state, history = checkpoint.read(folder, ctx.device)
         raw.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -253,12 +257,9 @@ def train_loop_per_worker(config: dict) -> None:
         with tempfile.TemporaryDirectory() as folder:
             ckpt = None
             if ctx.rank == 0:
-                torch.save({"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                            "epoch": epoch, "updates": updates},
-                           os.path.join(folder, "state.pt"))
-                with open(os.path.join(folder, "history.json"), "w") as f:
-                    json.dump(history, f)
+                checkpoint.write(folder, {"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
+                                          "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                                          "epoch": epoch, "updates": updates, "config": cfg.to_dict()}, history)
                 ckpt = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(metrics, checkpoint=ckpt)
         if bar is not None:
@@ -268,50 +269,6 @@ def train_loop_per_worker(config: dict) -> None:
             bar.update(1)
     if bar is not None:
         bar.close()
-
-
-def load_state(path: str, device) -> dict:
-    """A checkpoint's tensors. `weights_only=True`: a checkpoint from shared storage is never
-    unpickled as arbitrary objects (a crafted pickle is refused, not run)."""
-    import pickle
-
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(f"checkpoint={path!r} is not allowed: expected a state.pt of tensors and plain "
-                         f"containers (torch.load weights_only=True refused it: {str(err).splitlines()[0]})") from None
-
-
-def check_address(address: str | None) -> None:
-    """None (then RAY_ADDRESS, if set, is checked), 'local', 'auto', HOST:PORT or ray://HOST:PORT."""
-    import re
-
-    name = "address" if address is not None else "RAY_ADDRESS"
-    address = address if address is not None else os.environ.get("RAY_ADDRESS")
-    check(name, address, "HOST:PORT, ray://HOST:PORT, 'auto' or 'local'", address is None or address in (
-        "local", "auto") or re.fullmatch(r"(ray://)?[\w.\-\[\]:]+:\d{1,5}", address) is not None)
-
-
-def starts_local(address: str | None) -> bool:
-    """Whether `connect(address)` starts a new local cluster (see there)."""
-    from ray._private.services import canonicalize_bootstrap_address  # ray.init's own lookup
-
-    return address == "local" or (address is None and canonicalize_bootstrap_address(None) is None)
-
-
-def connect(address: str | None, num_cpus: int, num_gpus: int | None = None, resources: dict | None = None):
-    """Attach to a Ray cluster, or start a local one of this size (its dashboard on 127.0.0.1,
-    Ray's default); returns ray.init's context.
-
-    address None: RAY_ADDRESS, else the cluster `ray start` runs on this machine (the head of a
-    `ray up` cluster, where `ray submit` runs studies), else a new local cluster. "local": always a
-    new local cluster. Anything else ("HOST:PORT", "ray://..."): that cluster."""
-    import ray
-
-    check_address(address)
-    if starts_local(address):
-        return ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, resources=resources)
-    return ray.init(address=address or "auto")
 
 
 def run_name(cfg: TrialConfig) -> str:
@@ -339,12 +296,3 @@ def fit(cfg: TrialConfig, *, storage_path: str, name: str | None = None, run: tr
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
     )
     return trainer.fit()
-
-
-def history_of(result) -> list[dict]:
-    """Every epoch's metrics, from the run's latest checkpoint (complete across restarts)."""
-    if result.checkpoint is None:
-        return []
-    with result.checkpoint.as_directory() as folder:
-        with open(os.path.join(folder, "history.json")) as f:
-            return json.load(f)

@@ -16,3 +16,7 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+    def refuse(self, err: Exception):
+        """Exit 2 with one line: a value a check refused (its ValueError names it and what is allowed)."""
+        self.exit(2, f"{self.prog}: error: {err}\n")

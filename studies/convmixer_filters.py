@@ -12,16 +12,19 @@ report reads the frozen - learned gap against D / (k f^2) (table column "theory"
 """
 from functools import partial
 
+from structinit.commands.study import cli
 from structinit.config import make
+from structinit.report import FILTER_PAIRS
 from structinit.spaces import categorical
-from structinit.study import Study, cli
+from structinit.study import Study
 
 INITS = ("learned", "frozen_random", "frozen_impulse", "frozen_box")
 
 
 def study(kernels, dims, trial, seeds):
     grid = {"model.kernel_size": list(kernels), "model.embed_dim": list(dims)}
-    return Study("convmixer_filters", trial, partial(categorical, **grid), grid=grid, inits=INITS, seeds=seeds)
+    return Study("convmixer_filters", trial, partial(categorical, **grid), grid=grid, inits=INITS, seeds=seeds,
+                 pairs=FILTER_PAIRS, plots=("curves", "filter_gap", "param_importances"))
 
 
 def digits(epochs: int):

@@ -5,15 +5,18 @@
 """
 from functools import partial
 
+from structinit.commands.study import cli
 from structinit.config import make
+from structinit.report import IMPULSE_PAIRS
 from structinit.spaces import categorical
-from structinit.study import Study, cli
+from structinit.study import Study
 
 
 def study(fractions, trial, seeds):
     grid = {"fraction": list(fractions)}
     return Study("data_efficiency", trial, partial(categorical, **grid), grid=grid,
-                 inits=("impulse", "pe_scaled", "mimetic", "default"), seeds=seeds)
+                 inits=("impulse", "pe_scaled", "mimetic", "default"), seeds=seeds, pairs=IMPULSE_PAIRS,
+                 plots=("curves", "param_importances"))
 
 
 PRESETS = {

@@ -7,15 +7,17 @@ Digits use patch 1 here (an 8x8 grid), so filters up to 7 fit.
 """
 from functools import partial
 
+from structinit.commands.study import cli
 from structinit.config import make
+from structinit.report import IMPULSE_PAIRS
 from structinit.spaces import categorical
-from structinit.study import Study, cli
+from structinit.study import Study
 
 
 def study(sizes, trial, seeds):
     grid = {"init.filter_size": list(sizes)}
     return Study("filter_size", trial, partial(categorical, **grid), grid=grid, inits=("impulse", "mimetic"),
-                 seeds=seeds)
+                 seeds=seeds, pairs=IMPULSE_PAIRS, plots=("curves", "param_importances"))
 
 
 PRESETS = {

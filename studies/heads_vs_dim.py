@@ -9,10 +9,10 @@ impulse, mimetic and default init over several seeds, so the report pairs them s
 """
 from functools import partial
 
+from structinit.commands.study import cli
 from structinit.config import make
 from structinit.spaces import heads_and_dims
-from structinit.study import Study, cli
-
+from structinit.study import Study
 
 PRESETS = {
     # a few minutes on a 2-core CPU: one proposal, two epochs

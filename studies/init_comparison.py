@@ -10,16 +10,19 @@ follow-up's footing, where impulse scales it by 18).
 """
 from functools import partial
 
+from structinit.commands.study import cli
 from structinit.config import make
+from structinit.report import IMPULSE_PAIRS
 from structinit.spaces import categorical
-from structinit.study import Study, cli
+from structinit.study import Study
 
 INITS = ("impulse", "pe_scaled", "mimetic", "default")
 
 
 def study(datasets, trial, seeds):
     grid = {"dataset": list(datasets)}
-    return Study("init_comparison", trial, partial(categorical, **grid), grid=grid, inits=INITS, seeds=seeds)
+    return Study("init_comparison", trial, partial(categorical, **grid), grid=grid, inits=INITS, seeds=seeds,
+                 pairs=IMPULSE_PAIRS, plots=("curves", "param_importances"))
 
 
 PRESETS = {

@@ -5,14 +5,17 @@
 """
 from functools import partial
 
+from structinit.commands.study import cli
 from structinit.config import make
+from structinit.report import IMPULSE_PAIRS
 from structinit.spaces import categorical
-from structinit.study import Study, cli
+from structinit.study import Study
 
 
 def study(inputs, trial, seeds):
     grid = {"init.pseudo_input": list(inputs)}
-    return Study("pseudo_input", trial, partial(categorical, **grid), grid=grid, inits=("impulse",), seeds=seeds)
+    return Study("pseudo_input", trial, partial(categorical, **grid), grid=grid, inits=("impulse",), seeds=seeds,
+                 pairs=IMPULSE_PAIRS, plots=("curves", "param_importances"))
 
 
 ALL = ["pe", "uniform", "gaussian", "pe+uniform", "pe+gaussian"]

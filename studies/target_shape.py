@@ -10,15 +10,18 @@ before the solve; the attention mass is always calibrated on the structured targ
 import dataclasses
 from functools import partial
 
+from structinit.commands.study import cli
 from structinit.config import make
+from structinit.report import IMPULSE_PAIRS
 from structinit.spaces import categorical
-from structinit.study import Study, cli
+from structinit.study import Study
 
 
 def study(shapes, mixes, trial, seeds, mix_ratio=0.3):
     grid = {"init.target_shape": list(shapes), "init.mix": list(mixes)}
     trial = dataclasses.replace(trial, init=dataclasses.replace(trial.init, mix_ratio=mix_ratio))
-    return Study("target_shape", trial, partial(categorical, **grid), grid=grid, inits=("impulse",), seeds=seeds)
+    return Study("target_shape", trial, partial(categorical, **grid), grid=grid, inits=("impulse",), seeds=seeds,
+                 pairs=IMPULSE_PAIRS, plots=("curves", "param_importances"))
 
 
 SHAPES, MIXES = ["impulse", "box", "gaussian"], [None, "noise", "mimetic"]

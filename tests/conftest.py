@@ -31,7 +31,7 @@ def two_nodes(request):
     import ray
     from ray.cluster_utils import Cluster
 
-    from structinit.study import DRIVER
+    from structinit.cluster import DRIVER
 
     ray.shutdown()  # the shared local cluster, if a test started it
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {DRIVER: 100}})

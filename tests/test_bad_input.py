@@ -15,9 +15,10 @@ STUDY = str(ROOT / "studies" / "heads_vs_dim.py")
 # a study script with broken presets, as a researcher might write one
 PRESETS = '''
 from functools import partial
+from structinit.commands.study import cli
 from structinit.config import make
 from structinit.spaces import categorical, heads_and_dims
-from structinit.study import Study, cli
+from structinit.study import Study
 
 base = lambda: make("digits", recipe_overrides=dict(epochs=2, warmup_epochs=0))
 one = partial(categorical, **{"model.depth": [2]})

@@ -94,3 +94,21 @@ def test_train_bad_input_exits_2_before_ray_starts(args, needle, tmp_path):
     assert needle in out.stderr and "expected" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_rank_builds_the_model_a_checkpoint_carries(tmp_path):
+    """A run's checkpoint carries its TrialConfig: `structinit rank --checkpoint` without model
+    flags measures the model that run trained (a non-default width here), on the run's dataset."""
+    import torch
+
+    train = subprocess.run([*CLI, "train", "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "64",
+                            "--embed-dim", "32", "--depth", "1", "--json-out", "summary.json"],
+                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert train.returncode == 0, train.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    state = torch.load(os.path.join(summary["checkpoint"], "state.pt"), weights_only=True)
+    assert json.loads(json.dumps(state["config"])) == summary["config"]  # the summary is JSON: tuples are lists
+    out = run("rank", "--checkpoint", summary["checkpoint"], "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    m = json.loads(out.stdout)
+    assert (m["model"], m["dataset"], m["D"], m["heads"]) == ("vit_nano_patch2_8", "digits", 32, 4)

@@ -19,9 +19,11 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from structinit.cluster import DRIVER
 from structinit.config import make
+from structinit.runner import run
 from structinit.spaces import heads_and_dims
-from structinit.study import DRIVER, Study, run
+from structinit.study import Study
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "cluster").glob("*.yaml"))

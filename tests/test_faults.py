@@ -17,8 +17,9 @@ import requests
 from mlflow.tracking import MlflowClient
 
 from structinit.config import make
+from structinit.runner import run
 from structinit.spaces import categorical
-from structinit.study import Study, run
+from structinit.study import Study
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = [sys.executable, str(ROOT / "studies" / "heads_vs_dim.py"), "--preset", "smoke"]
@@ -46,7 +47,7 @@ def train_history(folder: Path) -> list[dict]:
     """The epochs Ray Train has registered for a run (its latest checkpoint's history)."""
     import ray.train
 
-    from structinit.train import history_of
+    from structinit.checkpoint import history_of
 
     try:
         return history_of(ray.train.Result.from_path(str(folder)))

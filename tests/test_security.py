@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from structinit import tracking
-from structinit.train import load_state
+from structinit.checkpoint import load_state
 
 ROOT = Path(__file__).resolve().parents[1]
 CLOUD = [ROOT / "cluster" / "gpu.yaml", ROOT / "cluster" / "gcp.yaml"]
@@ -69,7 +69,7 @@ def test_rank_cli_refuses_a_tampered_checkpoint(tampered):
 def test_a_local_cluster_serves_its_dashboard_on_loopback_only():
     import ray
 
-    from structinit.train import connect
+    from structinit.cluster import connect
 
     ray.shutdown()  # the shared local cluster, if a test started it: this one is started the project's way
     context = connect("local", num_cpus=1)

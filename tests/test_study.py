@@ -12,10 +12,11 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from structinit.config import make
+from structinit.config import make, with_overrides
 from structinit.report import ci95, summarize
+from structinit.runner import searcher
 from structinit.spaces import categorical, heads_and_dims
-from structinit.study import TRIAL_INDEX, Study, check_space, searcher, trial_config, with_overrides
+from structinit.study import TRIAL_INDEX, Study, check_space, trial_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,8 +8,9 @@ import pytest
 from ray.train import TrainingFailedError
 
 from structinit import tracking
+from structinit.checkpoint import history_of
 from structinit.config import make
-from structinit.train import fit, history_of
+from structinit.train import fit
 
 QUICK = dict(epochs=8, batch_size=32, lr=2e-3, warmup_epochs=1)
 

@@ -1,0 +1,122 @@
+"""The Ray cluster: which one to attach to (or start), how much it can hold or scale to, what a
+trial driver holds there, and the checks only a cluster can answer. Plain values in and out; the
+one module that reads Ray's private lookups (`ray._private`)."""
+from __future__ import annotations
+
+import math
+import os
+
+from structinit.validate import check
+
+DRIVER = "trial_driver"  # custom resource that trial drivers hold
+BOOTSTRAP = "~/ray_bootstrap_config.yaml"  # the autoscaling config `ray up` leaves on the head
+
+
+def check_address(address: str | None) -> None:
+    """None (then RAY_ADDRESS, if set, is checked), 'local', 'auto', HOST:PORT or ray://HOST:PORT."""
+    import re
+
+    name = "address" if address is not None else "RAY_ADDRESS"
+    address = address if address is not None else os.environ.get("RAY_ADDRESS")
+    check(name, address, "HOST:PORT, ray://HOST:PORT, 'auto' or 'local'", address is None or address in (
+        "local", "auto") or re.fullmatch(r"(ray://)?[\w.\-\[\]:]+:\d{1,5}", address) is not None)
+
+
+def starts_local(address: str | None) -> bool:
+    """Whether `connect(address)` starts a new local cluster (see there)."""
+    from ray._private.services import canonicalize_bootstrap_address  # ray.init's own lookup
+
+    return address == "local" or (address is None and canonicalize_bootstrap_address(None) is None)
+
+
+def check_local_gpus(address: str | None, gpus: int) -> None:
+    """Where `connect(address)` would start a new local cluster for trials of `gpus` GPUs, this
+    machine must have them (checked before anything starts)."""
+    import ray
+
+    if gpus and not ray.is_initialized() and starts_local(address):
+        import torch
+
+        here = torch.cuda.device_count()
+        check("gpus_per_trial", 1, f"a cluster with GPUs: this machine has {here} (attach to a GPU cluster with "
+              f"--address or RAY_ADDRESS)", here >= gpus)
+
+
+def connect(address: str | None, num_cpus: int, num_gpus: int | None = None, resources: dict | None = None):
+    """Attach to a Ray cluster, or start a local one of this size (its dashboard on 127.0.0.1,
+    Ray's default); returns ray.init's context.
+
+    address None: RAY_ADDRESS, else the cluster `ray start` runs on this machine (the head of a
+    `ray up` cluster, where `ray submit` runs studies), else a new local cluster. "local": always a
+    new local cluster. Anything else ("HOST:PORT", "ray://..."): that cluster."""
+    import ray
+
+    check_address(address)
+    if starts_local(address):
+        return ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, resources=resources)
+    return ray.init(address=address or "auto")
+
+
+def driver_resources() -> dict:
+    """What a trial driver (the Tune trainable that runs `fit`) holds: one unit of the custom
+    resource DRIVER where the cluster has it (a local cluster, the head of the cloud configs: it
+    pins drivers to a safe node and leaves every CPU to Train workers), else a sliver of a CPU."""
+    import ray
+
+    return {"CPU": 0, DRIVER: 1} if ray.cluster_resources().get(DRIVER) else {"CPU": 0.1}
+
+
+def scalable(path: str) -> dict:
+    """The resources an autoscaling config's worker node types can add at most."""
+    import yaml
+
+    path = os.path.expanduser(path)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        cfg = yaml.safe_load(f)
+    out: dict = {}
+    for name, node in cfg.get("available_node_types", {}).items():
+        if name != cfg.get("head_node_type"):
+            count = min(node.get("max_workers", 0), cfg.get("max_workers", math.inf))
+            for key, value in node.get("resources", {}).items():
+                out[key] = out.get(key, 0) + count * value
+    return out
+
+
+def capacity() -> dict:
+    """The most of each resource the cluster can hold: what it has now or, under an autoscaler,
+    what its worker types can scale to: the cluster config the autoscaler reports to the GCS (v2,
+    KubeRay; Ray Train reads it the same way), else the autoscaling YAML on this head
+    (STRUCTINIT_AUTOSCALING_CONFIG, default the one `ray up` writes)."""
+    import ray
+    from ray._private.state import state
+
+    now = ray.cluster_resources()
+    limits = (state.get_max_resources_from_cluster_config()
+              or scalable(os.environ.get("STRUCTINIT_AUTOSCALING_CONFIG", BOOTSTRAP)))
+    return {k: max(now.get(k, 0), limits.get(k, 0)) for k in {*now, *limits}}
+
+
+def concurrency(workers: int, cpus_per_worker: int, gpu: bool) -> int:
+    """Trials at once: what the cluster can hold or scale to (GPUs for GPU trials, else CPUs),
+    for trials of `workers` Train workers."""
+    most = capacity()
+    if gpu:
+        return max(1, int(most.get("GPU", 0) // workers))
+    return max(1, int(most.get("CPU", 1) // (workers * cpus_per_worker)))
+
+
+def check_cluster(gpus: int, checkpoints: str) -> None:
+    """What only the connected cluster can tell, before any trial starts: trials of `gpus` GPUs
+    need GPUs it has or can scale to; on several machines, `checkpoints` must be storage every
+    node reaches (a URI)."""
+    import ray
+
+    if gpus:
+        most = capacity().get("GPU", 0)
+        check("gpus_per_trial", 1, f"a cluster with GPUs (this one has or can scale to {most})", most >= gpus)
+    hosts = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
+    check("checkpoints", checkpoints,
+          f"a URI (s3://..., gs://...) or a shared folder: this cluster spans {len(hosts)} machines",
+          len(hosts) == 1 or "://" in checkpoints)

@@ -1,0 +1,23 @@
+"""`structinit report STUDY`: a study's comparison table, paired differences and plots (report.py)."""
+from __future__ import annotations
+
+import argparse
+
+from structinit.commands.options import add_study
+
+HELP = "comparison table, paired differences and plots of a study's results"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_study(p)
+    p.add_argument("--optuna-url", help="the study's Optuna storage URL (default sqlite in its folder)")
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from structinit.report import report
+
+    try:
+        print(report(args.study, storage=args.storage, tracking_uri=args.tracking_uri, optuna_url=args.optuna_url))
+    except ValueError as err:
+        parser.refuse(err)
+    return 0

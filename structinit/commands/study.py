@@ -1,0 +1,94 @@
+"""The command line every study script shares (studies/*.py): a preset, then overrides of any
+field; bad input exits 2 with one line, before any cluster work."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Callable
+
+from structinit.commands.options import TRACKING_URI
+from structinit.config import with_overrides
+from structinit.runner import run
+from structinit.study import Study, check_space
+from structinit.validate import Parser, check, choice
+
+
+def _value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def cli(name: str, presets: dict[str, Callable[[], Study]], argv=None, default: str = "cpu") -> dict:
+    """The command line every study script shares: a preset, then overrides of any field.
+
+    --preset smoke|cpu|paper   --resume   --seeds 0,1,2   --inits impulse,mimetic   --num-configs N
+    --epochs N --dataset NAME --data-root DIR --workers-per-trial W --gpus-per-trial 0|1
+    --set section.field=value (any TrialConfig field, e.g. --set recipe.lr=5e-4 --set init.target_mass=0.6)
+    Bad input exits 2 with one line, before any cluster work."""
+    import argparse
+    import sys
+
+    p = Parser(prog=f"studies/{name}.py", description=sys.modules["__main__"].__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default=default, help=" | ".join(presets))
+    p.add_argument("--resume", action="store_true", help="continue the latest execution (Tuner.restore + Optuna)")
+    p.add_argument("--seeds", help="comma-separated seeds each configuration is repeated over")
+    p.add_argument("--inits", help="comma-separated init names each configuration is run with")
+    p.add_argument("--num-configs", type=int, help="configurations the search proposes")
+    p.add_argument("--search-seed", type=int)
+    p.add_argument("--scheduler", help="fifo | asha")
+    p.add_argument("--max-concurrent", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--dataset")
+    p.add_argument("--data-root")
+    p.add_argument("--workers-per-trial", type=int)
+    p.add_argument("--gpus-per-trial", type=int, help="0 or 1 GPU per Train worker")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override any TrialConfig field")
+    p.add_argument("--storage", help="where Optuna storage, results and reports go (default ./runs)")
+    p.add_argument("--checkpoints", default=os.environ.get("STRUCTINIT_CHECKPOINTS"),
+                   help="Tune/Train state and checkpoints: s3://..., gs://... or a shared folder "
+                        "(default: STRUCTINIT_CHECKPOINTS, else --storage)")
+    p.add_argument("--optuna-url", help="SQLAlchemy URL of the Optuna storage (default sqlite in --storage)")
+    p.add_argument("--tracking-uri", help=TRACKING_URI)
+    p.add_argument("--address", help="Ray cluster to attach to: HOST:PORT, or 'local' for a new local one "
+                                     "(default: RAY_ADDRESS, else the one `ray start` runs here, else local)")
+    args = p.parse_args(argv)
+    try:
+        choice("preset", args.preset, sorted(presets))
+        study = presets[args.preset]()
+        overrides = {}
+        for item in args.set:
+            check("--set", item, "FIELD=VALUE", "=" in item)
+            key, _, value = item.partition("=")
+            overrides[key] = _value(value)
+        for flag, key in (("epochs", "recipe.epochs"), ("dataset", "dataset"), ("data_root", "data_root"),
+                          ("workers_per_trial", "workers")):
+            if getattr(args, flag) is not None:
+                overrides[key] = getattr(args, flag)
+        if args.gpus_per_trial is not None:
+            check("gpus_per_trial", args.gpus_per_trial, "0 or 1", args.gpus_per_trial in (0, 1))
+            overrides["gpu"] = bool(args.gpus_per_trial)
+        fields = {"trial": with_overrides(study.trial, overrides)}
+        if args.seeds:
+            check("seeds", args.seeds, "comma-separated integers >= 0, e.g. 0,1,2",
+                  all(part.strip().isdigit() for part in args.seeds.split(",")))
+            fields["seeds"] = tuple(int(s) for s in args.seeds.split(","))
+        if args.inits:
+            fields["inits"] = tuple(args.inits.split(","))
+        for flag in ("num_configs", "search_seed", "scheduler", "max_concurrent", "storage", "checkpoints",
+                     "optuna_url", "tracking_uri"):
+            if getattr(args, flag) is not None:
+                fields[flag] = getattr(args, flag)
+        study = dataclasses.replace(study, **fields)
+        check_space(study)
+    except (ValueError, TypeError) as err:
+        p.refuse(err)
+    try:
+        out = run(study, resume=args.resume, address=args.address, checked=True)
+    except ValueError as err:  # what only the cluster can tell (check_cluster), or no execution to resume
+        p.refuse(err)
+    print(json.dumps(out))
+    return out

@@ -1,0 +1,41 @@
+"""`structinit sync STUDY`: write what MLflow lacks of a study's executions from its Parquet
+tables, and record the run ids in them (after MLflow was unreachable during a study)."""
+from __future__ import annotations
+
+import argparse
+
+from structinit.commands.options import add_study
+
+HELP = ("write what MLflow lacks of a study (runs, metrics, statuses) from its Parquet tables: after MLflow was "
+        "unreachable during the study")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_study(p)
+    p.add_argument("--execution", help="one execution (default: all of the study's)")
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from structinit import results, tracking
+    from structinit.paths import StudyPaths
+    from structinit.validate import check
+
+    folder = StudyPaths(args.storage, args.study).folder
+    uri = args.tracking_uri or tracking.default_uri()
+    try:
+        names = results.executions(folder)
+        check("study", args.study, f"a study with results under {folder}/results", bool(names))
+        if args.execution:
+            check("execution", args.execution, f"one of {names}", args.execution in names)
+            names = [args.execution]
+        tracking.check(uri)
+    except ValueError as err:
+        parser.refuse(err)
+    for execution in names:
+        trials, history = results.read(folder, execution)
+        ids = tracking.sync(uri, args.study, execution, trials, history)
+        for t in trials:
+            t["mlflow_run_id"] = ids.get(t["trial_id"])
+        results.write(folder, execution, trials, history)
+        print(f"{execution}: {len(ids)} trial runs, {len(history)} epochs checked in MLflow at {uri}")
+    return 0

@@ -1,0 +1,153 @@
+"""Running a study: Ray Tune + Optuna over its space, each trial a Ray Train run, tracked in MLflow.
+
+    run(study)
+      -> OptunaSearch (TPE, or a grid) proposes a configuration (dotted TrialConfig fields)
+      -> Repeater runs it once per (init, seed): the paired runs every comparison needs
+      -> each Tune trial builds its TrialConfig (study.trial_config) and calls `train.fit`
+         (TuneReportCallback)
+      -> one MLflow child run per trial under one parent run per study execution
+      -> Parquet tables (results.py), which MLflow is synced from (tracking.sync)
+
+The only module that wires Tune.
+"""
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from functools import partial
+
+import optuna
+
+from structinit import cluster, report, results, tracking
+from structinit.config import canonical, config_key
+from structinit.study import Study, check_space, trial_config
+from structinit.validate import check
+
+
+def run_trial(config: dict, study: Study, parent: str, tracking_uri: str) -> None:
+    """The Tune trainable: one (configuration, init, seed) trained by a TorchTrainer."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from structinit.train import fit
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    cfg, params = trial_config(study, config)
+    name, tags = tracking.trial_run(study.name, {
+        "init": cfg.init.name, "seed": cfg.seed, "dataset": cfg.dataset, "config_key": config_key(params),
+        "params": canonical(params), "trial_id": trial_id})
+    run = tracking.attempt(tracking_uri, f"the run of trial {trial_id}", lambda _: tracking.start_run(
+        tracking_uri, study.name, name, cfg.flat(), tags, parent=parent))  # None: the study's sync creates it
+    try:
+        fit(cfg, storage_path=study.paths.train, name=study.paths.train_name(trial_id), run=run,
+            callbacks=[TuneReportCallback()])
+    except BaseException as err:
+        if run is not None:
+            tracking.set_tags(run, {"error": str(err)[-5000:]})
+            tracking.finish(run, "FAILED")
+        raise
+    if run is not None:
+        tracking.finish(run)
+
+
+def searcher(study: Study, execution: str):
+    """OptunaSearch (seeded TPE, or a seeded grid) over the study's space with persistent storage,
+    wrapped in a Repeater that runs each proposal once per (init, seed)."""
+    from ray.tune.search import Repeater
+    from ray.tune.search.optuna import OptunaSearch
+
+    sampler = (optuna.samplers.GridSampler(study.grid, seed=study.search_seed) if study.grid
+               else optuna.samplers.TPESampler(seed=study.search_seed))
+    optuna_search = OptunaSearch(space=study.space, metric=study.metric, mode=study.mode, sampler=sampler,
+                                 storage=optuna.storages.RDBStorage(study.paths.optuna), study_name=execution)
+    return Repeater(optuna_search, repeat=len(study.repeats), set_index=True)
+
+
+def close_orphans(study: Study, execution: str) -> int:
+    """Mark FAIL the Optuna trials a finished execution left RUNNING: proposals of Tune trials that
+    a killed study driver had started before Tune last saved its state (Tune proposed anew in
+    their place). Returns how many."""
+    search = optuna.load_study(study_name=execution, storage=study.paths.optuna)
+    stale = search.get_trials(deepcopy=False, states=[optuna.trial.TrialState.RUNNING])
+    for t in stale:
+        search.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    return len(stale)
+
+
+def scheduler(study: Study):
+    """ASHA on the worker-reported epoch (restarts do not reset it), or run every trial to the end."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if study.scheduler == "asha":
+        return ASHAScheduler(time_attr="epoch", max_t=study.trial.recipe.epochs, grace_period=study.grace_epochs)
+    return FIFOScheduler()
+
+
+def run(study: Study, resume: bool = False, address: str | None = None, checked: bool = False) -> dict:
+    """Run (or with `resume`, continue) a study; returns where its results went. The study is
+    checked first (`check_space`) unless the caller already did."""
+    import ray
+    import ray.tune
+
+    paths = study.paths
+    if resume:
+        check("resume", study.name, f"a study with a previous execution under {paths.folder}",
+              paths.execution() is not None)
+    if not checked:
+        check_space(study)
+    cluster.check_address(address)
+    gpus = study.trial.workers if study.trial.gpu else 0
+    cluster.check_local_gpus(address, gpus)
+    uri = study.tracking_uri or tracking.default_uri()
+    tracking.check(uri)  # unreachable MLflow: a clear error before any cluster work
+    if not ray.is_initialized():
+        cluster.connect(address, num_cpus=os.cpu_count(), resources={cluster.DRIVER: 1000})
+    cluster.check_cluster(gpus, study.checkpoints or paths.folder)  # before anything is recorded
+    os.makedirs(paths.folder, exist_ok=True)
+    execution = paths.execution() if resume else f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    parent = tracking.start_run(uri, study.name, execution, {"study": study.name, "inits": ",".join(study.inits),
+                                                              "seeds": ",".join(map(str, study.seeds))},
+                                {"study": study.name, "execution": execution})
+    paths.set_execution(execution)
+    report.declare(paths, study.pairs, study.plots)
+
+    trainable = ray.tune.with_resources(
+        ray.tune.with_parameters(run_trial, study=study, parent=parent.run_id, tracking_uri=uri),
+        cluster.driver_resources())
+    try:
+        if resume and ray.tune.Tuner.can_restore(f"{paths.tune}/{execution}"):
+            tuner = ray.tune.Tuner.restore(f"{paths.tune}/{execution}", trainable=trainable,
+                                           resume_unfinished=True, resume_errored=True)
+        else:
+            tuner = ray.tune.Tuner(
+                trainable,
+                tune_config=ray.tune.TuneConfig(
+                    metric=study.metric, mode=study.mode, num_samples=study.configs * len(study.repeats),
+                    search_alg=searcher(study, execution), scheduler=scheduler(study),
+                    max_concurrent_trials=study.max_concurrent or cluster.concurrency(
+                        study.trial.workers, study.trial.cpus_per_worker, study.trial.gpu)),
+                run_config=ray.tune.RunConfig(name=execution, storage_path=paths.tune,
+                                              failure_config=ray.tune.FailureConfig(max_failures=1)))
+        tuner.fit()
+        trials, history = results.collect(study.name, execution, paths, partial(trial_config, study))
+    except BaseException:
+        tracking.finish(parent, "KILLED")
+        raise
+    ids = tracking.attempt(uri, "the study's records", lambda _: tracking.sync(uri, study.name, execution,
+                                                                                trials, history))
+    for t in trials:
+        t["mlflow_run_id"] = (ids or {}).get(t["trial_id"])
+    out = results.write(paths.folder, execution, trials, history)
+    if ids is None:
+        warnings.warn(f"MLflow at {tracking.shown(uri)} was unreachable when study {study.name} ended: the MLflow "
+                      f"records of its {len(trials)} trials ({len(history)} epochs) may be incomplete; the Parquet tables are "
+                      f"complete ({out['trials']}). Once MLflow is back, write what it lacks with: structinit sync "
+                      f"{study.name} --storage {study.storage} --tracking-uri {tracking.shown(uri)}")
+    finished = sum(out["statuses"].get(s, 0) for s in ("TERMINATED", "ERROR"))
+    expected = study.configs * len(study.repeats)
+    orphans = close_orphans(study, execution) if finished == expected else 0
+    if finished < expected:  # stopped early (Ctrl-C): Tune saved its state
+        print(f"study {study.name} stopped with {finished} of {expected} trials finished; continue it with --resume")
+    return {"execution": execution, "parent_run_id": parent.run_id, "finished": finished, "expected": expected,
+            "mlflow_synced": ids is not None, "optuna_orphans_closed": orphans, **out}
