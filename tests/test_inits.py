@@ -382,11 +382,11 @@ def test_factor_norm_sets_each_factor_like_the_followup():
 
 
 def footing_model(name, **init):
-    from structinit.config import make, model_kwargs
+    from structinit.config import build_model, data_kwargs, make
 
     cfg = make("digits", footing=name, init_overrides=init or None)
-    model = create(cfg.model.name, **model_kwargs(cfg, 10))
-    return cfg, model, apply_init(model, cfg.init, seed=0)
+    model, result = build_model(cfg.model, cfg.init, seed=0, **data_kwargs(cfg, 10))
+    return cfg, model, result
 
 
 def test_v1_footing_builds_v1s_model_and_init():
