@@ -20,7 +20,8 @@ from structinit import results, tracking
 from structinit.config import label
 from structinit.paths import StudyPaths
 
-IMPULSE_PAIRS = (("impulse", "mimetic"), ("impulse", "default"), ("impulse", "pe_scaled"))  # ViT inits
+IMPULSE_PAIRS = (("impulse", "mimetic"), ("impulse", "default"), ("impulse", "torch_default"),
+                 ("impulse", "pe_scaled"))  # ViT inits (torch_default: the footings' baseline)
 FILTER_PAIRS = (("frozen_random", "learned"), ("frozen_impulse", "learned"), ("frozen_box", "learned"))  # ConvMixer
 PAIRS = IMPULSE_PAIRS + FILTER_PAIRS  # a study that declares none: each pair where both inits ran
 PLOTS = ("curves", "heads_vs_dim", "filter_gap", "param_importances")  # each drawn where the results allow
@@ -90,8 +91,10 @@ def summarize(trials: pd.DataFrame, pairs: tuple = PAIRS) -> tuple[pd.DataFrame,
         for metric in ("final_test_top1", "best_test_top1"):
             m, s, h, n = ci95(g[metric])
             row.update({f"{metric}_mean": m, f"{metric}_std": s, f"{metric}_ci95": h, "n": n})
-        row["init_mass_pseudo"] = g["init_mass_pseudo"].mean()
-        row["init_mass_data"] = g["init_mass_data"].mean()
+        for measure in ("init_mass_pseudo", "init_mass_data", "init_hit_data", "init_wq_norm"):
+            row[measure] = g[measure].mean()
+        row["near_chance"] = int((g["init_hit_data"] < 2 * g["init_hit_chance"]).sum())
+        row["pe_unscaled"] = init == "pe_scaled" and bool((g["init_pe_scale"] == 1).all())
         row["init_rank_k"] = g["init_rank_k"].mean()
         row["theory"] = theory(g.iloc[0], row["init_rank_k"])
         rows.append(row)
@@ -118,13 +121,20 @@ def markdown(study: str, table: pd.DataFrame, paired: pd.DataFrame, trials: pd.D
     lines = [f"# {study}", "", f"{len(trials)} trials: " + ", ".join(
         f"{n} {s.lower()}" for s, n in trials["status"].value_counts().items()), "",
         "Test top-1 (%), mean ± 95 % CI over seeds (t-interval), std in brackets.", "",
-        "| configuration | init | n | final | best | init mass (pseudo / data) | theory |",
-        "|---|---|---|---|---|---|---|"]
+        "Init: forward-pass attention mass on the target (pseudo input / real images), argmax hit on real "
+        "images, mean per-head ||W_q||_F; ⚠ counts runs whose real-image hit is under twice chance.", "",
+        "| configuration | init | n | final | best | init mass (pseudo / data) | hit (data) | ‖W_q‖ | theory |",
+        "|---|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
         std = "" if math.isnan(r.final_test_top1_std) else f" ({r.final_test_top1_std:.2f})"
+        flag = f" ⚠ {r.near_chance}/{r.n} near chance" if r.near_chance else ""
         lines.append(f"| {r.config} | {r.init} | {r.n} | {_pm(r.final_test_top1_mean, r.final_test_top1_ci95)}"
                      f"{std} | {_pm(r.best_test_top1_mean, r.best_test_top1_ci95)} | "
-                     f"{_pm(r.init_mass_pseudo, math.nan)} / {_pm(r.init_mass_data, math.nan)} | {r.theory} |")
+                     f"{_pm(r.init_mass_pseudo, math.nan)} / {_pm(r.init_mass_data, math.nan)} | "
+                     f"{_pm(r.init_hit_data, math.nan)}{flag} | {_pm(r.init_wq_norm, math.nan)} | {r.theory} |")
+    if len(table) and table["pe_unscaled"].any():
+        lines += ["", "`pe_scaled` ran with a PE scale of 1 (a fixed sin-cos PE): it is its base init bit for bit, "
+                  "no PE-scale control; its differences are differences to the base init."]
     if len(paired):
         lines += ["", "Paired differences of final test top-1 (same configuration and seed), mean ± 95 % CI:", "",
                   "| configuration | difference | n | mean ± CI |", "|---|---|---|---|"]

@@ -17,8 +17,8 @@ from structinit.paths import StudyPaths
 CONFIG = ("dataset", "fraction", "model.name", "model.embed_dim", "model.num_heads", "model.depth", "model.patch_size",
           "model.kernel_size", "init.filter_size", "init.pseudo_input", "init.solver", "init.target_mass",
           "init.offsets", "init.distinct_filters")  # TrialConfig.flat() keys a trial's row holds, as `column`s
-INIT = ("init_mass_pseudo", "init_hit_pseudo", "init_mass_data", "init_hit_data", "init_rank_k", "init_stable_rank",
-        "init_width_ratio")  # measured at init, reported with every epoch
+INIT = ("init_mass_pseudo", "init_hit_pseudo", "init_mass_data", "init_hit_data", "init_hit_chance", "init_wq_norm",
+        "init_wk_norm", "init_gain", "init_pe_scale", "init_rank_k", "init_stable_rank", "init_width_ratio")  # measured at init, reported with every epoch
 ARROW = {int: pa.int64(), float: pa.float64(), str: pa.string(), bool: pa.bool_()}
 
 

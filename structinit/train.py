@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from structinit import checkpoint, fidelity, rank, tracking
 from structinit import data as datasets
 from structinit.config import TrialConfig, build_model, data_kwargs
+from structinit.inits.default import pe_scale
 
 
 class NonFiniteLossError(RuntimeError):
@@ -146,18 +147,28 @@ def optimizer_and_schedule(cfg: TrialConfig, model, steps_per_epoch: int):
 
 def initial_measures(model, cfg: TrialConfig, init, loader) -> tuple[dict, dict]:
     """Epoch-0 metrics on a batch of real images: the embedding rank k and the width the theory
-    asks for (rank.py), and, where the init has impulse targets, the attention's fidelity on the
-    pseudo input and on the images. Also the full per-head fidelity, for the run's artifacts."""
+    asks for (rank.py), and, where the init has impulse targets, the attention's forward-pass
+    fidelity on the pseudo input and on the images, with the hit of a blind map (`chance`), the
+    mean per-head ||W_q||_F, ||W_k||_F and the closed form's largest amplification (`gain`).
+    Also the full per-block and per-head measures, for the run's artifacts."""
     x, _ = next(iter(loader))
     k = rank.measure(model, x[:64], cfg.init.filter_size)
     out = {"init_rank_k": k["k"], "init_stable_rank": k["stable_rank"], "init_width_ratio": k["D"] / k["width_needed"]}
     if not init.pseudo_inputs:
         return out, {}
-    measured = fidelity.measure(model, init, x[:64])
+    measured = {**fidelity.measure(model, init, x[:64]), "notes": init.notes}
     for where in ("pseudo", "data"):
         s = fidelity.summary(measured[where])
         out[f"init_mass_{where}"] = s["target_mass"]["mean"]
         out[f"init_hit_{where}"] = s["argmax_hit"]["mean"]
+    out["init_hit_chance"] = measured["chance"]
+    out["init_pe_scale"] = pe_scale(model, cfg.init)  # 1: pe_scaled is its base init, bit for bit
+    for key in ("wq_norm", "wk_norm"):
+        norms = [n for b in measured["weights"] for n in b[key]]
+        out[f"init_{key}"] = sum(norms) / len(norms)
+    gains = [b["gain"] for b in init.notes.get("blocks", []) if b.get("gain") is not None]
+    if gains:
+        out["init_gain"] = max(gains)
     return out, measured
 
 
@@ -201,6 +212,12 @@ def train_loop_per_worker(config: dict) -> None:
                                 "hostname": socket.gethostname()})  # where rank 0 ran (the latest attempt)
         if ray.train.get_checkpoint() is None and init.pseudo_inputs:
             log_init(run, model, init, measured)
+    if ctx.rank == 0 and measured and fidelity.near_chance(model, measured["data"]):
+        warnings.warn(f"{cfg.init.name} init: the attention's argmax hit on real images is "
+                      f"{fid['init_hit_data']:.3f}, under twice chance ({fid['init_hit_chance']:.3f}): its structure "
+                      "does not reach the images (tagged init_near_chance)")
+        if run is not None:
+            tracking.set_tags(run, {"init_near_chance": "true"})
 
     model = ray.train.torch.prepare_model(model, move_to_device=ctx.device)
     raw = getattr(model, "module", model)

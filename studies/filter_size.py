@@ -1,4 +1,6 @@
-"""Filter size: impulse init with f x f filters, f = 3, 5, 7, against mimetic on the same runs.
+"""Filter size: impulse init with f x f filters, f = 3, 5, 7, against mimetic and the footing's
+baseline on the same runs. The cpu and paper presets stand on the `v1` footing (random offsets
+drawn from all f^2 taps, as v1 did).
 
 Digits use patch 1 here (an 8x8 grid), so filters up to 7 fit.
 
@@ -9,23 +11,28 @@ from functools import partial
 
 from structinit.commands.study import cli
 from structinit.config import make
+from structinit.footings import FOOTINGS
 from structinit.report import IMPULSE_PAIRS
 from structinit.spaces import categorical
 from structinit.study import Study
 
 
-def study(sizes, trial, seeds):
+def study(sizes, trial, seeds, inits=("impulse", "mimetic")):
     grid = {"init.filter_size": list(sizes)}
-    return Study("filter_size", trial, partial(categorical, **grid), grid=grid, inits=("impulse", "mimetic"),
+    return Study("filter_size", trial, partial(categorical, **grid), grid=grid, inits=inits,
                  seeds=seeds, pairs=IMPULSE_PAIRS, plots=("curves", "param_importances"))
+
+
+V1 = ("impulse", "mimetic", FOOTINGS["v1"].baseline)
 
 
 PRESETS = {
     "smoke": lambda: study([3], make("digits", recipe_overrides=dict(epochs=2, warmup_epochs=0),
                                      model_overrides=dict(depth=2, patch_size=1)), (0,)),
-    "cpu": lambda: study([3, 5, 7], make("digits", recipe_overrides=dict(epochs=30),
-                                         model_overrides=dict(patch_size=1)), (0, 1, 2)),
-    "paper": lambda: study([3, 5, 7], make("cifar100", data_root="/data", gpu=True, cpus_per_worker=4), (0, 1, 2)),
+    "cpu": lambda: study([3, 5, 7], make("digits", recipe_overrides=dict(epochs=30), footing="v1",
+                                         model_overrides=dict(patch_size=1)), (0, 1, 2), V1),
+    "paper": lambda: study([3, 5, 7], make("cifar100", data_root="/data", gpu=True, cpus_per_worker=4,
+                                           footing="v1"), (0, 1, 2), V1),
 }
 
 if __name__ == "__main__":

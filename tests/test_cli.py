@@ -22,10 +22,17 @@ def test_json_contract_for_the_papers_model():
     assert [b["block"] for b in data["blocks"]] == list(range(12))
     offsets = [h["offset"] for h in data["blocks"][0]["heads"]]
     assert offsets == [[0, 0], [-1, 0], [0, 1]]
-    for block in data["blocks"]:
+    for block in data["blocks"]:  # the forward pass, block 0 on the pseudo input itself
         for head in block["heads"]:
             assert set(head) == {"head", "offset", "target_mass", "argmax_hit"}
-            assert abs(head["target_mass"] - 0.9) <= 0.05 and head["argmax_hit"] >= 0.98
+    for note in data["notes"]["blocks"]:  # the solve, each block on its own pseudo input
+        assert all(abs(m - 0.9) <= 0.05 for m in note["mass"]) and min(note["argmax_hit"]) >= 0.98
+        assert note["rank"] == 15 and note["gain"] <= 5 + 1e-9 and note["cond"] > 1
+    assert [h["target_mass"] for h in data["blocks"][0]["heads"]] == pytest.approx(
+        data["notes"]["blocks"][0]["mass"], abs=1e-3)
+    assert [w["block"] for w in data["weights"]] == list(range(12))
+    assert all(len(w["wq_norm"]) == len(w["wk_norm"]) == 3 and 0 < min(w["wq_norm"]) for w in data["weights"])
+    assert data["weights"][0]["wq_norm"] == pytest.approx(data["notes"]["blocks"][0]["wq_norm"], rel=1e-4)
 
 
 def test_plot_writes_a_png(tmp_path):

@@ -39,7 +39,11 @@ def add_init(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pseudo-input", default=d.pseudo_input, help="pe | uniform | gaussian | pe+uniform | pe+gaussian")
     g.add_argument("--solver", default=d.solver, help="closed_form | gradient")
     g.add_argument("--target-mass", type=_mass, default=d.target_mass,
-                   help="attention mass on the impulse tap, in (0, 1); 'none' = raw v1 gradient solve")
+                   help="attention mass on the impulse tap, in (0, 1); 'none' = raw v1 gradient solve, or --factor-norm")
+    g.add_argument("--factor-norm", type=float, default=d.factor_norm,
+                   help="with --target-mass none: each head's W_q, W_k to this Frobenius norm (the follow-up's 7)")
+    g.add_argument("--damping", type=float, default=d.damping,
+                   help="closed form: Tikhonov damping, a share of the pseudo input's largest singular value")
     g.add_argument("--qk", default=d.qk, help="per_block | shared")
     g.add_argument("--value-proj", default=d.value_proj, help="default | mimetic")
     g.add_argument("--pe-scale", type=float, default=d.pe_scale)
@@ -61,7 +65,7 @@ def add_study(p: argparse.ArgumentParser) -> None:
 def init_config(args: argparse.Namespace) -> InitConfig:
     return InitConfig(name=args.init, base=args.base, filter_size=args.filter_size, offsets=args.offsets,
                       pseudo_input=args.pseudo_input, solver=args.solver, target_mass=args.target_mass,
-                      qk=args.qk, value_proj=args.value_proj, pe_scale=args.pe_scale,
+                      factor_norm=args.factor_norm, damping=args.damping, qk=args.qk, value_proj=args.value_proj, pe_scale=args.pe_scale,
                       target_shape=args.target_shape, blob=args.blob, blob_sigma=args.blob_sigma, mix=args.mix,
                       mix_ratio=args.mix_ratio, distinct_filters=args.distinct_filters)
 
