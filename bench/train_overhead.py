@@ -71,8 +71,14 @@ def main() -> None:
     print(f"bare loop images/s (median epochs 2..n), before / after Ray: {steady(before):.0f} / {steady(after):.0f}")
     print(f"Ray Train images/s (median epochs 2..n): {ray_rate:.0f}")
     print(f"ratio Ray / bare: {ray_rate / bare_rate:.3f}  (target >= 0.95)")
+    first = history[0]
+    fixed = fit_wall - epochs_time
+    worker, setup = first.get("startup_seconds", float("nan")), first.get("setup_seconds", float("nan"))
     print(f"start-up: ray.init {ray_start:.1f} s; fit wall {fit_wall:.1f} s of which epochs {epochs_time:.1f} s "
-          f"-> fixed cost per run {fit_wall - epochs_time:.1f} s")
+          f"-> fixed cost per run {fixed:.1f} s")
+    print(f"fixed cost by piece: worker process start and imports {worker:.1f} s; data, model, init, measures "
+          f"{setup:.1f} s; Train controller start, worker-group start, reports and teardown (the rest) "
+          f"{fixed - worker - setup:.1f} s")
 
 
 if __name__ == "__main__":

@@ -98,12 +98,12 @@ def capacity() -> dict:
     return {k: max(now.get(k, 0), limits.get(k, 0)) for k in {*now, *limits}}
 
 
-def concurrency(workers: int, cpus_per_worker: int, gpu: bool) -> int:
+def concurrency(workers: int, cpus_per_worker: int, gpus_per_worker: float) -> int:
     """Trials at once: what the cluster can hold or scale to (GPUs for GPU trials, else CPUs),
-    for trials of `workers` Train workers."""
+    for trials of `workers` Train workers; a share of a GPU each (0.25) packs that many more."""
     most = capacity()
-    if gpu:
-        return max(1, int(most.get("GPU", 0) // workers))
+    if gpus_per_worker:
+        return max(1, int(most.get("GPU", 0) / (workers * gpus_per_worker) + 1e-9))
     return max(1, int(most.get("CPU", 1) // (workers * cpus_per_worker)))
 
 

@@ -58,10 +58,14 @@ class TrialConfig:
     verify: bool = True  # torchvision md5 checks; False: files need only exist
     fraction: float = 1.0  # stratified share of the training pool used for training
     val_fraction: float = 0.1  # stratified share of the training pool held out for validation
+    val_size: int | None = 500  # at most this many validation images (a stratified, seeded subset); None: all
+    test_every_epoch: bool = False  # False: the test set is evaluated only where it is read (the end)
+    checkpoint_every: int = 5  # epochs between checkpoints (always the last one); a resume replays the rest
     seed: int = 0
     workers: int = 1
     gpu: bool = False
-    cpus_per_worker: int = 1
+    gpu_share: float = 1.0  # with gpu: the share of one GPU each worker takes (0.25: four trials on one GPU)
+    cpus_per_worker: int = 1  # also the worker's torch intra-op threads
     backend: str | None = None  # torch.distributed backend; None: nccl on GPUs, gloo on CPUs
     compile: bool = False
     max_failures: int = 2  # Train worker-group restarts from the last checkpoint
@@ -72,6 +76,13 @@ class TrialConfig:
         choice("dataset", self.dataset, sorted(DATASETS))
         check("fraction", self.fraction, "a number in (0, 1]", 0 < self.fraction <= 1)
         check("val_fraction", self.val_fraction, "a number in [0, 1)", 0 <= self.val_fraction < 1)
+        check("val_size", self.val_size, "None or an integer >= 1",
+              self.val_size is None or (isinstance(self.val_size, int) and self.val_size >= 1))
+        check("checkpoint_every", self.checkpoint_every, "an integer >= 1",
+              isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 1)
+        check("gpu_share", self.gpu_share, "a number in (0, 1]", 0 < self.gpu_share <= 1)
+        check("gpu_share", self.gpu_share, f"1 with workers={self.workers} (a worker of a multi-worker trial needs a "
+              "GPU of its own)", self.gpu_share == 1 or self.workers == 1)
         for name in ("seed", "max_failures"):
             check(name, getattr(self, name), "an integer >= 0", isinstance(getattr(self, name), int)
                   and getattr(self, name) >= 0)
@@ -195,11 +206,11 @@ def validate(cfg: TrialConfig) -> None:
     validate_model(cfg)
 
 
-def validate_data(cfg: TrialConfig) -> None:
-    """The dataset's files are there and readable."""
+def validate_data(cfg: TrialConfig):
+    """The dataset's files are there and readable; returns what they hold (`load_splits`)."""
     from structinit.data import load_splits
 
-    load_splits(cfg.dataset, cfg.data_root, cfg.download, cfg.verify)
+    return load_splits(cfg.dataset, cfg.data_root, cfg.download, cfg.verify)
 
 
 def validate_model(cfg: TrialConfig) -> None:

@@ -135,13 +135,17 @@ def num_classes(name: str, train) -> int:
     return len(train.classes) if name == "imagefolder" else DATASETS[name].num_classes
 
 
-def split_indices(labels: list[int], fraction: float, val_fraction: float, seed: int):
-    """Stratified and seeded: a validation share of the pool, then `fraction` of the rest for training."""
+def split_indices(labels: list[int], fraction: float, val_fraction: float, seed: int, val_size: int | None = None):
+    """Stratified and seeded: a validation share of the pool (at most `val_size` images of it, a
+    stratified subset), then `fraction` of the rest for training. The cap leaves the training
+    share as it was: only how much of the held-out share is evaluated changes."""
     idx = np.arange(len(labels))
     labels = np.asarray(labels)
     train, val = idx, np.array([], dtype=int)
     if val_fraction > 0:
         train, val = train_test_split(idx, test_size=val_fraction, stratify=labels, random_state=seed)
+        if val_size is not None and len(val) > val_size:
+            val, _ = train_test_split(val, train_size=val_size, stratify=labels[val], random_state=seed)
     if fraction < 1:
         train, _ = train_test_split(train, train_size=fraction, stratify=labels[train], random_state=seed)
     return sorted(train.tolist()), sorted(val.tolist())
@@ -174,11 +178,13 @@ class Data:
 
 
 def build(name: str, root: str | None, *, img_size: int | None, fraction: float, val_fraction: float, seed: int,
-          recipe, download: bool = False, verify: bool = True) -> Data:
-    """Train/val/test datasets with timm transforms (RandAugment, random erasing, flips from the recipe)."""
+          recipe, download: bool = False, verify: bool = True, val_size: int | None = None, splits=None) -> Data:
+    """Train/val/test datasets with timm transforms (RandAugment, random erasing, flips from the
+    recipe), from `splits` (the (pool, test) `load_splits` gives, read once by a study and shared)
+    or read from the files."""
     spec = DATASETS[name]
-    pool, test = load_splits(name, root, download, verify)
-    train_idx, val_idx = split_indices(labels_of(pool), fraction, val_fraction, seed)
+    pool, test = splits or load_splits(name, root, download, verify)
+    train_idx, val_idx = split_indices(labels_of(pool), fraction, val_fraction, seed, val_size)
     size = img_size or spec.img_size
     norm = dict(mean=spec.mean, std=spec.std, crop_pct=1.0)
     train_tf = create_transform((spec.in_chans, size, size), is_training=True, auto_augment=recipe.randaugment,

@@ -32,7 +32,8 @@ TRIALS = pa.schema([
     ("error", pa.string()), ("config_key", pa.string()), ("init", pa.string()), ("seed", pa.int64()),
     *((column(k), ARROW[t]) for k, t in field_types().items() if k in CONFIG),
     ("epochs_done", pa.int64()), ("final_val_top1", pa.float64()), ("best_val_top1", pa.float64()),
-    ("final_test_top1", pa.float64()), ("best_test_top1", pa.float64()), *((k, pa.float64()) for k in INIT),
+    ("final_test_top1", pa.float64()), ("test_top1_at_best_val", pa.float64()), ("best_val_epoch", pa.int64()),
+    *((k, pa.float64()) for k in INIT),
     ("time_total_s", pa.float64()), ("mlflow_run_id", pa.string()), ("params", pa.string()),
     ("trial_config", pa.string()),  # every TrialConfig field (JSON): what `structinit sync` logs as params
 ])
@@ -42,6 +43,9 @@ HISTORY = pa.schema([
     ("val_top1", pa.float64()), ("val_loss", pa.float64()), ("test_top1", pa.float64()),
     ("test_loss", pa.float64()), ("lr", pa.float64()), ("images_per_s", pa.float64()),
     ("epoch_seconds", pa.float64()), ("val_top5", pa.float64()), ("test_top5", pa.float64()),
+    ("train_seconds", pa.float64()), ("eval_seconds", pa.float64()), ("setup_seconds", pa.float64()),
+    ("startup_seconds", pa.float64()), ("data_from_store", pa.float64()), ("final_test_top1", pa.float64()),
+    ("test_top1_at_best_val", pa.float64()), ("best_val_top1", pa.float64()), ("best_val_epoch", pa.float64()),
     *((k, pa.float64()) for k in INIT),
 ])  # every metric a worker logs per epoch: `structinit sync` replays MLflow from these tables
 
@@ -91,7 +95,9 @@ def collect(study: str, execution: str, paths: StudyPaths, configure) -> tuple[l
         trials.append({**base, "status": t.status, "error": _error(t) if t.status == "ERROR" else None,
                        **{column(k): flat[k] for k in CONFIG}, "epochs_done": len(epochs),
                        "final_val_top1": last.get("val_top1"), "best_val_top1": best("val_top1"),
-                       "final_test_top1": last.get("test_top1"), "best_test_top1": best("test_top1"),
+                       "final_test_top1": last.get("final_test_top1"),
+                       "test_top1_at_best_val": last.get("test_top1_at_best_val"),
+                       "best_val_epoch": last.get("best_val_epoch"),
                        **{k: last.get(k) for k in INIT}, "time_total_s": (t.last_result or {}).get("time_total_s"),
                        "params": canonical(params), "trial_config": canonical(flat)})
         history += [{**base, **{k: e.get(k) for k in HISTORY.names if k not in base and k != "study"}}

@@ -21,12 +21,13 @@ import optuna
 
 from structinit import cluster, report, results, tracking
 from structinit.config import canonical, config_key
-from structinit.study import Study, check_space, trial_config
+from structinit.study import Study, check_space, source, trial_config
 from structinit.validate import check
 
 
-def run_trial(config: dict, study: Study, parent: str, tracking_uri: str) -> None:
-    """The Tune trainable: one (configuration, init, seed) trained by a TorchTrainer."""
+def run_trial(config: dict, study: Study, parent: str, tracking_uri: str, data: dict) -> None:
+    """The Tune trainable: one (configuration, init, seed) trained by a TorchTrainer, on the
+    dataset the study read once (`data`: ObjectRefs by source; a source not there reads its files)."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -41,7 +42,7 @@ def run_trial(config: dict, study: Study, parent: str, tracking_uri: str) -> Non
         tracking_uri, study.name, name, cfg.flat(), tags, parent=parent))  # None: the study's sync creates it
     try:
         fit(cfg, storage_path=study.paths.train, name=study.paths.train_name(trial_id), run=run,
-            callbacks=[TuneReportCallback()])
+            callbacks=[TuneReportCallback()], data=data.get(source(cfg)))
     except BaseException as err:
         if run is not None:
             tracking.set_tags(run, {"error": str(err)[-5000:]})
@@ -84,9 +85,10 @@ def scheduler(study: Study):
     return FIFOScheduler()
 
 
-def run(study: Study, resume: bool = False, address: str | None = None, checked: bool = False) -> dict:
+def run(study: Study, resume: bool = False, address: str | None = None, data: dict | None = None) -> dict:
     """Run (or with `resume`, continue) a study; returns where its results went. The study is
-    checked first (`check_space`) unless the caller already did."""
+    checked first (`check_space`) unless the caller already did and passes what it read (`data`);
+    each dataset is put in Ray's object store once and every trial's workers read it from there."""
     import ray
     import ray.tune
 
@@ -94,10 +96,10 @@ def run(study: Study, resume: bool = False, address: str | None = None, checked:
     if resume:
         check("resume", study.name, f"a study with a previous execution under {paths.folder}",
               paths.execution() is not None)
-    if not checked:
-        check_space(study)
+    if data is None:
+        data = check_space(study)
     cluster.check_address(address)
-    gpus = study.trial.workers if study.trial.gpu else 0
+    gpus = study.trial.workers * study.trial.gpu_share if study.trial.gpu else 0
     cluster.check_local_gpus(address, gpus)
     uri = study.tracking_uri or tracking.default_uri()
     tracking.check(uri)  # unreachable MLflow: a clear error before any cluster work
@@ -112,8 +114,9 @@ def run(study: Study, resume: bool = False, address: str | None = None, checked:
     paths.set_execution(execution)
     report.declare(paths, study.pairs, study.plots)
 
+    shared = {key: ray.put(splits) for key, splits in data.items()}
     trainable = ray.tune.with_resources(
-        ray.tune.with_parameters(run_trial, study=study, parent=parent.run_id, tracking_uri=uri),
+        ray.tune.with_parameters(run_trial, study=study, parent=parent.run_id, tracking_uri=uri, data=shared),
         cluster.driver_resources())
     try:
         if resume and ray.tune.Tuner.can_restore(f"{paths.tune}/{execution}"):
@@ -126,7 +129,8 @@ def run(study: Study, resume: bool = False, address: str | None = None, checked:
                     metric=study.metric, mode=study.mode, num_samples=study.configs * len(study.repeats),
                     search_alg=searcher(study, execution), scheduler=scheduler(study),
                     max_concurrent_trials=study.max_concurrent or cluster.concurrency(
-                        study.trial.workers, study.trial.cpus_per_worker, study.trial.gpu)),
+                        study.trial.workers, study.trial.cpus_per_worker,
+                        study.trial.gpu_share if study.trial.gpu else 0)),
                 run_config=ray.tune.RunConfig(name=execution, storage_path=paths.tune,
                                               failure_config=ray.tune.FailureConfig(max_failures=1)))
         tuner.fit()
@@ -150,4 +154,5 @@ def run(study: Study, resume: bool = False, address: str | None = None, checked:
     if finished < expected:  # stopped early (Ctrl-C): Tune saved its state
         print(f"study {study.name} stopped with {finished} of {expected} trials finished; continue it with --resume")
     return {"execution": execution, "parent_run_id": parent.run_id, "finished": finished, "expected": expected,
+            "dataset_reads": len(data),
             "mlflow_synced": ids is not None, "optuna_orphans_closed": orphans, **out}

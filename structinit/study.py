@@ -122,9 +122,15 @@ def trial_config(study: Study, config: dict) -> tuple[TrialConfig, dict]:
     return dataclasses.replace(cfg, init=dataclasses.replace(cfg.init, name=init)), params
 
 
-def check_space(study: Study, samples: int = 64) -> None:
+def source(cfg: TrialConfig) -> tuple:
+    """What names the files a trial reads: trials of one source share one read of the dataset."""
+    return cfg.dataset, cfg.data_root, cfg.download, cfg.verify
+
+
+def check_space(study: Study, samples: int = 64) -> dict:
     """Dry-run the space on an in-memory Optuna study: every proposal, with every init, must give a
-    valid TrialConfig (bad bounds, unknown fields or broken constraints fail before any cluster work)."""
+    valid TrialConfig (bad bounds, unknown fields or broken constraints fail before any cluster work).
+    Returns each dataset it read, by `source`: the study's one read, which its trials share."""
     from structinit.config import validate_data, validate_model
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -134,7 +140,7 @@ def check_space(study: Study, samples: int = 64) -> None:
     else:  # a seeded random sample of the space
         probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(0))
         trials = [probe.ask() for _ in range(samples)]
-    seen, sources = set(), set()
+    seen, sources = set(), {}
     for t in trials:
         params = search_params({**(study.space(t) or {}), **t.params})
         if config_key(params) in seen:
@@ -142,8 +148,7 @@ def check_space(study: Study, samples: int = 64) -> None:
         seen.add(config_key(params))
         for index in range(len(study.inits)):
             cfg = trial_config(study, {**params, TRIAL_INDEX: index * len(study.seeds)})[0]
-            source = (cfg.dataset, cfg.data_root, cfg.download, cfg.verify)
-            if source not in sources:  # read each dataset once, not once per configuration and init
-                validate_data(cfg)
-                sources.add(source)
+            if source(cfg) not in sources:  # read each dataset once, not once per configuration and init
+                sources[source(cfg)] = validate_data(cfg)
             validate_model(cfg)
+    return sources

@@ -168,6 +168,13 @@ def log_init(run: Run, folder: str, solve_seconds: float) -> None:
     attempt(run.uri, f"the init artifacts of run {run.run_id} (structinit inspect-init redraws them)", log)
 
 
+def last_step(run: Run, key: str) -> int:
+    """The last step of metric `key` the run holds (-1: none, or MLflow unreachable), best effort."""
+    steps = attempt(run.uri, f"the logged steps of run {run.run_id}",
+                    lambda c: [m.step for m in c.get_metric_history(run.run_id, key)])
+    return max(steps or [-1])
+
+
 def set_tags(run: Run, tags: dict) -> None:
     batch = [RunTag(k, str(v)) for k, v in tags.items()]
     attempt(run.uri, f"tags {sorted(tags)} of run {run.run_id}", lambda c: c.log_batch(run.run_id, tags=batch))

@@ -98,6 +98,26 @@ def test_gpu_trial_runs_on_the_gpu_node(two_nodes, tmp_path):
     assert tags["device"] == "cpu"  # the fake GPU has no CUDA behind it: the worker fell back, loudly
 
 
+def test_trials_with_a_share_of_a_gpu_are_packed_on_one(two_nodes, tmp_path):
+    """gpu_share 0.5: two one-worker trials train at once on the node's one (fake) GPU."""
+    import dataclasses
+
+    from structinit import cluster
+
+    _, gpu_node = two_nodes
+    study = gpu_study(tmp_path, "shared_gpu", inits=("impulse", "default"))
+    study = dataclasses.replace(study, trial=dataclasses.replace(study.trial, gpu_share=0.5))
+    assert cluster.concurrency(1, 1, 0.5) == 2 and cluster.concurrency(1, 1, 1.0) == 1
+    out = run(study)
+    trials = pd.read_parquet(out["trials"])
+    assert sorted(trials.status) == ["TERMINATED"] * 2
+    client = MlflowClient(study.tracking_uri)
+    exp = client.get_experiment_by_name(study.name)
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{out['parent_run_id']}'")
+    assert {r.data.tags["node_id"] for r in runs} == {gpu_node.node_id}
+    assert max(r.info.start_time for r in runs) < min(r.info.end_time for r in runs)  # they overlapped
+
+
 def test_gpu_study_needs_a_cluster_with_gpus(ray_local, tmp_path):
     with pytest.raises(ValueError, match=r"gpus_per_trial=1 is not allowed: expected a cluster with GPUs"):
         run(gpu_study(tmp_path, "no_gpus"))

@@ -64,6 +64,18 @@ def test_fractions_are_stratified_and_seeded():
     assert data.split_indices(labels, 0.1, 0.2, 4)[0] != tr
 
 
+def test_validation_cap_is_a_stratified_seeded_subset_of_the_held_out_share():
+    labels = [i % 10 for i in range(2000)]
+    tr, full = data.split_indices(labels, fraction=0.5, val_fraction=0.25, seed=3)
+    tr_cap, val = data.split_indices(labels, fraction=0.5, val_fraction=0.25, seed=3, val_size=100)
+    assert tr_cap == tr and len(full) == 500 and len(val) == 100  # the cap leaves the training share alone
+    assert set(val) <= set(full)
+    assert np.bincount([labels[i] for i in val]).tolist() == [10] * 10  # every class in proportion
+    assert data.split_indices(labels, 0.5, 0.25, 3, val_size=100)[1] == val  # same seed, same subset
+    assert data.split_indices(labels, 0.5, 0.25, 4, val_size=100)[1] != val
+    assert data.split_indices(labels, 0.5, 0.25, 3, val_size=10_000)[1] == full  # a cap above the share: all
+
+
 def test_build_applies_timm_transforms_and_dataset_normalisation(tmp_path):
     WRITERS["cifar10"](tmp_path, np.random.default_rng(1))
     r = recipe("v1_small", batch_size=8)

@@ -28,7 +28,8 @@ STUDY = [sys.executable, str(ROOT / "studies" / "heads_vs_dim.py"), "--preset", 
 def small(tmp_path, name, epochs=6, inits=("impulse",), grid=None, max_failures=1, **kw) -> Study:
     """A digits study of one configuration (or a grid), tracked in a SQLite MLflow store."""
     grid = grid or {"model.depth": [2]}
-    trial = make("digits", recipe_overrides=dict(epochs=epochs, warmup_epochs=0), max_failures=max_failures)
+    trial = make("digits", recipe_overrides=dict(epochs=epochs, warmup_epochs=0), max_failures=max_failures,
+                 checkpoint_every=1)  # every epoch: the kills land between checkpoints, as these tests mean
     return Study(name, trial, partial(categorical, **grid), grid=grid, inits=inits, seeds=(0,),
                  storage=str(tmp_path / "runs"), tracking_uri="sqlite:///" + str(tmp_path / "mlflow.db"), **kw)
 

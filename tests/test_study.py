@@ -93,12 +93,25 @@ def test_check_space_rejects_a_broken_space_before_any_cluster_work(tmp_path):
         check_space(small_study(tmp_path, space=partial(categorical, **grid), grid=grid))
 
 
+@pytest.mark.parametrize("fields,needle", [
+    (dict(gpu=True, gpu_share=0.0), "gpu_share=0.0"),
+    (dict(gpu=True, gpu_share=1.5), "gpu_share=1.5"),
+    (dict(gpu=True, gpu_share=0.5, workers=2), "gpu_share=0.5 is not allowed: expected 1 with workers=2"),
+    (dict(val_size=0), "val_size=0"),
+    (dict(checkpoint_every=0), "checkpoint_every=0"),
+])
+def test_evaluation_checkpoint_and_gpu_share_fields_are_checked(fields, needle):
+    with pytest.raises(ValueError, match="expected") as err:
+        make("digits", **fields)
+    assert needle in str(err.value)
+
+
 def test_report_statistics_by_hand():
     rows = []
     for seed, (imp, mim) in enumerate([(90.0, 85.0), (92.0, 86.0), (88.0, 87.0)]):
         for init, acc in (("impulse", imp), ("mimetic", mim)):
             rows.append(dict(status="TERMINATED", config_key="k", params=json.dumps({"model.embed_dim": 64}),
-                             init=init, seed=seed, final_test_top1=acc, best_test_top1=acc + 1,
+                             init=init, seed=seed, final_test_top1=acc, test_top1_at_best_val=acc + 1,
                              init_mass_pseudo=0.9, init_mass_data=0.1))
     table, paired = summarize(pd.DataFrame(rows))
     imp = table[table.init == "impulse"].iloc[0]
@@ -111,7 +124,7 @@ def test_report_statistics_by_hand():
 
 def test_report_flags_near_chance_inits_and_an_unscaled_pe_control():
     rows = [dict(status="TERMINATED", config_key="k", params=json.dumps({"model.embed_dim": 64}), init=init,
-                 seed=seed, final_test_top1=80.0 + seed, best_test_top1=81.0, init_mass_pseudo=0.9,
+                 seed=seed, final_test_top1=80.0 + seed, test_top1_at_best_val=81.0, init_mass_pseudo=0.9,
                  init_mass_data=0.2, init_hit_data=hit, init_hit_chance=1 / 16, init_wq_norm=5.7,
                  init_pe_scale=1.0)
             for seed in range(3) for init, hit in (("impulse", 0.1 if seed else 0.5), ("pe_scaled", 0.3))]
@@ -150,7 +163,10 @@ def test_smoke_study_end_to_end(tmp_path):
     assert sorted(r.data.tags["init"] for r in children) == ["default", "impulse", "mimetic"]
     assert all(r.info.status == "FINISHED" and r.data.tags["study"] == "heads_vs_dim" for r in children)
     assert set(trials.mlflow_run_id) == {r.info.run_id for r in children}
-    assert all(len(client.get_metric_history(r.info.run_id, "test_top1")) == 2 for r in children)
+    assert all(len(client.get_metric_history(r.info.run_id, "val_top1")) == 2 for r in children)
+    assert all(len(client.get_metric_history(r.info.run_id, "test_top1")) == 1 for r in children)  # at the end only
+    assert summary["dataset_reads"] == 1 and (history.data_from_store == 1).all()  # read once, shared by 3 trials
+    assert trials.test_top1_at_best_val.notna().all() and trials.final_test_top1.notna().all()
 
     rep = subprocess.run([str(Path(sys.executable).parent / "structinit"), "report", "heads_vs_dim"],
                          capture_output=True, text=True, timeout=300, cwd=tmp_path)

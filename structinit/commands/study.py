@@ -25,7 +25,7 @@ def cli(name: str, presets: dict[str, Callable[[], Study]], argv=None, default: 
     """The command line every study script shares: a preset, then overrides of any field.
 
     --preset smoke|cpu|paper   --resume   --seeds 0,1,2   --inits impulse,mimetic   --num-configs N
-    --epochs N --dataset NAME --data-root DIR --workers-per-trial W --gpus-per-trial 0|1
+    --epochs N --dataset NAME --data-root DIR --workers-per-trial W --gpus-per-trial 0|1|0.25
     --set section.field=value (any TrialConfig field, e.g. --set recipe.lr=5e-4 --set init.target_mass=0.6)
     Bad input exits 2 with one line, before any cluster work."""
     import argparse
@@ -45,7 +45,8 @@ def cli(name: str, presets: dict[str, Callable[[], Study]], argv=None, default: 
     p.add_argument("--dataset")
     p.add_argument("--data-root")
     p.add_argument("--workers-per-trial", type=int)
-    p.add_argument("--gpus-per-trial", type=int, help="0 or 1 GPU per Train worker")
+    p.add_argument("--gpus-per-trial", type=float, help="GPUs per Train worker: 0, 1, or a share of one for "
+                   "one-worker trials (0.25: four trials on each GPU)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override any TrialConfig field")
     p.add_argument("--storage", help="where Optuna storage, results and reports go (default ./runs)")
     p.add_argument("--checkpoints", default=os.environ.get("STRUCTINIT_CHECKPOINTS"),
@@ -69,8 +70,11 @@ def cli(name: str, presets: dict[str, Callable[[], Study]], argv=None, default: 
             if getattr(args, flag) is not None:
                 overrides[key] = getattr(args, flag)
         if args.gpus_per_trial is not None:
-            check("gpus_per_trial", args.gpus_per_trial, "0 or 1", args.gpus_per_trial in (0, 1))
+            check("gpus_per_trial", args.gpus_per_trial, "0, 1, or a share in (0, 1)",
+                  0 <= args.gpus_per_trial <= 1)
             overrides["gpu"] = bool(args.gpus_per_trial)
+            if args.gpus_per_trial:
+                overrides["gpu_share"] = args.gpus_per_trial
         fields = {"trial": with_overrides(study.trial, overrides)}
         if args.seeds:
             check("seeds", args.seeds, "comma-separated integers >= 0, e.g. 0,1,2",
@@ -83,11 +87,11 @@ def cli(name: str, presets: dict[str, Callable[[], Study]], argv=None, default: 
             if getattr(args, flag) is not None:
                 fields[flag] = getattr(args, flag)
         study = dataclasses.replace(study, **fields)
-        check_space(study)
+        data = check_space(study)
     except (ValueError, TypeError) as err:
         p.refuse(err)
     try:
-        out = run(study, resume=args.resume, address=args.address, checked=True)
+        out = run(study, resume=args.resume, address=args.address, data=data)
     except ValueError as err:  # what only the cluster can tell (check_cluster), or no execution to resume
         p.refuse(err)
     print(json.dumps(out))

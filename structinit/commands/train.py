@@ -23,6 +23,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="check only that the files exist, not torchvision's md5s (re-packed or generated files)")
     g.add_argument("--fraction", type=float, default=1.0, help="stratified share of the training data used")
     g.add_argument("--val-fraction", type=float, default=0.1)
+    g.add_argument("--val-size", type=int, default=500, help="at most this many validation images (a stratified, "
+                   "seeded subset of the held-out share)")
+    g.add_argument("--test-every-epoch", action="store_true",
+                   help="evaluate the test set every epoch (default: at the end, final and best-val model)")
+    g.add_argument("--checkpoint-every", type=int, default=5, help="epochs between checkpoints (and the last)")
     g = p.add_argument_group("recipe (a named preset; the flags override its fields)")
     g.add_argument("--recipe", help="v1_small | followup_small | imagenet | cpu (default: suits the dataset)")
     g.add_argument("--epochs", type=int)
@@ -54,6 +59,7 @@ def trial_config(args: argparse.Namespace):
     return make(args.dataset, model=args.model, recipe_name=args.recipe, recipe_overrides=recipe_overrides,
                 model_overrides=geometry(args), init=init_config(args), data_root=args.data_root,
                 download=args.download, verify=args.verify, fraction=args.fraction, val_fraction=args.val_fraction,
+                val_size=args.val_size, test_every_epoch=args.test_every_epoch, checkpoint_every=args.checkpoint_every,
                 seed=args.seed, workers=args.workers, gpu=args.gpu, cpus_per_worker=args.cpus_per_worker,
                 compile=args.compile, max_failures=args.max_failures)
 
@@ -92,8 +98,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     summary = {"name": name, "tracking_uri": uri, "mlflow_run_id": run.run_id,
                "checkpoint": result.checkpoint.path if result.checkpoint else None,
                "epochs": len(history), "final": history[-1] if history else None,
-               "best_val_top1": max((h.get("val_top1", 0.0) for h in history), default=None),
-               "best_test_top1": max((h["test_top1"] for h in history), default=None),
+               **{k: history[-1].get(k) if history else None
+                  for k in ("final_test_top1", "test_top1_at_best_val", "best_val_top1", "best_val_epoch")},
                "config": cfg.to_dict(), "history": history}
     text = json.dumps(summary)
     if args.json_out:
