@@ -124,15 +124,17 @@ def build(cfg: TrialConfig, ctx: Context, splits=None):
     r = cfg.recipe
     per_worker = r.batch_size // ctx.world
     sampler = DistributedSampler(d.train, num_replicas=ctx.world, rank=ctx.rank, shuffle=True, seed=cfg.seed)
+    # loader processes started once per run, not once per epoch and loader
+    workers = dict(num_workers=r.loader_workers, persistent_workers=r.loader_workers > 0)
     mixup = None
     if r.mixup or r.cutmix:
         mixup = Mixup(mixup_alpha=r.mixup, cutmix_alpha=r.cutmix, label_smoothing=r.label_smoothing,
                       num_classes=d.num_classes)
     loaders = {
-        "train": DataLoader(d.train, batch_size=per_worker, sampler=sampler, num_workers=r.loader_workers,
-                            drop_last=mixup is not None, pin_memory=ctx.device.type == "cuda"),
-        "val": DataLoader(shard(d.val, ctx), batch_size=per_worker * 2, num_workers=r.loader_workers),
-        "test": DataLoader(shard(d.test, ctx), batch_size=per_worker * 2, num_workers=r.loader_workers),
+        "train": DataLoader(d.train, batch_size=per_worker, sampler=sampler, drop_last=mixup is not None,
+                            pin_memory=ctx.device.type == "cuda", **workers),
+        "val": DataLoader(shard(d.val, ctx), batch_size=per_worker * 2, **workers),
+        "test": DataLoader(shard(d.test, ctx), batch_size=per_worker * 2, **workers),
     }
     return d, model, init, loaders, mixup
 
@@ -147,13 +149,12 @@ def optimizer_and_schedule(cfg: TrialConfig, model, steps_per_epoch: int):
     return optimizer, scheduler
 
 
-def initial_measures(model, cfg: TrialConfig, init, loader) -> tuple[dict, dict]:
+def initial_measures(model, cfg: TrialConfig, init, x: torch.Tensor) -> tuple[dict, dict]:
     """Epoch-0 metrics on a batch of real images: the embedding rank k and the width the theory
     asks for (rank.py), and, where the init has impulse targets, the attention's forward-pass
     fidelity on the pseudo input and on the images, with the hit of a blind map (`chance`), the
     mean per-head ||W_q||_F, ||W_k||_F and the closed form's largest amplification (`gain`).
     Also the full per-block and per-head measures, for the run's artifacts."""
-    x, _ = next(iter(loader))
     k = rank.measure(model, x[:64], cfg.init.filter_size)
     out = {"init_rank_k": k["k"], "init_stable_rank": k["stable_rank"], "init_width_ratio": k["D"] / k["width_needed"]}
     if not init.pseudo_inputs:
@@ -221,7 +222,8 @@ def train_loop_per_worker(config: dict) -> None:
     ctx = Context(context.get_world_rank(), context.get_world_size(), worker_device())
     shared = config.get("data")
     d, model, init, loaders, mixup = build(cfg, ctx, ray.get(shared) if shared is not None else None)
-    fid, measured = initial_measures(model, cfg, init, loaders["test"])
+    sample = torch.stack([d.test[i][0] for i in range(min(64, len(d.test)))])  # 64 images, not a loader's prefetch
+    fid, measured = initial_measures(model, cfg, init, sample)
     if ctx.rank == 0 and run is not None:
         tracking.set_tags(run, {"device": ctx.device, "node_id": ray.get_runtime_context().get_node_id(),
                                 "hostname": socket.gethostname()})  # where rank 0 ran (the latest attempt)
