@@ -105,8 +105,9 @@ def test_trials_with_a_share_of_a_gpu_are_packed_on_one(two_nodes, tmp_path):
     from structinit import cluster
 
     _, gpu_node = two_nodes
-    study = gpu_study(tmp_path, "shared_gpu", inits=("impulse", "default"))
-    study = dataclasses.replace(study, trial=dataclasses.replace(study.trial, gpu_share=0.5))
+    study = gpu_study(tmp_path, "shared_gpu")
+    study = dataclasses.replace(study, inits=("impulse", "default"),
+                                trial=dataclasses.replace(study.trial, gpu_share=0.5))
     assert cluster.concurrency(1, 1, 0.5) == 2 and cluster.concurrency(1, 1, 1.0) == 1
     out = run(study)
     trials = pd.read_parquet(out["trials"])

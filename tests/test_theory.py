@@ -161,12 +161,18 @@ def test_target_maps():
                                 dict(mix="noise", mix_ratio=0.8, target_shape="gaussian"),
                                 dict(mix="mimetic", mix_ratio=0.3)], ids=str)
 @pytest.mark.parametrize("mass", [0.6, 0.9])
-def test_multi_tap_and_hybrid_targets_reach_the_requested_mass(kw, mass):
+@pytest.mark.parametrize("damping,hit", [(0.0, 0.98), (0.1, 0.92)])
+def test_multi_tap_and_hybrid_targets_reach_the_requested_mass(kw, mass, damping, hit):
+    """On each block's pseudo input (the solve's notes): the undamped solve is exact; the damped
+    default (which fades the PE's weak directions so real inputs are not amplified) still reaches
+    the mass, with a few queries of the mimetic blend on their own key instead of the tap."""
     model = vit(img_size=16, patch_size=2, embed_dim=96, depth=2, num_heads=4, num_classes=10)  # sin-cos PE
-    result = apply_init(model, InitConfig(target_mass=mass, **kw), seed=0)
-    summary = fidelity.summary(fidelity.measure(model, result)["pseudo"])  # mass on the intended taps
-    assert abs(summary["target_mass"]["min"] - mass) <= 0.05 and abs(summary["target_mass"]["max"] - mass) <= 0.05
-    assert summary["argmax_hit"]["min"] >= 0.98
+    result = apply_init(model, InitConfig(target_mass=mass, damping=damping, **kw), seed=0)
+    masses = [m for note in result.notes["blocks"] for m in note["mass"]]  # mass on the intended taps
+    assert abs(min(masses) - mass) <= 0.05 and abs(max(masses) - mass) <= 0.05
+    assert min(h for note in result.notes["blocks"] for h in note["argmax_hit"]) >= hit
+    block0 = fidelity.measure(model, result)["pseudo"][0]["heads"]  # the forward pass agrees where they meet
+    assert [h["target_mass"] for h in block0] == pytest.approx(result.notes["blocks"][0]["mass"], abs=1e-3)
 
 
 def test_mimetic_mix_beyond_the_solvable_rank_warns():
