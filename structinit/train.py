@@ -260,7 +260,7 @@ def train_loop_per_worker(config: dict) -> None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        start, updates, best = state["epoch"] + 1, state["updates"], state["best"]
+        start, updates, best = state["epoch"] + 1, state["updates"], state.get("best", best)  # older: none kept
         if ctx.rank == 0 and run is not None:  # epochs a lost attempt logged after this checkpoint
             logged = tracking.last_step(run, "train_loss")
     if start >= r.epochs and history:  # finished before a restart (its study driver was killed): report, train nothing
