@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from structinit import results, tracking
+from structinit import fidelity, results, tracking
 from structinit.config import label
 from structinit.paths import StudyPaths
 
@@ -93,7 +93,7 @@ def summarize(trials: pd.DataFrame, pairs: tuple = PAIRS) -> tuple[pd.DataFrame,
             row.update({f"{metric}_mean": m, f"{metric}_std": s, f"{metric}_ci95": h, "n": n})
         for measure in ("init_mass_pseudo", "init_mass_data", "init_hit_data", "init_wq_norm"):
             row[measure] = g[measure].mean()
-        row["near_chance"] = int((g["init_hit_data"] < 2 * g["init_hit_chance"]).sum())
+        row["near_chance"] = int(fidelity.near_chance(g["init_hit_data"], g["init_hit_chance"]).sum())
         row["pe_unscaled"] = init == "pe_scaled" and bool((g["init_pe_scale"] == 1).all())
         row["init_rank_k"] = g["init_rank_k"].mean()
         row["theory"] = theory(g.iloc[0], row["init_rank_k"])

@@ -229,7 +229,7 @@ def train_loop_per_worker(config: dict) -> None:
                                 "hostname": socket.gethostname()})  # where rank 0 ran (the latest attempt)
         if ray.train.get_checkpoint() is None and init.pseudo_inputs:
             log_init(run, model, init, measured)
-    if ctx.rank == 0 and measured and fidelity.near_chance(model, measured["data"]):
+    if ctx.rank == 0 and measured and fidelity.near_chance(fid["init_hit_data"], fid["init_hit_chance"]):
         warnings.warn(f"{cfg.init.name} init: the attention's argmax hit on real images is "
                       f"{fid['init_hit_data']:.3f}, under twice chance ({fid['init_hit_chance']:.3f}): its structure "
                       "does not reach the images (tagged init_near_chance)")
