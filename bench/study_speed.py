@@ -24,7 +24,10 @@ Measured per study, from its Parquet tables (one row per trial, one per trial-ep
   train share    sum train / wall; eval share: sum `eval_seconds` / wall; ckpt share: sum
                  `checkpoint_seconds` / wall (n/a where the column is missing). Trials run side by
                  side (up to `at once`), so a share sums over trials and may pass 100 %.
-  fixed/trial    mean over trials of Tune's `time_total_s` - sum of that trial's `epoch_seconds`
+  fixed/trial    mean over trials of Tune's `time_total_s` - sum of that trial's `epoch_seconds`, plus,
+                 for a one-worker trial (which trains in its Tune trial's process, started before
+                 Tune's clock), its `startup_seconds` (0 where it reused the process of an earlier
+                 trial); a multi-worker trial's TorchTrainer starts inside Tune's clock
   setup/trial    mean over trials of `setup_seconds` (worker loop entry to the first epoch), or n/a;
                  startup/trial: of `startup_seconds` (worker process start and imports), or n/a
   floor          the study's training FLOPs / the FLOP/s of a bare, warmed-up PyTorch loop (random
@@ -331,7 +334,8 @@ def row(label: str, wall: float, trials: pd.DataFrame, have: dict, bare: dict) -
     share = lambda s: fmt(100 * s / wall, ".1f", " %") if s is not None else "n/a"  # noqa: E731
     train = trials["train"].sum()
     mark = "" if have["train_seconds"] else "*"
-    fixed = (trials["time_total_s"] - trials["epoch_seconds"]).mean()
+    in_trial = trials["cfg"].map(lambda c: c.workers == 1) & trials["startup"].notna()
+    fixed = (trials["time_total_s"] - trials["epoch_seconds"] + trials["startup"].where(in_trial, 0)).mean()
     evals = trials["eval"].sum() if have["eval_seconds"] else None
     ckpt = trials["checkpoint"].sum() if have["checkpoint_seconds"] else None
     setup = trials["setup"].dropna().mean() if have["setup_seconds"] else None

@@ -1,11 +1,15 @@
-"""Ray Train path vs a bare PyTorch loop: steady-state images/s and the fixed start-up cost.
+"""Ray paths vs a bare PyTorch loop: steady-state images/s and the fixed cost of a run.
 
     python bench/train_overhead.py [--epochs 12] [--threads 1] [--dataset digits]
 
 Same model, data, recipe, thread count and machine, in one process: a bare loop over the very
-`build` / `train_one_epoch` the Ray worker uses, then `fit` (TorchTrainer, 1 worker) on a fresh
-local Ray cluster, then the bare loop again (to see drift on a shared machine). Steady state is
-the median images/s of the epochs after the first. Target: Ray / bare >= 0.95.
+`build` / `train_one_epoch` the Ray worker uses; then, on a fresh local Ray cluster, `fit`
+(TorchTrainer, 1 worker: the path of multi-worker trials and `structinit train`) and a Tuner of
+two trials one after the other, each training in its Tune trial (`train_in_trial`: the path of a
+study's one-worker trials; the second reuses the first's process, as a study's trials do); then
+the bare loop again (to see drift on a shared machine). Steady state is the median images/s of
+the epochs after the first. A path's fixed cost: its wall time minus its epochs' seconds.
+Target: Ray / bare >= 0.95.
 """
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ import time
 import torch
 from structinit.checkpoint import history_of
 from structinit.config import make
-from structinit.train import Context, build, fit, loss_function, optimizer_and_schedule, train_one_epoch
+from structinit.train import (Context, build, fit, loss_function, optimizer_and_schedule, train_in_trial,
+                              train_one_epoch)
 
 
 def bare(cfg) -> list[float]:
@@ -36,6 +41,34 @@ def bare(cfg) -> list[float]:
         updates = stats["updates"]
         rates.append(stats["images"] / stats["train_seconds"])
     return rates
+
+
+def in_trials(cfg, storage: str) -> list[dict]:
+    """Two Tune trials one after the other, each training `cfg` in itself; per trial its wall time
+    (from the Tuner's start, or the previous trial's end, to its end), epochs and images/s."""
+    import ray.tune
+
+    ends: list[float] = []
+
+    def trial(config):
+        train_in_trial(cfg)
+
+    class Ended(ray.tune.Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            ends.append(time.perf_counter())
+
+    t0 = time.perf_counter()
+    grid = ray.tune.Tuner(
+        ray.tune.with_resources(trial, {"CPU": cfg.cpus_per_worker}),
+        tune_config=ray.tune.TuneConfig(num_samples=2, max_concurrent_trials=1, reuse_actors=True),
+        run_config=ray.tune.RunConfig(name="in_trial", storage_path=storage, callbacks=[Ended()], verbose=0)).fit()
+    out = []
+    for i, result in enumerate(grid):  # one at a time: they end in the order they were made
+        history = history_of(result)
+        out.append({"wall": ends[i] - ([t0] + ends)[i], "epochs": sum(h["epoch_seconds"] for h in history),
+                    "rate": statistics.median([h["images_per_s"] for h in history][1:]),
+                    "startup": history[0]["startup_seconds"], "setup": history[0]["setup_seconds"]})
+    return out
 
 
 def main() -> None:
@@ -60,6 +93,7 @@ def main() -> None:
         result = fit(cfg, storage_path=storage, name="overhead")
         fit_wall = time.perf_counter() - t0
         history = history_of(result)
+        trials = in_trials(cfg, storage)
     ray.shutdown()
     after = bare(cfg)
 
@@ -79,6 +113,11 @@ def main() -> None:
     print(f"fixed cost by piece: worker process start and imports {worker:.1f} s; data, model, init, measures "
           f"{setup:.1f} s; Train controller start, worker-group start, reports and teardown (the rest) "
           f"{fixed - worker - setup:.1f} s")
+    for i, t in enumerate(trials):
+        print(f"in a Tune trial ({'a fresh process' if i == 0 else 'the reused process'}): wall {t['wall']:.1f} s "
+              f"of which epochs {t['epochs']:.1f} s -> fixed cost {t['wall'] - t['epochs']:.1f} s (process start "
+              f"and imports {t['startup']:.1f} s; data, model, init, measures {t['setup']:.1f} s); images/s "
+              f"{t['rate']:.0f} = {t['rate'] / bare_rate:.3f} of bare")
 
 
 if __name__ == "__main__":

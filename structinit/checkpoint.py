@@ -43,7 +43,8 @@ def load_state(path: str, device) -> dict:
 
 
 def history_of(result) -> list[dict]:
-    """Every epoch's metrics of a Ray Train Result, from its latest checkpoint (complete across restarts)."""
+    """Every epoch's metrics of a Ray Train Result or a Tune trial, from its latest checkpoint
+    (complete across restarts)."""
     if result.checkpoint is None:
         return []
     with result.checkpoint.as_directory() as folder:

@@ -68,7 +68,7 @@ class TrialConfig:
     cpus_per_worker: int = 1  # also the worker's torch intra-op threads
     backend: str | None = None  # torch.distributed backend; None: nccl on GPUs, gloo on CPUs
     compile: bool = False
-    max_failures: int = 2  # Train worker-group restarts from the last checkpoint
+    max_failures: int = 2  # restarts from the last checkpoint (of the Tune trial, or Train's worker group)
 
     def __post_init__(self):
         if self.data_root:  # workers do not share the driver's working directory

@@ -60,21 +60,24 @@ def _error(trial) -> str | None:
     return (reasons[-1] if reasons else lines[-1])[:2000] if lines else None
 
 
-def train_history(paths: StudyPaths, trial_id: str) -> list[dict]:
-    """Every epoch a trial trained, from its Ray Train run's latest checkpoint: complete across
-    worker and driver restarts (Tune's own per-trial log starts over when a trial restarts)."""
+def train_history(paths: StudyPaths, trial) -> list[dict]:
+    """Every epoch a Tune trial trained, from its latest checkpoint: its own (a trial that trained
+    itself) or its Ray Train run's; complete across restarts, unlike Tune's per-trial log, which
+    starts over when a trial restarts."""
     import ray.train
 
     from structinit.checkpoint import history_of
 
+    if trial.checkpoint is not None:
+        return history_of(trial)
     try:
-        return history_of(ray.train.Result.from_path(f"{paths.train}/{paths.train_name(trial_id)}"))
+        return history_of(ray.train.Result.from_path(f"{paths.train}/{paths.train_name(trial.trial_id)}"))
     except RuntimeError:  # the trial never reached a checkpoint
         return []
 
 
 def collect(study: str, execution: str, paths: StudyPaths, configure) -> tuple[list[dict], list[dict]]:
-    """Rows for every trial of one execution, from Tune's experiment state and each trial's Train
+    """Rows for every trial of one execution, from Tune's experiment state and each trial's latest
     checkpoint (no cluster needed); `configure(config)` is a Tune trial's (TrialConfig, params)."""
     from ray.tune import ExperimentAnalysis
 
@@ -82,7 +85,7 @@ def collect(study: str, execution: str, paths: StudyPaths, configure) -> tuple[l
     trials, history = [], []
     for t in analysis.trials:
         cfg, params = configure(t.config)
-        epochs = train_history(paths, t.trial_id)
+        epochs = train_history(paths, t)
         last = epochs[-1] if epochs else {}
         base = {"study": study, "execution": execution, "trial_id": t.trial_id, "config_key": config_key(params),
                 "init": cfg.init.name, "seed": cfg.seed}

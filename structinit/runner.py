@@ -3,8 +3,10 @@
     run(study)
       -> OptunaSearch (TPE, or a grid) proposes a configuration (dotted TrialConfig fields)
       -> Repeater runs it once per (init, seed): the paired runs every comparison needs
-      -> each Tune trial builds its TrialConfig (study.trial_config) and calls `train.fit`
-         (TuneReportCallback)
+      -> each Tune trial builds its TrialConfig (study.trial_config) and trains it: itself, for
+         one worker (`train.train_in_trial`: metrics and checkpoints straight to Tune, the trial's
+         process reused for the next trial), or through a TorchTrainer for several (`train.fit`,
+         TuneReportCallback)
       -> one MLflow child run per trial under one parent run per study execution
       -> Parquet tables (results.py), which MLflow is synced from (tracking.sync)
 
@@ -26,12 +28,12 @@ from structinit.validate import check
 
 
 def run_trial(config: dict, study: Study, parent: str, tracking_uri: str, data: dict) -> None:
-    """The Tune trainable: one (configuration, init, seed) trained by a TorchTrainer, on the
-    dataset the study read once (`data`: ObjectRefs by source; a source not there reads its files)."""
+    """The Tune trainable: one (configuration, init, seed), trained in this trial (one worker) or
+    by a TorchTrainer (several), on the dataset the study read once (`data`: ObjectRefs by source;
+    a source not there reads its files)."""
     import ray.tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
-    from structinit.train import fit
+    from structinit.train import fit, train_in_trial
 
     trial_id = ray.tune.get_context().get_trial_id()
     cfg, params = trial_config(study, config)
@@ -41,8 +43,13 @@ def run_trial(config: dict, study: Study, parent: str, tracking_uri: str, data: 
     run = tracking.attempt(tracking_uri, f"the run of trial {trial_id}", lambda _: tracking.start_run(
         tracking_uri, study.name, name, cfg.flat(), tags, parent=parent))  # None: the study's sync creates it
     try:
-        fit(cfg, storage_path=study.paths.train, name=study.paths.train_name(trial_id), run=run,
-            callbacks=[TuneReportCallback()], data=data.get(source(cfg)))
+        if cfg.workers == 1:
+            train_in_trial(cfg, run=run, data=data.get(source(cfg)))
+        else:
+            from ray.tune.integration.ray_train import TuneReportCallback
+
+            fit(cfg, storage_path=study.paths.train, name=study.paths.train_name(trial_id), run=run,
+                callbacks=[TuneReportCallback()], data=data.get(source(cfg)))
     except BaseException as err:
         if run is not None:
             tracking.set_tags(run, {"error": str(err)[-5000:]})
@@ -85,6 +92,15 @@ def scheduler(study: Study):
     return FIFOScheduler()
 
 
+def trial_resources(study: Study) -> dict:
+    """What a trial holds: its one worker's CPUs (and GPU share) where it trains itself, else a
+    driver's sliver (cluster.driver_resources), its TorchTrainer reserving the workers."""
+    t = study.trial
+    if t.workers == 1:
+        return {"CPU": t.cpus_per_worker, **({"GPU": t.gpu_share} if t.gpu else {})}
+    return cluster.driver_resources()
+
+
 def run(study: Study, resume: bool = False, address: str | None = None, data: dict | None = None) -> dict:
     """Run (or with `resume`, continue) a study; returns where its results went. The study is
     checked first (`check_space`) unless the caller already did and passes what it read (`data`);
@@ -117,7 +133,7 @@ def run(study: Study, resume: bool = False, address: str | None = None, data: di
     shared = {key: ray.put(splits) for key, splits in data.items()}
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(run_trial, study=study, parent=parent.run_id, tracking_uri=uri, data=shared),
-        cluster.driver_resources())
+        trial_resources(study))
     try:
         if resume and ray.tune.Tuner.can_restore(f"{paths.tune}/{execution}"):
             tuner = ray.tune.Tuner.restore(f"{paths.tune}/{execution}", trainable=trainable,
@@ -128,11 +144,14 @@ def run(study: Study, resume: bool = False, address: str | None = None, data: di
                 tune_config=ray.tune.TuneConfig(
                     metric=study.metric, mode=study.mode, num_samples=study.configs * len(study.repeats),
                     search_alg=searcher(study, execution), scheduler=scheduler(study),
+                    reuse_actors=True,  # a one-worker trial's process (torch, timm imported) serves the next
                     max_concurrent_trials=study.max_concurrent or cluster.concurrency(
                         study.trial.workers, study.trial.cpus_per_worker,
                         study.trial.gpu_share if study.trial.gpu else 0)),
-                run_config=ray.tune.RunConfig(name=execution, storage_path=paths.tune,
-                                              failure_config=ray.tune.FailureConfig(max_failures=1)))
+                run_config=ray.tune.RunConfig(
+                    name=execution, storage_path=paths.tune,
+                    checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=2),  # of one-worker trials
+                    failure_config=ray.tune.FailureConfig(max_failures=max(1, study.trial.max_failures))))
         tuner.fit()
         trials, history = results.collect(study.name, execution, paths, partial(trial_config, study))
     except BaseException:

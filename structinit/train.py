@@ -1,10 +1,13 @@
-"""One training run: a Ray Train `TorchTrainer` whose workers each run `train_loop_per_worker`.
+"""One training run: `train_loop`, run by Ray Train's workers or by a Ray Tune trial itself.
 
-    driver:  fit(cfg)  ->  TorchTrainer(train_loop_per_worker, {"trial": cfg, ...}).fit()
-    worker:  data -> model + init (fidelity at epoch 0) -> DDP -> epochs of train + eval,
-             each epoch reported to Ray with a checkpoint, resumed from the latest one on restart.
+    fit(cfg)           ->  TorchTrainer(train_loop_per_worker, {"trial": cfg, ...}).fit()   any workers (DDP)
+    train_in_trial(cfg) ->  train_loop(..., tune_session())   one worker, inside the calling Tune trial:
+                           no Train controller, worker group or placement group to start and tear down
+    train_loop:        data -> model + init (fidelity at epoch 0) -> (DDP) -> epochs of train + eval,
+                       reported to Ray with a cadenced checkpoint, resumed from the latest one on restart.
 
-Nothing here knows of Tune; `runner.py` wraps `fit` in a trial.
+The loop reaches Ray only through its `Session` (report, latest checkpoint, where it runs); `runner.py`
+picks one per trial.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import socket
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +47,18 @@ class Context:
     rank: int = 0
     world: int = 1
     device: torch.device = torch.device("cpu")
+
+
+@dataclass
+class Session:
+    """What the loop asks of the Ray library that runs it: where it runs, the latest checkpoint
+    (None on a first start), and `report(metrics, checkpoint=None)`; `Checkpoint` is that library's
+    class (ray.train's or ray.tune's)."""
+
+    ctx: Context
+    get_checkpoint: Callable
+    report: Callable
+    Checkpoint: type
 
 
 def amp_dtype(cfg: TrialConfig, device: torch.device) -> torch.dtype | None:
@@ -185,22 +201,65 @@ def log_init(run: tracking.Run, model, init, measured: dict) -> None:
         tracking.log_init(run, folder, init.solve_seconds)
 
 
-def worker_device() -> torch.device:
-    """The accelerator Ray gave this worker, or the CPU where torch cannot use it (a node that
+def usable(device: torch.device) -> torch.device:
+    """The accelerator Ray gave this process, or the CPU where torch cannot use it (a node that
     advertises a GPU without a driver: the fake-GPU nodes of the cluster tests). The fallback
     warns, and the run's `device` tag says where it trained."""
-    import ray.train.torch
+    import ray
 
-    device = ray.train.torch.get_device()
     if device.type == "cuda" and not torch.cuda.is_available():
         warnings.warn(f"Ray assigned GPU ids {ray.get_gpu_ids()} but torch sees no CUDA device: training on the CPU")
         return torch.device("cpu")
     return device
 
 
+def train_session() -> Session:
+    """A Ray Train worker's session (rank, world size and device from Train)."""
+    import ray.train
+    import ray.train.torch
+
+    c = ray.train.get_context()
+    return Session(Context(c.get_world_rank(), c.get_world_size(), usable(ray.train.torch.get_device())),
+                   ray.train.get_checkpoint, ray.train.report, ray.train.Checkpoint)
+
+
+def tune_session() -> Session:
+    """The calling Tune trial's session: one worker, on the GPU (share) Ray gave the trial, if any
+    (Ray sets CUDA_VISIBLE_DEVICES to it, so it is cuda:0 here)."""
+    import ray
+    import ray.tune
+
+    device = torch.device("cuda", 0) if ray.get_gpu_ids() else torch.device("cpu")
+    return Session(Context(0, 1, usable(device)), ray.tune.get_checkpoint, ray.tune.report, ray.tune.Checkpoint)
+
+
+_loops_run = 0  # loops this process has run: Tune reuses a trial's process for the next trial
+
+
+def process_startup() -> float:
+    """Seconds from this process's start to its first loop (process start and imports); 0 for a
+    later loop in a process Tune reused, which starts nothing."""
+    import psutil
+
+    global _loops_run
+    _loops_run += 1
+    return time.time() - psutil.Process().create_time() if _loops_run == 1 else 0.0
+
+
 def train_loop_per_worker(config: dict) -> None:
-    """Ray Train worker: config = {"trial": TrialConfig, "tracking": tracking.Run | None, "data": an
-    ObjectRef of the dataset the study read once, or None to read its files}.
+    """A Ray Train worker of `fit`: `train_loop` reporting to Train."""
+    train_loop(config, train_session())
+
+
+def train_in_trial(cfg: TrialConfig, run: tracking.Run | None = None, data=None) -> None:
+    """Train in the calling Tune trial (one worker): metrics and checkpoints go to Tune, which
+    restarts the trial from its latest checkpoint after a failure (its FailureConfig)."""
+    train_loop({"trial": cfg, "tracking": run, "data": data}, tune_session())
+
+
+def train_loop(config: dict, session: Session) -> None:
+    """config = {"trial": TrialConfig, "tracking": tracking.Run | None, "data": an ObjectRef of the
+    dataset the study read once, or None to read its files}.
 
     Every epoch trains, then evaluates the (capped) validation split, which feeds ASHA and model
     selection; the weights of the best validation epoch are kept. The test set is evaluated where it
@@ -208,18 +267,15 @@ def train_loop_per_worker(config: dict) -> None:
     (`test_top1_at_best_val`); every epoch too with `test_every_epoch`. A checkpoint is written
     every `checkpoint_every` epochs and at the end; a resume replays the epochs since the last one
     exactly (each epoch is seeded from seed, rank and epoch) and logs to MLflow only what it lacks."""
-    import psutil
     import ray
-    import ray.train
-    import ray.train.torch
 
     entered = time.perf_counter()
-    startup = time.time() - psutil.Process().create_time()  # process start and imports, before this loop
+    startup = process_startup()
     cfg: TrialConfig = config["trial"]
     run: tracking.Run | None = config.get("tracking")
     torch.set_num_threads(cfg.cpus_per_worker)
-    context = ray.train.get_context()
-    ctx = Context(context.get_world_rank(), context.get_world_size(), worker_device())
+    ctx = session.ctx
+    latest = session.get_checkpoint()
     shared = config.get("data")
     d, model, init, loaders, mixup = build(cfg, ctx, ray.get(shared) if shared is not None else None)
     sample = torch.stack([d.test[i][0] for i in range(min(64, len(d.test)))])  # 64 images, not a loader's prefetch
@@ -227,7 +283,7 @@ def train_loop_per_worker(config: dict) -> None:
     if ctx.rank == 0 and run is not None:
         tracking.set_tags(run, {"device": ctx.device, "node_id": ray.get_runtime_context().get_node_id(),
                                 "hostname": socket.gethostname()})  # where rank 0 ran (the latest attempt)
-        if ray.train.get_checkpoint() is None and init.pseudo_inputs:
+        if latest is None and init.pseudo_inputs:
             log_init(run, model, init, measured)
     if ctx.rank == 0 and measured and fidelity.near_chance(fid["init_hit_data"], fid["init_hit_chance"]):
         warnings.warn(f"{cfg.init.name} init: the attention's argmax hit on real images is "
@@ -236,14 +292,14 @@ def train_loop_per_worker(config: dict) -> None:
         if run is not None:
             tracking.set_tags(run, {"init_near_chance": "true"})
 
-    model = ray.train.torch.prepare_model(model, move_to_device=ctx.device)
-    raw = getattr(model, "module", model)
+    raw = model.to(ctx.device)
+    if ctx.world > 1:
+        import ray.train.torch
+
+        model = ray.train.torch.prepare_model(raw, move_to_device=ctx.device)  # DDP
     if cfg.compile:
         model = torch.compile(model)
-    sampler = loaders["train"].sampler
-    for key in loaders:
-        loaders[key] = ray.train.torch.prepare_data_loader(loaders[key], add_dist_sampler=False,
-                                                           move_to_device=False)  # batches move in the loop
+    sampler = loaders["train"].sampler  # the loaders carry their DistributedSampler; batches move in the loop
     r = cfg.recipe
     optimizer, scheduler = optimizer_and_schedule(cfg, raw, len(loaders["train"]))
     dtype = amp_dtype(cfg, ctx.device)
@@ -252,7 +308,6 @@ def train_loop_per_worker(config: dict) -> None:
     evaluation = dict(device=ctx.device, dtype=dtype, world=ctx.world)
 
     start, updates, history, best, logged = 0, 0, [], {"epoch": None, "val_top1": -math.inf, "model": None}, -1
-    latest = ray.train.get_checkpoint()
     if latest is not None:
         with latest.as_directory() as folder:
             state, history = checkpoint.read(folder, ctx.device)
@@ -264,7 +319,7 @@ def train_loop_per_worker(config: dict) -> None:
         if ctx.rank == 0 and run is not None:  # epochs a lost attempt logged after this checkpoint
             logged = tracking.last_step(run, "train_loss")
     if start >= r.epochs and history:  # finished before a restart (its study driver was killed): report, train nothing
-        ray.train.report(history[-1])
+        session.report(history[-1])
 
     bar = None
     if ctx.rank == 0:
@@ -308,8 +363,8 @@ def train_loop_per_worker(config: dict) -> None:
                                           "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                                           "epoch": epoch, "updates": updates, "best": best,
                                           "config": cfg.to_dict()}, history)
-                ckpt = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report(metrics, checkpoint=ckpt)
+                ckpt = session.Checkpoint.from_directory(folder)
+            session.report(metrics, checkpoint=ckpt)
         if bar is not None:
             bar.set_description(f"{cfg.dataset} {cfg.init.name} seed {cfg.seed} loss {stats['train_loss']:.3f} "
                                 + (f"val {val['top1']:.1f}%" if val else ""))

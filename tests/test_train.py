@@ -85,3 +85,25 @@ def test_non_finite_loss_stops_with_a_clear_reason(ray_local, tmp_path):
     cfg = digits(recipe=dict(lr=1e6, grad_clip=None, warmup_epochs=0), max_failures=0)
     with pytest.raises(TrainingFailedError, match="non-finite training loss"):
         fit(cfg, storage_path=str(tmp_path))
+
+
+def test_a_study_trains_a_multi_worker_trial_through_ray_train(ray_local, tmp_path):
+    """A study's one-worker trials train in their Tune trial; a trial of two workers goes through
+    a TorchTrainer (DDP over gloo) and lands in the same tables, its history read from Train's run."""
+    from functools import partial
+
+    import pandas as pd
+
+    from structinit.runner import run
+    from structinit.spaces import categorical
+    from structinit.study import Study
+
+    grid = {"model.depth": [2]}
+    study = Study("ddp", digits(workers=2, recipe=dict(epochs=2, warmup_epochs=0)), partial(categorical, **grid),
+                  grid=grid, inits=("impulse",), seeds=(0,), storage=str(tmp_path / "runs"),
+                  tracking_uri="sqlite:///" + str(tmp_path / "mlflow.db"))
+    out = run(study)
+    trials, history = pd.read_parquet(out["trials"]), pd.read_parquet(out["history"])
+    assert list(trials.status) == ["TERMINATED"] and list(trials.epochs_done) == [2]
+    assert sorted(history.epoch) == [0, 1] and history.test_top1_at_best_val.notna().sum() == 1
+    assert os.path.isdir(os.path.join(study.paths.train, study.paths.train_name(trials.trial_id[0])))
