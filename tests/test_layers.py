@@ -16,7 +16,7 @@ LAYERS = [  # bottom to top
     ["train", "results", "report"],
     ["study"],
     ["runner"],
-    ["commands", "cli"],
+    ["commands", "cli", "__main__"],
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 
