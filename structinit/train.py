@@ -227,6 +227,7 @@ def train_loop_per_worker(config: dict) -> None:
     if ctx.rank == 0 and run is not None:
         tracking.set_tags(run, {"device": ctx.device, "node_id": ray.get_runtime_context().get_node_id(),
                                 "hostname": socket.gethostname()})  # where rank 0 ran (the latest attempt)
+        tracking.log_training(run, cfg, d, ctx.device)  # CUDA/cuDNN, the dataset input
         if ray.train.get_checkpoint() is None and init.pseudo_inputs:
             log_init(run, model, init, measured)
     if ctx.rank == 0 and measured and fidelity.near_chance(fid["init_hit_data"], fid["init_hit_chance"]):
@@ -318,6 +319,15 @@ def train_loop_per_worker(config: dict) -> None:
         bar.close()
 
 
+def monitored_loop(config: dict) -> None:
+    """`train_loop_per_worker` with MLflow's system metrics logged on the run while rank 0 trains."""
+    import ray.train
+
+    rank0 = ray.train.get_context().get_world_rank() == 0
+    with tracking.system_metrics(config.get("tracking") if rank0 else None):
+        train_loop_per_worker(config)
+
+
 def final_summary(raw, loader, test: dict, best: dict, epoch: int, evaluation: dict) -> dict:
     """The test accuracy of the final model and of the best-validation epoch's weights (without a
     validation split the last epoch is the best), and which epoch that was."""
@@ -353,7 +363,7 @@ def fit(cfg: TrialConfig, *, storage_path: str, name: str | None = None, run: tr
         os.environ.setdefault(key, value)
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpu_share} if cfg.gpu else {})}
     trainer = TorchTrainer(
-        train_loop_per_worker,
+        monitored_loop,
         train_loop_config={"trial": cfg, "tracking": run, "data": data},
         torch_config=TorchConfig(backend=cfg.backend),
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu,
