@@ -12,18 +12,14 @@ from dataclasses import asdict, dataclass, field
 from structinit.data import DATASETS
 from structinit.inits import InitConfig, apply_init
 from structinit.models import create
-from structinit.recipes import Recipe
+from structinit.recipes import DEFAULT_RECIPE, Recipe
 from structinit.validate import check, choice
 
-# A model and recipe that suit each dataset when none is named.
+# A model that suits each dataset when none is named (a recipe: recipes.DEFAULT_RECIPE).
 DEFAULT_MODEL = {"digits": "vit_nano_patch2_8", "cifar10": "vit_tiny_patch2_32", "cifar100": "vit_tiny_patch2_32",
                  "svhn": "vit_tiny_patch2_32", "mnist": "vit_tiny_patch2_32", "fashion_mnist": "vit_tiny_patch2_32",
                  "stl10": "vit_tiny_patch16_224", "flowers102": "vit_tiny_patch16_224", "pets": "vit_tiny_patch16_224",
                  "food101": "vit_tiny_patch16_224", "imagefolder": "vit_base_patch16_224"}
-DEFAULT_RECIPE = {"digits": "cpu", "cifar10": "v1_small", "cifar100": "v1_small", "svhn": "v1_small",
-                  "mnist": "v1_small", "fashion_mnist": "v1_small", "stl10": "followup_small",
-                  "flowers102": "followup_small", "pets": "followup_small", "food101": "followup_small",
-                  "imagefolder": "imagenet"}
 MODEL_FIELDS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "pos_embed", "global_pool",
                 "kernel_size")
 

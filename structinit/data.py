@@ -7,6 +7,7 @@ generated ones) fail torchvision's md5 checks; `verify=False` checks only that t
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from sklearn.model_selection import train_test_split
 from timm.data import create_transform
 from torch.utils.data import Dataset, Subset
 
+from structinit.provenance import files_digest
 from structinit.validate import check, choice
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -32,35 +34,39 @@ class DatasetSpec:
     layout: str  # what is expected under the root, for error messages
     splits: tuple = ()  # torchvision (train, test) split arguments
     tv: str = ""  # torchvision class name
+    files: tuple = ()  # what it reads under the root (files or folders): its digest covers these
 
 
 DATASETS = {
     "digits": DatasetSpec(10, 1, 8, (0.3,), (0.37,), "nothing: scikit-learn ships it"),
     "cifar10": DatasetSpec(10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
                            "cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}",
-                           ({"train": True}, {"train": False}), "CIFAR10"),
+                           ({"train": True}, {"train": False}), "CIFAR10", files=("cifar-10-batches-py",)),
     "cifar100": DatasetSpec(100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
-                            "cifar-100-python/{train,test,meta}", ({"train": True}, {"train": False}), "CIFAR100"),
+                            "cifar-100-python/{train,test,meta}", ({"train": True}, {"train": False}), "CIFAR100",
+                            files=("cifar-100-python",)),
     "svhn": DatasetSpec(10, 3, 32, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970),
-                        "{train,test}_32x32.mat", ({"split": "train"}, {"split": "test"}), "SVHN"),
+                        "{train,test}_32x32.mat", ({"split": "train"}, {"split": "test"}), "SVHN",
+                        files=("train_32x32.mat", "test_32x32.mat")),
     "stl10": DatasetSpec(10, 3, 224, (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713),
                          "stl10_binary/{train,test}_{X,y}.bin, class_names.txt",
-                         ({"split": "train"}, {"split": "test"}), "STL10"),
+                         ({"split": "train"}, {"split": "test"}), "STL10", files=("stl10_binary",)),
     "flowers102": DatasetSpec(102, 3, 224, IMAGENET_MEAN, IMAGENET_STD,
                               "flowers-102/{jpg/,imagelabels.mat,setid.mat}",
-                              ({"split": "train"}, {"split": "test"}), "Flowers102"),
+                              ({"split": "train"}, {"split": "test"}), "Flowers102", files=("flowers-102",)),
     "pets": DatasetSpec(37, 3, 224, IMAGENET_MEAN, IMAGENET_STD,
                         "oxford-iiit-pet/{images/,annotations/{trainval,test}.txt}",
-                        ({"split": "trainval"}, {"split": "test"}), "OxfordIIITPet"),
+                        ({"split": "trainval"}, {"split": "test"}), "OxfordIIITPet", files=("oxford-iiit-pet",)),
     "food101": DatasetSpec(101, 3, 224, IMAGENET_MEAN, IMAGENET_STD,
                            "food-101/{images/<class>/*.jpg,meta/{train,test}.json,meta/classes.txt}",
-                           ({"split": "train"}, {"split": "test"}), "Food101"),
+                           ({"split": "train"}, {"split": "test"}), "Food101", files=("food-101",)),
     "mnist": DatasetSpec(10, 1, 28, (0.1307,), (0.3081,), "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte",
-                         ({"train": True}, {"train": False}), "MNIST"),
+                         ({"train": True}, {"train": False}), "MNIST", files=("MNIST/raw",)),
     "fashion_mnist": DatasetSpec(10, 1, 28, (0.2860,), (0.3530,),
                                  "FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte",
-                                 ({"train": True}, {"train": False}), "FashionMNIST"),
-    "imagefolder": DatasetSpec(0, 3, 224, IMAGENET_MEAN, IMAGENET_STD, "{train,val}/<class>/<image>"),
+                                 ({"train": True}, {"train": False}), "FashionMNIST", files=("FashionMNIST/raw",)),
+    "imagefolder": DatasetSpec(0, 3, 224, IMAGENET_MEAN, IMAGENET_STD, "{train,val}/<class>/<image>",
+                               files=("train", "val")),
 }
 
 
@@ -129,6 +135,18 @@ def load_splits(name: str, root: str | None, download: bool = False, verify: boo
         hint += ", or verify=False (--no-verify) for files that are not the official archives" if verify else ""
         raise ValueError(f"dataset={name!r} under data_root={root!r} is missing or corrupt ({err}): "
                          f"expected {spec.layout}{hint}") from err
+
+
+def fingerprint(name: str, root: str | None, pool) -> str:
+    """A digest of what a dataset is (16 hex digits): digits' pixels and labels, which scikit-learn
+    generates in memory (`pool`: its training pool), else the names and sizes of its files under
+    `root` (`DatasetSpec.files`, provenance.files_digest)."""
+    if name == "digits":
+        full = pool.dataset
+        h = hashlib.sha256(full.images.tobytes())
+        h.update(np.asarray(full.targets, dtype=np.int64).tobytes())
+        return h.hexdigest()[:16]
+    return files_digest(root, DATASETS[name].files)
 
 
 def num_classes(name: str, train) -> int:

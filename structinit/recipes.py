@@ -77,6 +77,12 @@ RECIPES = {
                   min_lr=1e-5, grad_clip=1.0, hflip=0.0, amp=False),
 }
 
+# A recipe that suits each dataset when none is named.
+DEFAULT_RECIPE = {"digits": "cpu", "cifar10": "v1_small", "cifar100": "v1_small", "svhn": "v1_small",
+                  "mnist": "v1_small", "fashion_mnist": "v1_small", "stl10": "followup_small",
+                  "flowers102": "followup_small", "pets": "followup_small", "food101": "followup_small",
+                  "imagefolder": "imagenet"}
+
 
 def recipe(name: str, **overrides) -> Recipe:
     """A named recipe with fields overridden (unset overrides, None, are dropped)."""

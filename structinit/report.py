@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -109,6 +110,42 @@ def summarize(trials: pd.DataFrame, pairs: tuple = PAIRS) -> tuple[pd.DataFrame,
                 paired.append({"config": config, "pair": f"{a} - {b}", "mean": m, "std": s, "ci95": h, "n": n,
                                "width_ratio": ratio})
     return pd.DataFrame(rows), pd.DataFrame(paired)
+
+
+def metric_segment(text: str) -> str:
+    """`text` as one segment of an MLflow metric key (letters, digits, _ - . : and spaces; `=` reads
+    as `:`), e.g. "embed_dim:32 num_heads:2"."""
+    return re.sub(r"[^\w.\- :]", "_", text.replace("=", ":"))[:120]
+
+
+def summary_metrics(trials: pd.DataFrame, pairs: tuple = PAIRS) -> tuple[dict, dict]:
+    """A study's summary as (metrics, params) for its parent MLflow run, from `summarize`'s tables:
+    per configuration x init the mean final test top-1 and test top-1 at best val
+    (`<config>/<init>/final_test_top1`, `.../test_top1_at_best_val`, `.../n`), the paired
+    differences with their 95 % CI bounds (`<config>/<a> - <b>/mean`, `.../ci95_low`,
+    `.../ci95_high`, `.../n`), and the trials finished and failed (`trials_finished`,
+    `trials_failed`); params: each configuration's segment and its params, and the pairs declared.
+    NaN values (a CI of one seed) are left out."""
+    table, paired = summarize(trials, pairs)
+    statuses = trials["status"].value_counts()
+    metrics = {"trials_finished": int(statuses.get("TERMINATED", 0)), "trials_failed": int(statuses.get("ERROR", 0))}
+    for r in table.itertuples():
+        for key in ("final_test_top1", "test_top1_at_best_val"):
+            metrics[f"{metric_segment(r.config)}/{r.init}/{key}"] = getattr(r, f"{key}_mean")
+        metrics[f"{metric_segment(r.config)}/{r.init}/n"] = r.n
+    for r in paired.itertuples():
+        at = f"{metric_segment(r.config)}/{r.pair}"
+        metrics.update({f"{at}/mean": r.mean, f"{at}/ci95_low": r.mean - r.ci95, f"{at}/ci95_high": r.mean + r.ci95,
+                        f"{at}/n": r.n})
+    done = trials[trials["status"] == "TERMINATED"]
+    params = {f"config/{metric_segment(label(p))}": p for p in sorted(set(done["params"]))}
+    params["pairs"] = ", ".join(f"{a} - {b}" for a, b in pairs)
+    return {k: v for k, v in metrics.items() if not math.isnan(v)}, params
+
+
+def log_summary(run: tracking.Run, trials: list[dict], pairs: tuple) -> None:
+    """The summary of one study execution's `trials` (its Parquet rows) on its parent run."""
+    tracking.log_summary(run, *summary_metrics(pd.DataFrame(trials), pairs))
 
 
 def _pm(m, h) -> str:

@@ -128,6 +128,7 @@ def run(study: Study, resume: bool = False, address: str | None = None, data: di
                                                               "seeds": ",".join(map(str, study.seeds))},
                                 {"study": study.name, "execution": execution})
     paths.set_execution(execution)
+    tracking.log_study_data(parent, data, study.trial.fraction, study.seeds)
     report.declare(paths, study.pairs, study.plots)
 
     shared = {key: ray.put(splits) for key, splits in data.items()}
@@ -159,6 +160,7 @@ def run(study: Study, resume: bool = False, address: str | None = None, data: di
         raise
     ids = tracking.attempt(uri, "the study's records", lambda _: tracking.sync(uri, study.name, execution,
                                                                                 trials, history))
+    report.log_summary(parent, trials, study.pairs)
     for t in trials:
         t["mlflow_run_id"] = (ids or {}).get(t["trial_id"])
     out = results.write(paths.folder, execution, trials, history)

@@ -248,13 +248,19 @@ def process_startup() -> float:
 
 def train_loop_per_worker(config: dict) -> None:
     """A Ray Train worker of `fit`: `train_loop` reporting to Train."""
-    train_loop(config, train_session())
+    monitored(config, train_session())
 
 
 def train_in_trial(cfg: TrialConfig, run: tracking.Run | None = None, data=None) -> None:
     """Train in the calling Tune trial (one worker): metrics and checkpoints go to Tune, which
     restarts the trial from its latest checkpoint after a failure (its FailureConfig)."""
-    train_loop({"trial": cfg, "tracking": run, "data": data}, tune_session())
+    monitored({"trial": cfg, "tracking": run, "data": data}, tune_session())
+
+
+def monitored(config: dict, session: Session) -> None:
+    """`train_loop`, with MLflow's system metrics logged on the run while rank 0 trains."""
+    with tracking.system_metrics(config.get("tracking") if session.ctx.rank == 0 else None):
+        train_loop(config, session)
 
 
 def train_loop(config: dict, session: Session) -> None:
@@ -283,6 +289,7 @@ def train_loop(config: dict, session: Session) -> None:
     if ctx.rank == 0 and run is not None:
         tracking.set_tags(run, {"device": ctx.device, "node_id": ray.get_runtime_context().get_node_id(),
                                 "hostname": socket.gethostname()})  # where rank 0 ran (the latest attempt)
+        tracking.log_training(run, cfg, d, ctx.device)  # CUDA/cuDNN, the dataset input
         if latest is None and init.pseudo_inputs:
             log_init(run, model, init, measured)
     if ctx.rank == 0 and measured and fidelity.near_chance(fid["init_hit_data"], fid["init_hit_chance"]):

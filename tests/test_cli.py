@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -119,3 +120,36 @@ def test_rank_builds_the_model_a_checkpoint_carries(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     m = json.loads(out.stdout)
     assert (m["model"], m["dataset"], m["D"], m["heads"]) == ("vit_nano_patch2_8", "digits", 32, 4)
+
+
+HEAVY = ("torch", "timm", "ray", "mlflow")
+PARSE_ONLY = [["--help"], ["train", "--help"], ["train", "--epochs", "0"], ["train", "--recipe", "fast"],
+              ["inspect-init", "--no-such-flag"], ["report", "--help"]]
+
+
+@pytest.mark.parametrize("argv", PARSE_ONLY, ids=" ".join)
+def test_the_cli_answers_before_it_loads_the_world(argv):
+    """--help and argument errors come before torch, timm, Ray or MLflow are imported (checked in
+    the process that answered); the time it took is printed, not asserted (machines differ)."""
+    probe = ("import sys, time; t = time.perf_counter()\nfrom structinit.cli import main\ntry:\n    main(sys.argv[1:])\n"
+             "except SystemExit as e:\n    code = e.code\nheavy = sorted({m.split('.')[0] for m in sys.modules} & set("
+             f"{HEAVY!r}))\nprint(repr((code, heavy, time.perf_counter() - t)), file=sys.stderr)")
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=60)
+    wall = time.perf_counter() - start
+    *message, result = out.stderr.strip().splitlines()
+    code, heavy, inside = eval(result)
+    print(f"structinit {' '.join(argv)}: exit {code}, {wall:.2f} s wall ({inside:.3f} s after the interpreter started)")
+    assert heavy == [], f"{argv} imported {heavy}"
+    assert code == (0 if "--help" in argv else 2), out.stderr
+    if code:  # one line naming what is wrong
+        assert len(message) == 1 and message[0].startswith("structinit") and "error:" in message[0], message
+
+
+def test_python_dash_m_structinit_is_the_cli():
+    out = subprocess.run([sys.executable, "-m", "structinit", "train", "--epochs", "0"], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2 and out.stderr.strip() == ("structinit train: error: epochs=0 is not allowed: expected "
+                                                          "a positive integer")
+    assert "inspect-init" in subprocess.run([sys.executable, "-m", "structinit", "--help"], capture_output=True,
+                                            text=True, timeout=60).stdout

@@ -7,7 +7,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "structinit"
 LAYERS = [  # bottom to top
-    ["validate", "paths", "footings"],
+    ["validate", "paths", "footings", "provenance"],
     ["recipes", "data", "models", "spaces", "structinit"],  # structinit: the package's __init__
     ["inits", "rank"],
     ["fidelity", "config"],
@@ -16,7 +16,7 @@ LAYERS = [  # bottom to top
     ["train", "results", "report"],
     ["study"],
     ["runner"],
-    ["commands", "cli"],
+    ["commands", "cli", "__main__"],
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 

@@ -2,8 +2,7 @@
 import timm
 import torch
 
-import structinit  # noqa: F401  (registers the models)
-from structinit.models import create, patch_pos_embed
+from structinit.models import create, patch_pos_embed  # registers the paper's models with timm
 
 
 def test_paper_models_are_registered_with_timm():

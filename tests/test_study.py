@@ -3,8 +3,6 @@ report's statistics, and a smoke study end to end on real Ray, Optuna storage an
 import dataclasses
 import json
 import math
-import subprocess
-import sys
 from functools import partial
 from pathlib import Path
 
@@ -17,8 +15,6 @@ from structinit.report import ci95, markdown, summarize
 from structinit.runner import searcher
 from structinit.spaces import categorical, heads_and_dims
 from structinit.study import TRIAL_INDEX, Study, check_space, trial_config
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def small_study(tmp_path, **kw):
@@ -139,16 +135,10 @@ def test_report_flags_near_chance_inits_and_an_unscaled_pe_control():
     assert "PE scale of 1" not in markdown("s", *summarize(pd.DataFrame(scaled)), pd.DataFrame(scaled))
 
 
-def run(args, cwd, timeout=600):
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd)
-
-
-def test_smoke_study_end_to_end(tmp_path):
+def test_smoke_study_end_to_end(smoke_study):
     from mlflow.tracking import MlflowClient
 
-    out = run([str(ROOT / "studies" / "heads_vs_dim.py"), "--preset", "smoke"], tmp_path, timeout=900)
-    assert out.returncode == 0, out.stderr[-4000:]
-    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    tmp_path, summary = smoke_study["folder"], smoke_study["summary"]
     trials = pd.read_parquet(summary["trials"])
     history = pd.read_parquet(summary["history"])
     assert len(trials) == 3 and set(trials.status) == {"TERMINATED"}
@@ -168,10 +158,8 @@ def test_smoke_study_end_to_end(tmp_path):
     assert summary["dataset_reads"] == 1 and (history.data_from_store == 1).all()  # read once, shared by 3 trials
     assert trials.test_top1_at_best_val.notna().all() and trials.final_test_top1.notna().all()
 
-    rep = subprocess.run([str(Path(sys.executable).parent / "structinit"), "report", "heads_vs_dim"],
-                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert rep.returncode == 0, rep.stderr[-2000:]
-    assert "| embed_dim=" in rep.stdout and "impulse - mimetic" in rep.stdout and "impulse - default" in rep.stdout
+    rep = smoke_study["report"]
+    assert "| embed_dim=" in rep and "impulse - mimetic" in rep and "impulse - default" in rep
     assert (tmp_path / "runs" / "heads_vs_dim" / "report" / "table.csv").exists()
     parent_artifacts = {a.path for a in client.list_artifacts(summary["parent_run_id"], "report")}
     assert "report/report.md" in parent_artifacts and "report/curves.png" in parent_artifacts

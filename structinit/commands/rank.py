@@ -35,6 +35,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from structinit.rank import measure, text
 
     try:
+        filter_size = init_config(args).filter_size  # the f the widths are checked against (3 unless given)
         state = load_state(state_path(args.checkpoint), "cpu") if args.checkpoint else None
         named = args.model is not None or any(v is not None for v in geometry(args).values())
         saved = None if state is None or named else state.get("config")  # None: a checkpoint from before configs
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except (ValueError, OSError, RuntimeError, KeyError) as err:
         parser.refuse(err)
     images = torch.stack([d.test[i][0] for i in range(min(args.images, len(d.test)))])
-    m = measure(model, images, args.filter_size, rtol=args.rtol)
+    m = measure(model, images, filter_size, rtol=args.rtol)
     name = cfg.model.name
     m.update(model=name, dataset=dataset, source=args.checkpoint or f"init {cfg.init.name} seed {args.seed}")
     print(json.dumps(m) if args.json else f"{name} on {dataset} ({m['source']})\n{text(m)}")

@@ -16,8 +16,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from structinit.report import report
 
+    from structinit import tracking
+
     try:
         print(report(args.study, storage=args.storage, tracking_uri=args.tracking_uri, optuna_url=args.optuna_url))
     except ValueError as err:
         parser.refuse(err)
+    link = tracking.where(args.tracking_uri or tracking.default_uri(), args.study)
+    if link:
+        print(link)
     return 0

@@ -1,5 +1,6 @@
 """The command line every study script shares (studies/*.py): a preset, then overrides of any
-field; bad input exits 2 with one line, before any cluster work."""
+field; bad input exits 2 with one line, before any cluster work. Parsing (and --help) loads
+nothing heavy: the study machinery is imported once the arguments are read."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,9 +9,6 @@ import os
 from typing import Callable
 
 from structinit.commands.options import TRACKING_URI
-from structinit.config import with_overrides
-from structinit.runner import run
-from structinit.study import Study, check_space
 from structinit.validate import Parser, check, choice
 
 
@@ -21,7 +19,7 @@ def _value(text: str):
         return text
 
 
-def cli(name: str, presets: dict[str, Callable[[], Study]], argv=None, default: str = "cpu") -> dict:
+def cli(name: str, presets: dict[str, Callable], argv=None, default: str = "cpu") -> dict:
     """The command line every study script shares: a preset, then overrides of any field.
 
     --preset smoke|cpu|paper   --resume   --seeds 0,1,2   --inits impulse,mimetic   --num-configs N
@@ -57,6 +55,10 @@ def cli(name: str, presets: dict[str, Callable[[], Study]], argv=None, default: 
     p.add_argument("--address", help="Ray cluster to attach to: HOST:PORT, or 'local' for a new local one "
                                      "(default: RAY_ADDRESS, else the one `ray start` runs here, else local)")
     args = p.parse_args(argv)
+    from structinit.config import with_overrides
+    from structinit.runner import run
+    from structinit.study import check_space
+
     try:
         choice("preset", args.preset, sorted(presets))
         study = presets[args.preset]()

@@ -6,8 +6,8 @@ import argparse
 
 from structinit.commands.options import add_study
 
-HELP = ("write what MLflow lacks of a study (runs, metrics, statuses) from its Parquet tables: after MLflow was "
-        "unreachable during the study")
+HELP = ("write what MLflow lacks of a study (runs, metrics, statuses, the parent's summary) from its Parquet tables: "
+        "after MLflow was unreachable during the study")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -16,11 +16,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from structinit import results, tracking
+    from structinit import report, results, tracking
     from structinit.paths import StudyPaths
     from structinit.validate import check
 
-    folder = StudyPaths(args.storage, args.study).folder
+    paths = StudyPaths(args.storage, args.study)
+    folder = paths.folder
     uri = args.tracking_uri or tracking.default_uri()
     try:
         names = results.executions(folder)
@@ -34,6 +35,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     for execution in names:
         trials, history = results.read(folder, execution)
         ids = tracking.sync(uri, args.study, execution, trials, history)
+        report.log_summary(tracking.latest_run(uri, args.study, "execution", execution), trials,
+                           report.declared(paths)[0])
         for t in trials:
             t["mlflow_run_id"] = ids.get(t["trial_id"])
         results.write(folder, execution, trials, history)

@@ -51,12 +51,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--json-out", metavar="PATH", help="write the final JSON summary here too")
 
 
+RECIPE_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "grad_clip")  # Recipe fields
+
+
+def check_recipe(args: argparse.Namespace) -> None:
+    """The recipe the flags name, checked before anything heavy loads (a bad --epochs or --recipe
+    answers at once); the dataset's default recipe where none is named (an unknown dataset is
+    refused later, by the config)."""
+    from structinit.recipes import DEFAULT_RECIPE, recipe
+
+    name = args.recipe or DEFAULT_RECIPE.get(args.dataset)
+    if name:
+        recipe(name, **{k: getattr(args, k) for k in RECIPE_FLAGS})
+
+
 def trial_config(args: argparse.Namespace):
     from structinit.config import make
 
-    recipe_overrides = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "weight_decay",
-                                                      "warmup_epochs", "grad_clip")}
-    return make(args.dataset, model=args.model, recipe_name=args.recipe, recipe_overrides=recipe_overrides,
+    return make(args.dataset, model=args.model, recipe_name=args.recipe,
+                recipe_overrides={k: getattr(args, k) for k in RECIPE_FLAGS},
                 model_overrides=geometry(args), init=init_config(args), data_root=args.data_root,
                 download=args.download, verify=args.verify, fraction=args.fraction, val_fraction=args.val_fraction,
                 val_size=args.val_size, test_every_epoch=args.test_every_epoch, checkpoint_every=args.checkpoint_every,
@@ -67,6 +80,10 @@ def trial_config(args: argparse.Namespace):
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import os
 
+    try:
+        check_recipe(args)
+    except ValueError as err:
+        parser.refuse(err)
     from structinit import config, tracking
     from structinit.checkpoint import history_of
     from structinit.cluster import connect

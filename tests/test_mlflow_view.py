@@ -1,0 +1,183 @@
+"""What a researcher sees in MLflow, on the smoke study's real records: experiments of the kind
+that opens on training runs, the parent run carrying the report's summary, provenance and the
+dataset on every run, MLflow's system metrics on training runs, and the UI itself, rendered by
+headless Chromium from a real `mlflow server` over the study's store."""
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from structinit import tracking
+from structinit.report import metric_segment
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"  # git-ignored; CI keeps what the tests leave here
+PACKAGES = ("python", "structinit", "torch", "torchvision", "timm", "ray", "optuna", "mlflow")
+
+
+def records(smoke_study):
+    """(client, experiment, parent run, child runs) of the smoke study."""
+    client = MlflowClient("sqlite:///" + str(smoke_study["folder"] / "mlflow.db"))
+    exp = client.get_experiment_by_name("heads_vs_dim")
+    parent = client.get_run(smoke_study["summary"]["parent_run_id"])
+    return client, exp, parent, tracking.children(client, parent.info.run_id)
+
+
+def git(*args) -> str:
+    return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=10).stdout
+
+
+def test_the_experiment_is_of_the_kind_that_opens_on_training_runs(smoke_study):
+    _, exp, _, _ = records(smoke_study)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert f"#/experiments/{exp.experiment_id}?workflowType=machine_learning" in smoke_study["report"]
+
+
+def test_the_parent_run_carries_the_reports_summary(smoke_study):
+    """The parent's metrics are the report's table (table.csv, paired.csv), value for value."""
+    _, _, parent, _ = records(smoke_study)
+    metrics, params = parent.data.metrics, parent.data.params
+    report = smoke_study["folder"] / "runs" / "heads_vs_dim" / "report"
+    table, paired = pd.read_csv(report / "table.csv"), pd.read_csv(report / "paired.csv")
+    assert len(table) == 3 and len(paired) == 2  # one configuration x 3 inits; impulse - mimetic, - default
+    for r in table.itertuples():
+        at = f"{metric_segment(r.config)}/{r.init}"
+        assert metrics[f"{at}/final_test_top1"] == pytest.approx(r.final_test_top1_mean)
+        assert metrics[f"{at}/test_top1_at_best_val"] == pytest.approx(r.test_top1_at_best_val_mean)
+        assert metrics[f"{at}/n"] == r.n == 1
+    for r in paired.itertuples():
+        at = f"{metric_segment(r.config)}/{r.pair}"
+        assert metrics[f"{at}/mean"] == pytest.approx(r.mean)
+        assert math.isnan(r.ci95) and f"{at}/ci95_low" not in metrics  # one seed: no interval, none logged
+    assert (metrics["trials_finished"], metrics["trials_failed"]) == (3, 0)
+    assert ":" in metric_segment(table.config[0]) and "=" not in "".join(metrics)  # embed_dim:32, a valid key
+    assert params["pairs"].startswith("impulse - mimetic, impulse - default")
+    assert json.loads(params[f"config/{metric_segment(table.config[0])}"])["model.embed_dim"] in (32, 64)
+
+
+def test_every_run_says_where_it_came_from(smoke_study):
+    import torch
+
+    from structinit.data import fingerprint, load_splits
+
+    _, _, parent, kids = records(smoke_study)
+    commit, dirty = git("rev-parse", "HEAD").strip(), str(bool(git("status", "--porcelain").strip())).lower()
+    assert len(commit) == 40
+    digest = fingerprint("digits", None, load_splits("digits", None)[0])
+    for run in [parent, *kids]:
+        tags = run.data.tags
+        assert (tags["mlflow.source.git.commit"], tags["mlflow.source.git.dirty"]) == (commit, dirty)
+        assert all(tags[f"version.{p}"] not in ("", "unknown") for p in PACKAGES), tags
+        assert tags["hostname"] == socket.gethostname()
+        inputs = run.inputs.dataset_inputs
+        assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [("digits", digest)]
+        assert json.loads(inputs[0].dataset.profile) == {"pool": 898, "test": 899, "classes": 10}
+    assert not {"PATH", "HOME", "RAY_AUTH_MODE"} & set(parent.data.tags)  # no environment dump
+    assert {t.key: t.value for t in parent.inputs.dataset_inputs[0].tags} == {
+        "mlflow.data.context": "study", "fraction": "1.0", "seeds": "0"}
+    for run in kids:  # what the training worker adds: the device, CUDA/cuDNN, the splits it drew
+        tags = run.data.tags
+        cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+        assert tags["device"] == "cpu" and tags["version.cuda"] == (torch.version.cuda or "none")
+        assert tags["version.cudnn"] == (str(cudnn) if cudnn else "none")
+        drew = {t.key: t.value for t in run.inputs.dataset_inputs[0].tags}
+        assert drew == {"mlflow.data.context": "training", "train": "808", "val": "90", "test": "899",
+                        "fraction": "1.0", "val_fraction": "0.1", "val_size": "500", "seed": "0"}
+
+
+def test_training_runs_have_mlflows_system_metrics(smoke_study):
+    client, _, parent, kids = records(smoke_study)
+    for run in kids:
+        cpu = client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
+        memory = client.get_metric_history(run.info.run_id, "system/system_memory_usage_megabytes")
+        assert cpu and memory and all(0 <= m.value <= 100 for m in cpu)
+        assert memory[0].value > 0
+    assert not any(k.startswith("system/") for k in parent.data.metrics)  # the study's driver trains nothing
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(smoke_study):
+    """A real `mlflow server` on 127.0.0.1 over the smoke study's store (one worker, no job
+    runner): yields its URL; stopped (its process group) afterwards."""
+    port = free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
+                               "sqlite:///" + str(smoke_study["folder"] / "mlflow.db"), "--host", "127.0.0.1",
+                               "--port", str(port), "--workers", "1"], env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/health", timeout=2).read() == b"OK":
+                    break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
+                time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def chromium(*args: str) -> str:
+    """Headless Chromium's stdout for `args` (the page rendered after up to 15 s of virtual time)."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert exe, "the browser check needs Chromium: apt-get install chromium (.ci/run installs it)"
+    out = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                          "--virtual-time-budget=15000", *args], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+def page(url: str) -> tuple[str, str]:
+    """(title, visible text) of a page as Chromium renders it."""
+    dom = chromium("--dump-dom", url)
+    title = re.search(r"<title>(.*?)</title>", dom, re.S).group(1)
+    text = re.sub(r"<[^>]+>", " ", re.sub(r"<(style|script)\b.*?</\1>", " ", dom, flags=re.S))
+    return title, " ".join(text.split())
+
+
+def test_mlflows_ui_opens_the_study_on_its_training_runs(smoke_study, mlflow_server):
+    _, exp, parent, kids = records(smoke_study)
+    link = tracking.ui_link(mlflow_server, exp.experiment_id)
+    title, text = page(link)  # the link the report prints: redirected to the runs tab
+    assert title.startswith("Runs - Experiment"), title
+    assert parent.info.run_name in text
+    flat = urllib.parse.urlencode({"workflowType": "machine_learning", "orderByKey": "attributes.run_name",
+                                   "orderByAsc": "true"})  # sorted by name: MLflow lists nested runs flat
+    runs_url = f"{mlflow_server}/#/experiments/{exp.experiment_id}/runs?{flat}"
+    title, text = page(runs_url)
+    assert title.startswith("Runs - Experiment") and "4 matching runs" in text
+    for run in [parent, *kids]:
+        assert run.info.run_name in text, run.info.run_name
+    run_page = f"{mlflow_server}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}"
+    _, text = page(f"{run_page}/artifacts/report/report.md")
+    assert "report/report.md" in text and "3 trials: 3 terminated" in text  # the report, rendered from the server
+    report = urllib.request.urlopen(f"{mlflow_server}/get-artifact?path=report/report.md&run_uuid="
+                                    f"{parent.info.run_id}", timeout=30).read().decode()
+    assert report == (smoke_study["folder"] / "runs" / "heads_vs_dim" / "report" / "report.md").read_text()
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "mlflow-study-runs.png"
+    chromium(f"--screenshot={shot}", "--window-size=1600,900", runs_url)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
