@@ -13,7 +13,7 @@ from structinit.data import DATASETS
 from structinit.inits import InitConfig, apply_init
 from structinit.models import create
 from structinit.recipes import DEFAULT_RECIPE, Recipe
-from structinit.validate import check, choice
+from structinit.validate import check, choice, finite
 
 # A model that suits each dataset when none is named (a recipe: recipes.DEFAULT_RECIPE).
 DEFAULT_MODEL = {"digits": "vit_nano_patch2_8", "cifar10": "vit_tiny_patch2_32", "cifar100": "vit_tiny_patch2_32",
@@ -38,6 +38,9 @@ class ModelConfig:
     pos_embed: str | None = None
     global_pool: str | None = None
     kernel_size: int | None = None  # ConvMixer: the depthwise filters' f
+
+    def __post_init__(self):
+        finite(self)
 
     def kwargs(self) -> dict:
         return {k: getattr(self, k) for k in MODEL_FIELDS if getattr(self, k) is not None}
@@ -69,6 +72,7 @@ class TrialConfig:
     def __post_init__(self):
         if self.data_root:  # workers do not share the driver's working directory
             object.__setattr__(self, "data_root", os.path.abspath(os.path.expanduser(self.data_root)))
+        finite(self)
         choice("dataset", self.dataset, sorted(DATASETS))
         check("fraction", self.fraction, "a number in (0, 1]", 0 < self.fraction <= 1)
         check("val_fraction", self.val_fraction, "a number in [0, 1)", 0 <= self.val_fraction < 1)

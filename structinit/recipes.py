@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
-from structinit.validate import check, choice
+from structinit.validate import check, choice, finite
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class Recipe:
     loader_workers: int = 0
 
     def __post_init__(self):
+        finite(self)
         for name in ("epochs", "batch_size"):
             check(name, getattr(self, name), "a positive integer", isinstance(getattr(self, name), int)
                   and getattr(self, name) > 0)

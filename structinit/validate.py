@@ -1,5 +1,8 @@
 """One way to reject bad input: a ValueError that names the field, the value and what is allowed."""
 import argparse
+import functools
+import math
+import typing
 
 
 def check(name: str, value, allowed: str, ok: bool) -> None:
@@ -9,6 +12,23 @@ def check(name: str, value, allowed: str, ok: bool) -> None:
 
 def choice(name: str, value, options) -> None:
     check(name, value, "one of " + ", ".join(repr(o) for o in options), value in options)
+
+
+@functools.cache
+def _float_fields(cls) -> tuple[tuple[str, bool], ...]:
+    """(name, may be None) of each float field of a dataclass."""
+    hints = typing.get_type_hints(cls)
+    return tuple((name, type(None) in typing.get_args(hint)) for name, hint in hints.items()
+                 if hint is float or float in typing.get_args(hint))
+
+
+def finite(obj) -> None:
+    """Every float field of the dataclass `obj` holds a finite number (or None, where its type
+    allows it): inf and NaN pass most range checks (inf > 0), never a run."""
+    for name, optional in _float_fields(type(obj)):
+        value = getattr(obj, name)
+        check(name, value, "a finite number" + (" or None" if optional else ""), (value is None and optional) or (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)))
 
 
 class Parser(argparse.ArgumentParser):
