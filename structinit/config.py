@@ -200,9 +200,9 @@ def make(dataset: str = "digits", model: str | None = None, recipe_name: str | N
 
 
 def validate(cfg: TrialConfig) -> None:
-    """Everything that can be checked before Ray starts: the dataset files, the model geometry
-    and the init against it (bad input raises ValueError naming the value)."""
-    validate_data(cfg)
+    """Everything that can be checked before Ray starts: the dataset files, the splits drawn from
+    them, the model geometry and the init against it (bad input raises ValueError naming the value)."""
+    validate_split(cfg, validate_data(cfg))
     validate_model(cfg)
 
 
@@ -211,6 +211,20 @@ def validate_data(cfg: TrialConfig):
     from structinit.data import load_splits
 
     return load_splits(cfg.dataset, cfg.data_root, cfg.download, cfg.verify)
+
+
+def validate_split(cfg: TrialConfig, splits) -> None:
+    """The run's splits of the (pool, test) `validate_data` read keep every class, and give each
+    worker a batch to train on: with mixup/cutmix the loader drops a partial batch (train.build),
+    so a batch beyond a worker's share would train nothing (without, it is one smaller batch)."""
+    from structinit.data import check_split, labels_of
+
+    train = check_split(labels_of(splits[0]), cfg.fraction, cfg.val_fraction, cfg.val_size)
+    r = cfg.recipe
+    if r.mixup or r.cutmix:
+        check("batch_size", r.batch_size, f"at most the {train} training images (fraction={cfg.fraction}) with "
+              "mixup/cutmix, which drop each worker's last partial batch",
+              r.batch_size // cfg.workers <= train // cfg.workers)
 
 
 def validate_model(cfg: TrialConfig) -> None:
