@@ -112,13 +112,13 @@ def run(study: Study, resume: bool = False, address: str | None = None, data: di
     if resume:
         check("resume", study.name, f"a study with a previous execution under {paths.folder}",
               paths.execution() is not None)
+    from structinit.train import check_target
+
     if data is None:
         data = check_space(study)
-    cluster.check_address(address)
     gpus = study.trial.workers * study.trial.gpu_share if study.trial.gpu else 0
-    cluster.check_local_gpus(address, gpus)
     uri = study.tracking_uri or tracking.default_uri()
-    tracking.check(uri)  # unreachable MLflow: a clear error before any cluster work
+    check_target(address, gpus, uri)  # e.g. unreachable MLflow: a clear error before any cluster work
     if not ray.is_initialized():
         cluster.connect(address, num_cpus=os.cpu_count(), resources={cluster.DRIVER: 1000})
     cluster.check_cluster(gpus, study.checkpoints or paths.folder)  # before anything is recorded

@@ -87,15 +87,16 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from structinit import config, tracking
     from structinit.checkpoint import history_of
     from structinit.cluster import connect
-    from structinit.train import fit, run_name
+    from structinit.train import check_target, fit, run_name
 
+    uri = args.tracking_uri or tracking.default_uri()
     try:
         cfg = trial_config(args)
         config.validate(cfg)
+        check_target(args.address, cfg.workers if cfg.gpu else 0, uri)
     except ValueError as err:
         parser.refuse(err)
     name = args.name or run_name(cfg)
-    uri = args.tracking_uri or tracking.default_uri()
     run = tracking.start_run(uri, args.experiment, name, cfg.flat(),
                              {"init": cfg.init.name, "dataset": cfg.dataset, "seed": cfg.seed, "model": cfg.model.name})
     import ray
