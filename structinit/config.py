@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from structinit.data import DATASETS
 from structinit.inits import InitConfig, apply_init
 from structinit.models import create
-from structinit.recipes import DEFAULT_RECIPE, Recipe
+from structinit.recipes import DEFAULT_RECIPE, Recipe, replaced
 from structinit.validate import check, choice, finite
 
 # A model that suits each dataset when none is named (a recipe: recipes.DEFAULT_RECIPE).
@@ -160,7 +160,7 @@ def search_params(config: dict) -> dict:
 
 def with_overrides(base: TrialConfig, overrides: dict) -> TrialConfig:
     """`base` with dotted fields replaced (`model.embed_dim`, `init.filter_size`, `recipe.lr`, `seed`);
-    every section is re-validated."""
+    every section is re-validated (a recipe's warmup fits a shorter run: recipes.replaced)."""
     sections: dict[str, dict] = {}
     top = {}
     for key, value in overrides.items():
@@ -173,8 +173,9 @@ def with_overrides(base: TrialConfig, overrides: dict) -> TrialConfig:
         else:
             check("search field", key, "a TrialConfig field", key in {f.name for f in dataclasses.fields(base)})
             top[key] = value
-    replaced = {s: dataclasses.replace(getattr(base, s), **v) for s, v in sections.items()}
-    return dataclasses.replace(base, **replaced, **top)
+    changed = {s: (replaced if s == "recipe" else dataclasses.replace)(getattr(base, s), **v)
+               for s, v in sections.items()}
+    return dataclasses.replace(base, **changed, **top)
 
 
 def make(dataset: str = "digits", model: str | None = None, recipe_name: str | None = None,

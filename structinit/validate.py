@@ -3,6 +3,7 @@ import argparse
 import functools
 import math
 import typing
+import warnings
 
 
 def check(name: str, value, allowed: str, ok: bool) -> None:
@@ -29,6 +30,12 @@ def finite(obj) -> None:
         value = getattr(obj, name)
         check(name, value, "a finite number" + (" or None" if optional else ""), (value is None and optional) or (
             isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)))
+
+
+def one_line_warnings() -> None:
+    """Show this process's warnings as a command line's: `warning: <message>`, one line each
+    (not Python's file:line header and source line)."""
+    warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
 
 
 class Parser(argparse.ArgumentParser):

@@ -9,7 +9,7 @@ import os
 from typing import Callable
 
 from structinit.commands.options import TRACKING_URI
-from structinit.validate import Parser, check, choice
+from structinit.validate import Parser, check, choice, one_line_warnings
 
 
 def _value(text: str):
@@ -55,6 +55,7 @@ def cli(name: str, presets: dict[str, Callable], argv=None, default: str = "cpu"
     p.add_argument("--address", help="Ray cluster to attach to: HOST:PORT, or 'local' for a new local one "
                                      "(default: RAY_ADDRESS, else the one `ray start` runs here, else local)")
     args = p.parse_args(argv)
+    one_line_warnings()
     from structinit.config import with_overrides
     from structinit.runner import run
     from structinit.study import check_space

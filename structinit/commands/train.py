@@ -57,12 +57,16 @@ RECIPE_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "
 def check_recipe(args: argparse.Namespace) -> None:
     """The recipe the flags name, checked before anything heavy loads (a bad --epochs or --recipe
     answers at once); the dataset's default recipe where none is named (an unknown dataset is
-    refused later, by the config)."""
+    refused later, by the config; a warning, such as a clipped warmup, comes once, from the config)."""
+    import warnings
+
     from structinit.recipes import DEFAULT_RECIPE, recipe
 
     name = args.recipe or DEFAULT_RECIPE.get(args.dataset)
     if name:
-        recipe(name, **{k: getattr(args, k) for k in RECIPE_FLAGS})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            recipe(name, **{k: getattr(args, k) for k in RECIPE_FLAGS})
 
 
 def trial_config(args: argparse.Namespace):
