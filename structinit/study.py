@@ -53,7 +53,8 @@ class Study:
     def __post_init__(self):
         check("name", self.name, "a non-empty name of letters, digits, '_' or '-'",
               bool(self.name) and all(c.isalnum() or c in "_-" for c in self.name))
-        check("inits", self.inits, "a non-empty tuple of init names", len(self.inits) > 0)
+        check("inits", self.inits, "a non-empty tuple of distinct init names",
+              len(self.inits) > 0 and len(set(self.inits)) == len(self.inits))
         check("pairs", self.pairs, "a tuple of (init, init) pairs", all(len(pair) == 2 for pair in self.pairs))
         for init in (*self.inits, *(i for pair in self.pairs for i in pair)):
             dataclasses.replace(self.trial.init, name=init)  # validates the name

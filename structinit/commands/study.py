@@ -79,12 +79,13 @@ def cli(name: str, presets: dict[str, Callable], argv=None, default: str = "cpu"
             if args.gpus_per_trial:
                 overrides["gpu_share"] = args.gpus_per_trial
         fields = {"trial": with_overrides(study.trial, overrides)}
-        if args.seeds:
+        if args.seeds is not None:  # an empty list is refused, not ignored; the Study refuses repeats
             check("seeds", args.seeds, "comma-separated integers >= 0, e.g. 0,1,2",
                   all(part.strip().isdigit() for part in args.seeds.split(",")))
             fields["seeds"] = tuple(int(s) for s in args.seeds.split(","))
-        if args.inits:
-            fields["inits"] = tuple(args.inits.split(","))
+        if args.inits is not None:
+            fields["inits"] = tuple(part.strip() for part in args.inits.split(","))
+            check("inits", args.inits, "comma-separated init names, e.g. impulse,mimetic", all(fields["inits"]))
         for flag in ("num_configs", "search_seed", "scheduler", "max_concurrent", "storage", "checkpoints",
                      "optuna_url", "tracking_uri"):
             if getattr(args, flag) is not None:
