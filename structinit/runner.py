@@ -24,7 +24,7 @@ import optuna
 from structinit import cluster, report, results, tracking
 from structinit.config import canonical, config_key
 from structinit.study import Study, check_space, source, trial_config
-from structinit.validate import check
+from structinit.validate import check, sqlite_store
 
 
 def run_trial(config: dict, study: Study, parent: str, tracking_uri: str, data: dict) -> None:
@@ -116,6 +116,7 @@ def run(study: Study, resume: bool = False, address: str | None = None, data: di
 
     if data is None:
         data = check_space(study)
+    sqlite_store("optuna storage", paths.optuna)  # a damaged one would fail once the cluster runs
     gpus = study.trial.workers * study.trial.gpu_share if study.trial.gpu else 0
     uri = study.tracking_uri or tracking.default_uri()
     check_target(address, gpus, uri)  # e.g. unreachable MLflow: a clear error before any cluster work

@@ -1,7 +1,9 @@
 """One way to reject bad input: a ValueError that names the field, the value and what is allowed."""
 import argparse
+import contextlib
 import functools
 import math
+import os
 import typing
 import warnings
 
@@ -30,6 +32,26 @@ def finite(obj) -> None:
         value = getattr(obj, name)
         check(name, value, "a finite number" + (" or None" if optional else ""), (value is None and optional) or (
             isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)))
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file an SQLite URL (sqlite:///PATH) names; None for any other URL."""
+    return url[len("sqlite:///"):] if url.startswith("sqlite:///") else None
+
+
+def sqlite_store(name: str, url: str) -> None:
+    """The file of an SQLite URL, where it exists, is a database: a damaged one is refused naming
+    it, before any reader or writer (MLflow, Optuna) stumbles on it."""
+    import sqlite3
+
+    path = sqlite_path(url)
+    if path is None or not os.path.exists(path):
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error as err:
+        check(name, path, f"an SQLite database (sqlite3: {err})", False)
 
 
 def one_line_warnings() -> None:
