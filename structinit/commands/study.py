@@ -56,6 +56,12 @@ def cli(name: str, presets: dict[str, Callable], argv=None, default: str = "cpu"
                                      "(default: RAY_ADDRESS, else the one `ray start` runs here, else local)")
     args = p.parse_args(argv)
     one_line_warnings()
+    from structinit.cluster import check_address
+
+    try:  # before the study machinery loads: an address nothing answers at is told at once
+        check_address(args.address)
+    except ValueError as err:
+        p.refuse(err)
     from structinit.config import with_overrides
     from structinit.runner import run
     from structinit.study import check_space

@@ -84,8 +84,11 @@ def trial_config(args: argparse.Namespace):
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import os
 
-    try:
+    from structinit.cluster import check_address
+
+    try:  # what needs nothing heavy answers before it loads
         check_recipe(args)
+        check_address(args.address)
     except ValueError as err:
         parser.refuse(err)
     from structinit import config, tracking
