@@ -38,11 +38,14 @@ def load_state(path: str, device) -> dict:
     is never unpickled as arbitrary objects (a crafted pickle is refused, not run)."""
     import pickle
 
-    allowed = "a run's checkpoint folder or its state.pt: tensors and plain containers, the model's weights under 'model'"
+    allowed = ("a state.pt of tensors and plain containers, the model's weights under 'model' (a run's checkpoint "
+               "folder holds one)")
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except (pickle.UnpicklingError, OSError, EOFError, KeyError, RuntimeError) as err:  # a crafted pickle; a
-        reason = " ".join([type(err).__name__, *str(err).splitlines()[:1]])  # missing, empty or foreign file
+        text = str(err)  # missing, empty or foreign file. Of torch's refusal, the unpickler's reason:
+        lines = text.partition("WeightsUnpickler error:")[2].strip().splitlines() or text.splitlines()
+        reason = " ".join([type(err).__name__, *lines[:1]])
         check("checkpoint", path, f"{allowed} (torch.load weights_only=True refused it: {reason})", False)
     check("checkpoint", path, f"{allowed} (it holds {type(state).__name__} without 'model')",
           isinstance(state, dict) and isinstance(state.get("model"), dict))

@@ -175,12 +175,11 @@ def check_split(labels: list[int], fraction: float, val_fraction: float, val_siz
     the value that breaks them; returns the size of the training split."""
     labels = np.asarray(labels)
     classes = len(set(labels.tolist()))
-    train = []
-    for name, value, args in (("val_fraction", val_fraction, (1.0, val_fraction, None)),
-                              ("val_size", val_size, (1.0, val_fraction, val_size)),
-                              ("fraction", fraction, (fraction, val_fraction, val_size))):
-        try:
-            train, _ = split_indices(labels, *args[:2], 0, args[2])
+    for name, value, share, held_out, cap in (("val_fraction", val_fraction, 1.0, val_fraction, None),
+                                              ("val_size", val_size, 1.0, val_fraction, val_size),
+                                              ("fraction", fraction, fraction, val_fraction, val_size)):
+        try:  # one value more at each step: the first that fails is named
+            train, _ = split_indices(labels, share, held_out, 0, cap)
             reason = "" if len(set(labels[train].tolist())) == classes else "a class has no training image"
         except ValueError as err:  # scikit-learn's stratified split refused the sizes
             reason = str(err).splitlines()[0]

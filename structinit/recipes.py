@@ -91,8 +91,8 @@ def replaced(base: Recipe, **changes) -> Recipe:
     not) warms up for epochs - 1 instead, with a warning; a warmup_epochs given is kept (and checked)."""
     epochs = changes.get("epochs")
     if "warmup_epochs" not in changes and isinstance(epochs, int) and 1 <= epochs <= base.warmup_epochs:
-        warnings.warn(f"warmup_epochs={base.warmup_epochs} of the recipe clipped to {epochs - 1} to fit epochs={epochs} "
-                      "(set warmup_epochs to choose another)")
+        warnings.warn(f"warmup_epochs={base.warmup_epochs} of the recipe clipped to {epochs - 1} to fit "
+                      f"epochs={epochs} (set warmup_epochs to choose another)")
         changes["warmup_epochs"] = epochs - 1
     return replace(base, **changes)
 

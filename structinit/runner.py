@@ -108,12 +108,12 @@ def run(study: Study, resume: bool = False, address: str | None = None, data: di
     import ray
     import ray.tune
 
+    from structinit.train import check_target
+
     paths = study.paths
     if resume:
         check("resume", study.name, f"a study with a previous execution under {paths.folder}",
               paths.execution() is not None)
-    from structinit.train import check_target
-
     if data is None:
         data = check_space(study)
     sqlite_store("optuna storage", paths.optuna)  # a damaged one would fail once the cluster runs

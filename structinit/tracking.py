@@ -376,7 +376,8 @@ def _unmade(uri: str) -> bool:
 def where(uri: str, experiment: str) -> str | None:
     """One line saying where to open `experiment` in MLflow's UI (None: it has none, or MLflow is
     unreachable): its link on the server, or, for a database store, after `mlflow ui`."""
-    found = None if _unmade(uri) else attempt(uri, f"the experiment {experiment}", lambda c: c.get_experiment_by_name(experiment))
+    found = None if _unmade(uri) else attempt(uri, f"the experiment {experiment}",
+                                              lambda c: c.get_experiment_by_name(experiment))
     if found is None:
         return None
     if uri.startswith(("http://", "https://")):
