@@ -9,6 +9,8 @@ import os
 
 import torch
 
+from structinit.validate import check
+
 STATE, HISTORY = "state.pt", "history.json"
 
 
@@ -31,15 +33,42 @@ def state_path(path: str) -> str:
 
 
 def load_state(path: str, device) -> dict:
-    """A checkpoint's tensors. `weights_only=True`: a checkpoint from shared storage is never
-    unpickled as arbitrary objects (a crafted pickle is refused, not run)."""
+    """A checkpoint's tensors, refused in one line where the file is not a run's state (unreadable,
+    damaged, or without the model's weights). `weights_only=True`: a checkpoint from shared storage
+    is never unpickled as arbitrary objects (a crafted pickle is refused, not run)."""
     import pickle
 
+    allowed = ("a state.pt of tensors and plain containers, the model's weights under 'model' (a run's checkpoint "
+               "folder holds one)")
     try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(f"checkpoint={path!r} is not allowed: expected a state.pt of tensors and plain "
-                         f"containers (torch.load weights_only=True refused it: {str(err).splitlines()[0]})") from None
+        state = torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, OSError, EOFError, KeyError, RuntimeError) as err:  # a crafted pickle; a
+        text = str(err)  # missing, empty or foreign file. Of torch's refusal, the unpickler's reason:
+        lines = text.partition("WeightsUnpickler error:")[2].strip().splitlines() or text.splitlines()
+        reason = " ".join([type(err).__name__, *lines[:1]])
+        check("checkpoint", path, f"{allowed} (torch.load weights_only=True refused it: {reason})", False)
+    check("checkpoint", path, f"{allowed} (it holds {type(state).__name__} without 'model')",
+          isinstance(state, dict) and isinstance(state.get("model"), dict))
+    return state
+
+
+def load_weights(model, weights: dict, path: str) -> None:
+    """A checkpoint's `model` weights into `model`; weights of another geometry are refused in one
+    line naming the keys and shapes that differ (the first few of each kind)."""
+    own = model.state_dict()
+
+    def few(items: list[str]) -> str:
+        return ", ".join(items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else "")
+
+    shapes = [f"{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in weights and tuple(weights[k].shape) != tuple(v.shape)]
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    differences = [f"{label}: {few(items)}" for label, items in (
+        ("shapes differ (checkpoint vs model)", shapes), ("missing", missing), ("unexpected", unexpected)) if items]
+    check("checkpoint", path, f"weights of the model built here, a {type(model).__name__} of {len(own)} tensors ("
+          + "; ".join(differences) + ")", not differences)
+    model.load_state_dict(weights)
 
 
 def history_of(result) -> list[dict]:

@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from structinit.commands import fetch, inspect_init, rank, report, sync, train
-from structinit.validate import Parser
+from structinit.validate import Parser, one_line_warnings
 
 COMMANDS = {"inspect-init": inspect_init, "train": train, "report": report, "sync": sync, "rank": rank,
             "fetch": fetch}  # each: HELP, add_arguments(parser), run(args, parser) -> exit status
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    one_line_warnings()
     return args.run(args, args.parser)
 
 

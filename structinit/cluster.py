@@ -10,16 +10,26 @@ from structinit.validate import check
 
 DRIVER = "trial_driver"  # custom resource that trial drivers hold
 BOOTSTRAP = "~/ray_bootstrap_config.yaml"  # the autoscaling config `ray up` leaves on the head
+PROBE_S = 3.0  # how long check_address waits for a cluster's port to accept a connection
 
 
 def check_address(address: str | None) -> None:
-    """None (then RAY_ADDRESS, if set, is checked), 'local', 'auto', HOST:PORT or ray://HOST:PORT."""
+    """None (then RAY_ADDRESS, if set, is checked), 'local', 'auto', HOST:PORT or ray://HOST:PORT,
+    where something must accept a connection within PROBE_S (ray.init would wait minutes)."""
     import re
+    import socket
 
     name = "address" if address is not None else "RAY_ADDRESS"
     address = address if address is not None else os.environ.get("RAY_ADDRESS")
-    check(name, address, "HOST:PORT, ray://HOST:PORT, 'auto' or 'local'", address is None or address in (
-        "local", "auto") or re.fullmatch(r"(ray://)?[\w.\-\[\]:]+:\d{1,5}", address) is not None)
+    if address is None or address in ("local", "auto"):
+        return
+    check(name, address, "HOST:PORT, ray://HOST:PORT, 'auto' or 'local'",
+          re.fullmatch(r"(ray://)?[\w.\-\[\]:]+:\d{1,5}", address) is not None)
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_S).close()
+    except (OSError, OverflowError) as err:  # OverflowError: a port beyond 65535
+        check(name, address, f"a Ray cluster answering there (`ray start --head`): connecting failed ({err})", False)
 
 
 def starts_local(address: str | None) -> bool:

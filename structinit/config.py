@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from structinit.data import DATASETS
 from structinit.inits import InitConfig, apply_init
 from structinit.models import create
-from structinit.recipes import DEFAULT_RECIPE, Recipe
-from structinit.validate import check, choice
+from structinit.recipes import DEFAULT_RECIPE, Recipe, replaced
+from structinit.validate import check, choice, finite
 
 # A model that suits each dataset when none is named (a recipe: recipes.DEFAULT_RECIPE).
 DEFAULT_MODEL = {"digits": "vit_nano_patch2_8", "cifar10": "vit_tiny_patch2_32", "cifar100": "vit_tiny_patch2_32",
@@ -38,6 +38,9 @@ class ModelConfig:
     pos_embed: str | None = None
     global_pool: str | None = None
     kernel_size: int | None = None  # ConvMixer: the depthwise filters' f
+
+    def __post_init__(self):
+        finite(self)
 
     def kwargs(self) -> dict:
         return {k: getattr(self, k) for k in MODEL_FIELDS if getattr(self, k) is not None}
@@ -69,6 +72,7 @@ class TrialConfig:
     def __post_init__(self):
         if self.data_root:  # workers do not share the driver's working directory
             object.__setattr__(self, "data_root", os.path.abspath(os.path.expanduser(self.data_root)))
+        finite(self)
         choice("dataset", self.dataset, sorted(DATASETS))
         check("fraction", self.fraction, "a number in (0, 1]", 0 < self.fraction <= 1)
         check("val_fraction", self.val_fraction, "a number in [0, 1)", 0 <= self.val_fraction < 1)
@@ -156,7 +160,7 @@ def search_params(config: dict) -> dict:
 
 def with_overrides(base: TrialConfig, overrides: dict) -> TrialConfig:
     """`base` with dotted fields replaced (`model.embed_dim`, `init.filter_size`, `recipe.lr`, `seed`);
-    every section is re-validated."""
+    every section is re-validated (a recipe's warmup fits a shorter run: recipes.replaced)."""
     sections: dict[str, dict] = {}
     top = {}
     for key, value in overrides.items():
@@ -169,8 +173,9 @@ def with_overrides(base: TrialConfig, overrides: dict) -> TrialConfig:
         else:
             check("search field", key, "a TrialConfig field", key in {f.name for f in dataclasses.fields(base)})
             top[key] = value
-    replaced = {s: dataclasses.replace(getattr(base, s), **v) for s, v in sections.items()}
-    return dataclasses.replace(base, **replaced, **top)
+    changed = {s: (replaced if s == "recipe" else dataclasses.replace)(getattr(base, s), **v)
+               for s, v in sections.items()}
+    return dataclasses.replace(base, **changed, **top)
 
 
 def make(dataset: str = "digits", model: str | None = None, recipe_name: str | None = None,
@@ -196,9 +201,9 @@ def make(dataset: str = "digits", model: str | None = None, recipe_name: str | N
 
 
 def validate(cfg: TrialConfig) -> None:
-    """Everything that can be checked before Ray starts: the dataset files, the model geometry
-    and the init against it (bad input raises ValueError naming the value)."""
-    validate_data(cfg)
+    """Everything that can be checked before Ray starts: the dataset files, the splits drawn from
+    them, the model geometry and the init against it (bad input raises ValueError naming the value)."""
+    validate_split(cfg, validate_data(cfg))
     validate_model(cfg)
 
 
@@ -207,6 +212,20 @@ def validate_data(cfg: TrialConfig):
     from structinit.data import load_splits
 
     return load_splits(cfg.dataset, cfg.data_root, cfg.download, cfg.verify)
+
+
+def validate_split(cfg: TrialConfig, splits) -> None:
+    """The run's splits of the (pool, test) `validate_data` read keep every class, and give each
+    worker a batch to train on: with mixup/cutmix the loader drops a partial batch (train.build),
+    so a batch beyond a worker's share would train nothing (without, it is one smaller batch)."""
+    from structinit.data import check_split, labels_of
+
+    train = check_split(labels_of(splits[0]), cfg.fraction, cfg.val_fraction, cfg.val_size)
+    r = cfg.recipe
+    if r.mixup or r.cutmix:
+        check("batch_size", r.batch_size, f"at most the {train} training images (fraction={cfg.fraction}) with "
+              "mixup/cutmix, which drop each worker's last partial batch",
+              r.batch_size // cfg.workers <= train // cfg.workers)
 
 
 def validate_model(cfg: TrialConfig) -> None:

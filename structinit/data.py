@@ -169,6 +169,25 @@ def split_indices(labels: list[int], fraction: float, val_fraction: float, seed:
     return sorted(train.tolist()), sorted(val.tolist())
 
 
+def check_split(labels: list[int], fraction: float, val_fraction: float, val_size: int | None) -> int:
+    """The splits `split_indices` draws from `labels` (their sizes do not depend on the seed) keep
+    every class in the training split: checked before any worker draws them. A ValueError names
+    the value that breaks them; returns the size of the training split."""
+    labels = np.asarray(labels)
+    classes = len(set(labels.tolist()))
+    for name, value, share, held_out, cap in (("val_fraction", val_fraction, 1.0, val_fraction, None),
+                                              ("val_size", val_size, 1.0, val_fraction, val_size),
+                                              ("fraction", fraction, fraction, val_fraction, val_size)):
+        try:  # one value more at each step: the first that fails is named
+            train, _ = split_indices(labels, share, held_out, 0, cap)
+            reason = "" if len(set(labels[train].tolist())) == classes else "a class has no training image"
+        except ValueError as err:  # scikit-learn's stratified split refused the sizes
+            reason = str(err).splitlines()[0]
+        check(name, value, f"a split of the {len(labels)}-image pool that keeps each of its {classes} classes in "
+              f"every part ({reason})", not reason)
+    return len(train)
+
+
 class Transformed(Dataset):
     """A view of `base[indices]` with its own transform."""
 

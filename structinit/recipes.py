@@ -1,9 +1,10 @@
 """Named training recipes: the papers' settings (method.md §3) and a CPU recipe for digits."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, fields, replace
 
-from structinit.validate import check, choice
+from structinit.validate import check, choice, finite
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class Recipe:
     loader_workers: int = 0
 
     def __post_init__(self):
+        finite(self)
         for name in ("epochs", "batch_size"):
             check(name, getattr(self, name), "a positive integer", isinstance(getattr(self, name), int)
                   and getattr(self, name) > 0)
@@ -84,10 +86,21 @@ DEFAULT_RECIPE = {"digits": "cpu", "cifar10": "v1_small", "cifar100": "v1_small"
                   "imagefolder": "imagenet"}
 
 
+def replaced(base: Recipe, **changes) -> Recipe:
+    """`base` with fields changed. A run no longer than `base`'s warmup (epochs changed, warmup
+    not) warms up for epochs - 1 instead, with a warning; a warmup_epochs given is kept (and checked)."""
+    epochs = changes.get("epochs")
+    if "warmup_epochs" not in changes and isinstance(epochs, int) and 1 <= epochs <= base.warmup_epochs:
+        warnings.warn(f"warmup_epochs={base.warmup_epochs} of the recipe clipped to {epochs - 1} to fit "
+                      f"epochs={epochs} (set warmup_epochs to choose another)")
+        changes["warmup_epochs"] = epochs - 1
+    return replace(base, **changes)
+
+
 def recipe(name: str, **overrides) -> Recipe:
-    """A named recipe with fields overridden (unset overrides, None, are dropped)."""
+    """A named recipe with fields overridden (unset overrides, None, are dropped; see `replaced`)."""
     choice("recipe", name, sorted(RECIPES))
     known = {f.name for f in fields(Recipe)}
     for key in overrides:
         choice("recipe field", key, sorted(known))
-    return replace(RECIPES[name], **{k: v for k, v in overrides.items() if v is not None})
+    return replaced(RECIPES[name], **{k: v for k, v in overrides.items() if v is not None})

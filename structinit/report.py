@@ -20,6 +20,7 @@ from scipy import stats
 from structinit import fidelity, results, tracking
 from structinit.config import label
 from structinit.paths import StudyPaths
+from structinit.validate import check, sqlite_path, sqlite_store
 
 IMPULSE_PAIRS = (("impulse", "mimetic"), ("impulse", "default"), ("impulse", "torch_default"),
                  ("impulse", "pe_scaled"))  # ViT inits (torch_default: the footings' baseline)
@@ -39,8 +40,12 @@ def declared(paths: StudyPaths) -> tuple[tuple, tuple]:
     if not os.path.exists(paths.report_spec):
         return PAIRS, PLOTS
     with open(paths.report_spec) as f:
-        spec = json.load(f)
-    return tuple(tuple(pair) for pair in spec["pairs"]), tuple(spec["plots"])
+        try:
+            spec = json.load(f)
+            return tuple(tuple(pair) for pair in spec["pairs"]), tuple(spec["plots"])
+        except (ValueError, KeyError, TypeError) as err:  # not JSON, or not the pairs and plots `declare` writes
+            check("report spec", paths.report_spec, f"the JSON {{\"pairs\": [...], \"plots\": [...]}} a study "
+                  f"declares ({type(err).__name__}: {err})", False)
 
 
 def ci95(values) -> tuple[float, float, float, int]:
@@ -240,7 +245,8 @@ def plots(folder: str, trials: pd.DataFrame, history: pd.DataFrame, paired: pd.D
                title="frozen minus learned filters (theory: gap closes at D ≥ k f²)")
         ax.legend(fontsize=8)
         made.append(_save(fig, os.path.join(folder, "filter_gap.png")))
-    if "param_importances" in wanted and execution:
+    store = sqlite_path(optuna_url)
+    if "param_importances" in wanted and execution and (store is None or os.path.exists(store)):  # read, not made
         import optuna
 
         try:
@@ -273,6 +279,7 @@ def report(study: str, storage: str = "runs", tracking_uri: str | None = None, o
     paths = StudyPaths(storage, study, optuna_url=optuna_url)
     trials, history = results.load(paths.folder)
     pairs, wanted = declared(paths)
+    sqlite_store("optuna storage", paths.optuna)  # every record it reads is checked before it writes
     table, paired = summarize(trials, pairs)
     text = markdown(study, table, paired, trials)
     out = paths.report

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 
 from structinit.config import canonical, config_key, field_types
 from structinit.paths import StudyPaths
+from structinit.validate import check
 
 CONFIG = ("dataset", "fraction", "model.name", "model.embed_dim", "model.num_heads", "model.depth", "model.patch_size",
           "model.kernel_size", "init.filter_size", "init.pseudo_input", "init.solver", "init.target_mass",
@@ -126,6 +127,15 @@ def write(folder: str, execution: str, trials: list[dict], history: list[dict]) 
             "statuses": dict(Counter(t["status"] for t in trials))}
 
 
+def _table(path: str, schema: pa.Schema) -> pa.Table:
+    """One results file under today's schema; a damaged or foreign file is refused naming it."""
+    try:
+        return pads.dataset(path, schema=schema, format="parquet").to_table()
+    except (pa.ArrowException, OSError) as err:
+        check("results file", path, f"a Parquet table of a study's results (pyarrow: {str(err).splitlines()[0]})",
+              False)
+
+
 def load(folder: str):
     """(trials, history) of every execution under a study folder, as pandas DataFrames."""
     out = []
@@ -134,7 +144,8 @@ def load(folder: str):
         if not os.path.isdir(path):
             raise ValueError(f"study folder={folder!r} has no results: expected {path}/<execution>.parquet "
                              f"(run the study first)")
-        out.append(pads.dataset(path, schema=schema, format="parquet").to_table().to_pandas())
+        tables = [_table(os.path.join(path, f), schema) for f in sorted(os.listdir(path)) if f.endswith(".parquet")]
+        out.append((pa.concat_tables(tables) if tables else schema.empty_table()).to_pandas())
     return tuple(out)
 
 
@@ -147,6 +158,5 @@ def executions(folder: str) -> list[str]:
 
 def read(folder: str, execution: str) -> tuple[list[dict], list[dict]]:
     """(trials, history) rows of one execution, under today's schemas."""
-    return tuple(pads.dataset(os.path.join(folder, "results", name, f"{execution}.parquet"), schema=schema,
-                              format="parquet").to_table().to_pylist()
+    return tuple(_table(os.path.join(folder, "results", name, f"{execution}.parquet"), schema).to_pylist()
                  for name, schema in (("trials", TRIALS), ("history", HISTORY)))

@@ -24,7 +24,7 @@ import optuna
 from structinit import cluster, report, results, tracking
 from structinit.config import canonical, config_key
 from structinit.study import Study, check_space, source, trial_config
-from structinit.validate import check
+from structinit.validate import check, sqlite_store
 
 
 def run_trial(config: dict, study: Study, parent: str, tracking_uri: str, data: dict) -> None:
@@ -108,17 +108,18 @@ def run(study: Study, resume: bool = False, address: str | None = None, data: di
     import ray
     import ray.tune
 
+    from structinit.train import check_target
+
     paths = study.paths
     if resume:
         check("resume", study.name, f"a study with a previous execution under {paths.folder}",
               paths.execution() is not None)
     if data is None:
         data = check_space(study)
-    cluster.check_address(address)
+    sqlite_store("optuna storage", paths.optuna)  # a damaged one would fail once the cluster runs
     gpus = study.trial.workers * study.trial.gpu_share if study.trial.gpu else 0
-    cluster.check_local_gpus(address, gpus)
     uri = study.tracking_uri or tracking.default_uri()
-    tracking.check(uri)  # unreachable MLflow: a clear error before any cluster work
+    check_target(address, gpus, uri)  # e.g. unreachable MLflow: a clear error before any cluster work
     if not ray.is_initialized():
         cluster.connect(address, num_cpus=os.cpu_count(), resources={cluster.DRIVER: 1000})
     cluster.check_cluster(gpus, study.checkpoints or paths.folder)  # before anything is recorded

@@ -53,7 +53,8 @@ class Study:
     def __post_init__(self):
         check("name", self.name, "a non-empty name of letters, digits, '_' or '-'",
               bool(self.name) and all(c.isalnum() or c in "_-" for c in self.name))
-        check("inits", self.inits, "a non-empty tuple of init names", len(self.inits) > 0)
+        check("inits", self.inits, "a non-empty tuple of distinct init names",
+              len(self.inits) > 0 and len(set(self.inits)) == len(self.inits))
         check("pairs", self.pairs, "a tuple of (init, init) pairs", all(len(pair) == 2 for pair in self.pairs))
         for init in (*self.inits, *(i for pair in self.pairs for i in pair)):
             dataclasses.replace(self.trial.init, name=init)  # validates the name
@@ -129,9 +130,10 @@ def source(cfg: TrialConfig) -> tuple:
 
 def check_space(study: Study, samples: int = 64) -> dict:
     """Dry-run the space on an in-memory Optuna study: every proposal, with every init, must give a
-    valid TrialConfig (bad bounds, unknown fields or broken constraints fail before any cluster work).
+    valid TrialConfig whose splits of its data keep every class and a batch, and which reports the
+    study's metric (bad bounds, unknown fields or broken constraints fail before any cluster work).
     Returns each dataset it read, by `source`: the study's one read, which its trials share."""
-    from structinit.config import validate_data, validate_model
+    from structinit.config import validate_data, validate_model, validate_split
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if study.grid:  # every cell of the grid
@@ -140,7 +142,7 @@ def check_space(study: Study, samples: int = 64) -> dict:
     else:  # a seeded random sample of the space
         probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(0))
         trials = [probe.ask() for _ in range(samples)]
-    seen, sources = set(), {}
+    seen, sources, splits = set(), {}, set()
     for t in trials:
         params = search_params({**(study.space(t) or {}), **t.params})
         if config_key(params) in seen:
@@ -150,5 +152,12 @@ def check_space(study: Study, samples: int = 64) -> dict:
             cfg = trial_config(study, {**params, TRIAL_INDEX: index * len(study.seeds)})[0]
             if source(cfg) not in sources:  # read each dataset once, not once per configuration and init
                 sources[source(cfg)] = validate_data(cfg)
+            split = (source(cfg), cfg.fraction, cfg.val_fraction, cfg.val_size, cfg.recipe, cfg.workers)
+            if split not in splits:
+                validate_split(cfg, sources[source(cfg)])
+                splits.add(split)
+            check("val_fraction", cfg.val_fraction, f"a number in (0, 1) in a study that selects on "
+                  f"metric={study.metric!r}: without a validation split its trials report none",
+                  cfg.val_fraction > 0 or not study.metric.startswith("val_"))
             validate_model(cfg)
     return sources

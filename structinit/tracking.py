@@ -28,7 +28,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT, 
 
 from structinit import provenance
 from structinit.config import label
-from structinit.validate import check as check_value
+from structinit.validate import check as check_value, sqlite_path, sqlite_store
 
 # MLflow retries a failed HTTP call 7 times over about 4 minutes; what fails here is replayed by
 # `sync`, so training waits less (export MLFLOW_HTTP_REQUEST_MAX_RETRIES to choose otherwise)
@@ -91,7 +91,8 @@ def _patient(retries: int, timeout: int):
 
 def check(uri: str) -> None:
     """Refuse a tracking URI that MLflow cannot use, with one line, before any cluster work: an
-    unknown scheme, a SQLite file in a missing folder, a server or database that does not answer."""
+    unknown scheme, a SQLite file in a missing folder or that is no database, a server or database
+    that does not answer."""
     scheme = uri.split(":", 1)[0].split("+", 1)[0]
     allowed = ("an MLflow server (http://HOST:PORT), sqlite:////absolute/path.db, or a database URL "
                "(postgresql://, mysql://, mssql://)")
@@ -103,6 +104,7 @@ def check(uri: str) -> None:
                     os.path.isdir(folder or "."))
         if not os.path.exists(path):
             return  # a new store: nothing to reach, and nothing is created before the study starts
+        sqlite_store("tracking store", uri)
     try:
         with _patient(retries=1, timeout=10):
             MlflowClient(uri).search_experiments(max_results=1)
@@ -365,10 +367,17 @@ def ui_link(server: str, experiment_id: str) -> str:
     return f"{server.rstrip('/')}/#/experiments/{experiment_id}?{TRAINING_VIEW}"
 
 
+def _unmade(uri: str) -> bool:
+    """Whether `uri` is a SQLite store not created yet: reading it would create it, and find nothing."""
+    path = sqlite_path(uri)
+    return path is not None and not os.path.exists(path)
+
+
 def where(uri: str, experiment: str) -> str | None:
     """One line saying where to open `experiment` in MLflow's UI (None: it has none, or MLflow is
     unreachable): its link on the server, or, for a database store, after `mlflow ui`."""
-    found = attempt(uri, f"the experiment {experiment}", lambda c: c.get_experiment_by_name(experiment))
+    found = None if _unmade(uri) else attempt(uri, f"the experiment {experiment}",
+                                              lambda c: c.get_experiment_by_name(experiment))
     if found is None:
         return None
     if uri.startswith(("http://", "https://")):
@@ -379,6 +388,8 @@ def where(uri: str, experiment: str) -> str | None:
 
 def latest_run(uri: str, experiment: str, tag: str, value: str) -> Run | None:
     """The most recent run of `experiment` with tags.<tag> = value, if any."""
+    if _unmade(uri):
+        return None
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:

@@ -30,7 +30,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from structinit import checkpoint, fidelity, rank, tracking
+from structinit import checkpoint, cluster, fidelity, rank, tracking
 from structinit import data as datasets
 from structinit.config import TrialConfig, build_model, data_kwargs
 from structinit.inits.default import pe_scale
@@ -391,6 +391,15 @@ def final_summary(raw, loader, test: dict, best: dict, epoch: int, evaluation: d
     return {"final_test_top1": test["top1"], "test_top1_at_best_val": at_best["top1"],
             "best_val_top1": best["val_top1"] if best["epoch"] is not None else math.nan,
             "best_val_epoch": epoch if best["epoch"] is None else best["epoch"]}
+
+
+def check_target(address: str | None, gpus: float, tracking_uri: str) -> None:
+    """Where runs go, checked before anything is created there (by `structinit train` and every
+    study alike): a Ray address that answers, the GPUs a new local cluster would need, an MLflow
+    store that can be used."""
+    cluster.check_address(address)
+    cluster.check_local_gpus(address, gpus)
+    tracking.check(tracking_uri)
 
 
 def run_name(cfg: TrialConfig) -> str:

@@ -1,6 +1,8 @@
-"""Bad input, table-driven: each malformed study flag, preset field, search-space bound, init
-parameter, dataset path or cluster setting exits 2 with one line naming the field, the value and
-what is allowed, before any cluster work: no Ray session, no MLflow store, no study folder."""
+"""Bad input, table-driven, at every entry point (the study scripts and each `structinit` command):
+each malformed flag, preset field, search-space bound, init parameter, dataset path or split,
+cluster setting, or damaged record (a truncated Parquet table, a database that is not one, a file
+that is not a checkpoint) exits 2 with one line naming the field, the value and what is allowed,
+before any cluster work: no Ray session, no MLflow store, no study folder, nothing written or changed."""
 import os
 import subprocess
 import sys
@@ -9,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.timeout(1200)  # the whole table runs in one fixture, a fresh interpreter per case
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = str(ROOT / "studies" / "heads_vs_dim.py")
 
@@ -65,16 +68,105 @@ CASES = [
     ("optuna url", STUDY, ["--optuna-url", "notaurl"], "optuna_url='notaurl'"),
     ("tracking scheme", STUDY, ["--tracking-uri", "foo://x"], "tracking_uri='foo://x'"),
     ("MLflow unreachable", STUDY, ["--tracking-uri", "http://127.0.0.1:9"], "tracking_uri='http://127.0.0.1:9'"),
+    ("nothing at the address", STUDY, ["--address", "127.0.0.1:1"], "address='127.0.0.1:1'"),
+    ("empty seeds", STUDY, ["--seeds", ""], "seeds=''"),
+    ("init twice", STUDY, ["--inits", "impulse,impulse"], "inits=('impulse', 'impulse')"),
+    ("no validation split", STUDY, ["--set", "val_fraction=0"], "val_fraction=0"),
+    ("damaged optuna.db", STUDY, ["--storage", "{tmp}/study"], "optuna storage='{tmp}/study/heads_vs_dim/optuna.db'"),
+    ("train: infinite lr", "cli", ["train", "--lr", "inf"], "lr=inf"),  # any float field (validate.finite)
+    ("train: fraction empties the classes", "cli", ["train", "--fraction", "1e-9"], "fraction=1e-09"),
+    ("train: mixup batch beyond the data", "cli", ["train", "--recipe", "followup_small", "--batch-size", "1000"],
+     "batch_size=1000"),
+    ("train: address", "cli", ["train", "--address", "nonsense"], "address='nonsense'"),
+    ("train: nothing at the address", "cli", ["train", "--address", "127.0.0.1:1"], "address='127.0.0.1:1'"),
+    ("train: tracking scheme", "cli", ["train", "--tracking-uri", "foo://x"], "tracking_uri='foo://x'"),
+    ("rank: not a checkpoint", "cli", ["rank", "--checkpoint", "{tmp}/text.pt"], "checkpoint='{tmp}/text.pt'"),
+    ("rank: no model in it", "cli", ["rank", "--checkpoint", "{tmp}/bare.pt"], "checkpoint='{tmp}/bare.pt'"),
+    ("rank: another geometry", "cli", ["rank", "--checkpoint", "{tmp}/small", "--model", "vit_nano_patch2_8"],
+     ("checkpoint='{tmp}/small'", "pos_embed (1, 16, 32) vs (1, 16, 64)", "missing: blocks.1.")),
+    ("report: damaged optuna.db", "cli", ["report", "s", "--storage", "{tmp}/study"],
+     "optuna storage='{tmp}/study/s/optuna.db'"),
+    ("report: MLflow unreachable", "cli", ["report", "s", "--storage", "{tmp}/study", "--tracking-uri",
+                                           "http://127.0.0.1:9"], "tracking_uri='http://127.0.0.1:9'"),
+    ("sync: truncated Parquet", "cli", ["sync", "s", "--storage", "{tmp}/study"],
+     "results file='{tmp}/study/s/results/history/s-1.parquet'"),
+    ("sync: damaged mlflow.db", "cli", ["sync", "s", "--storage", "{tmp}/study", "--tracking-uri",
+                                        "sqlite:///{tmp}/store/mlflow.db"], "tracking store='{tmp}/store/mlflow.db'"),
 ]
 
 
-def attempt(case, tmp: Path):
-    """Run one case in its own folder with its own Ray temp dir; (process, folder)."""
-    name, script, args, _ = case
-    folder = tmp / name.replace(" ", "_").replace(":", "").replace(">", "gt")
+def results(folder: Path) -> Path:
+    """Study `s` under folder/study with one execution's tables, as pyarrow writes them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    study = folder / "study" / "s"
+    for name in ("trials", "history"):
+        (study / "results" / name).mkdir(parents=True)
+        pq.write_table(pa.table({"study": ["s"], "execution": ["s-1"]}), study / "results" / name / "s-1.parquet")
+    (study / "LATEST").write_text("s-1")
+    return study
+
+
+def truncated(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+def garbage(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"not a database " * 64)
+
+
+def checkpoints(folder: Path) -> None:
+    """A text file, a torch file without the model's weights, and a real checkpoint folder
+    (checkpoint.write) of a narrower, shallower model than vit_nano_patch2_8."""
+    import torch
+
+    from structinit import checkpoint
+    from structinit.config import build_model, data_kwargs, make
+
+    (folder / "text.pt").write_text("not a checkpoint\n" * 10)
+    cfg = make("digits", model_overrides=dict(embed_dim=32, depth=1))
+    model, _ = build_model(cfg.model, **data_kwargs(cfg, 10))
+    torch.save({"weights": model.state_dict()}, folder / "bare.pt")
+    (folder / "small").mkdir()
+    checkpoint.write(str(folder / "small"), {"model": model.state_dict(), "epoch": 0}, [])
+
+
+SETUP = {  # the records a case finds in its folder ({tmp})
+    "damaged optuna.db": lambda f: garbage(f / "study" / "heads_vs_dim" / "optuna.db"),
+    "rank: not a checkpoint": checkpoints,
+    "rank: no model in it": checkpoints,
+    "rank: another geometry": checkpoints,
+    "report: damaged optuna.db": lambda f: garbage(results(f) / "optuna.db"),
+    "report: MLflow unreachable": results,
+    "sync: truncated Parquet": lambda f: truncated(results(f) / "results" / "history" / "s-1.parquet"),
+    "sync: damaged mlflow.db": lambda f: (results(f), garbage(f / "store" / "mlflow.db")),
+}
+
+
+FOREIGN = ("RAY_ADDRESS", "STRUCTINIT_CHECKPOINTS", "MLFLOW_TRACKING_URI")  # the caller's settings a case must not see
+
+
+def folder_of(case, tmp: Path) -> Path:
+    """The case's own folder, with an empty subfolder and the records it finds (SETUP)."""
+    folder = tmp / case[0].replace(" ", "_").replace(":", "").replace(">", "gt")
     (folder / "empty").mkdir(parents=True)
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "STRUCTINIT_CHECKPOINTS",
-                                                            "MLFLOW_TRACKING_URI")}
+    SETUP.get(case[0], lambda f: None)(folder)
+    return folder
+
+
+def snapshot(folder: Path) -> dict:
+    """Every path under `folder`, with a file's bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in folder.rglob("*")}
+
+
+def attempt(case, folder: Path):
+    """Run one case in its folder with its own Ray temp dir; (process, the folder's files before)."""
+    name, script, args, _ = case
+    before = snapshot(folder)
+    env = {k: v for k, v in os.environ.items() if k not in FOREIGN}
     env["RAY_TMPDIR"] = str(folder / "ray")  # where a Ray session would leave its files
     argv = []
     for a in args:
@@ -86,19 +178,29 @@ def attempt(case, tmp: Path):
     if script == "presets":
         script = str(folder / "bad_presets.py")
         Path(script).write_text(PRESETS)
+        before = snapshot(folder)
+    elif script == "cli":
+        script = "-m"
+        argv = ["structinit.cli", *argv]
     else:
         argv = ["--preset", "smoke", *argv] if "--preset" not in argv else argv
     proc = subprocess.run([sys.executable, script, *argv], cwd=folder, env=env, capture_output=True, text=True,
                           timeout=300)
-    return proc, folder
+    return proc, before
+
+
+# not bad input: a run shorter than its recipe's warmup, stopped after its warning by a bad tracking URI
+WARMUP = ("train: epochs under the warmup", "cli", ["train", "--epochs", "1", "--tracking-uri", "foo://x"], None)
 
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):
-    """Every case, run two at a time (each is a fresh interpreter importing torch)."""
+    """Every case, run two at a time (each is a fresh interpreter, most import torch)."""
     tmp = tmp_path_factory.mktemp("bad_input")
+    cases = [*CASES, WARMUP]
+    folders = {c[0]: folder_of(c, tmp) for c in cases}
     with ThreadPoolExecutor(2) as pool:
-        return dict(zip((c[0] for c in CASES), pool.map(lambda c: attempt(c, tmp), CASES)))
+        return dict(zip(folders, pool.map(lambda c: (*attempt(c, folders[c[0]]), folders[c[0]]), cases)))
 
 
 def test_the_table_covers_every_kind_of_input():
@@ -107,11 +209,35 @@ def test_the_table_covers_every_kind_of_input():
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_exit_2_and_no_cluster(case, outcomes):
-    proc, folder = outcomes[case[0]]
-    needle = case[3].replace("{tmp}", str(folder))
+    proc, before, folder = outcomes[case[0]]
+    needles = [n.replace("{tmp}", str(folder)) for n in (case[3] if isinstance(case[3], tuple) else (case[3],))]
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert len(lines) == 1 and needle in lines[0], proc.stderr[-3000:]
+    assert len(lines) == 1 and all(n in lines[0] for n in needles), proc.stderr[-3000:]
     assert "expected" in lines[0] or "invalid int value" in lines[0]  # ...and what is allowed
     assert not (folder / "ray").exists()  # no Ray session was started
     assert not (folder / "mlflow.db").exists() and not (folder / "runs").exists()  # nothing recorded
+    assert snapshot(folder) == before  # nothing written, nothing already there changed
+
+
+def test_a_run_shorter_than_the_warmup_clips_it_with_one_warning(outcomes):
+    """The `cpu` recipe warms up for 3 epochs: `train --epochs 1` is not refused, it warms up for 0
+    and says so once, in one line; the next check (an unsupported tracking URI here) then stops it."""
+    proc, before, folder = outcomes[WARMUP[0]]
+    warning, error = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert warning == ("warning: warmup_epochs=3 of the recipe clipped to 0 to fit epochs=1 (set warmup_epochs to "
+                       "choose another)")
+    assert "error: tracking_uri='foo://x' is not allowed" in error
+    assert snapshot(folder) == before
+
+
+def test_a_study_override_clips_the_warmup_too():
+    """`--epochs` in a study script is the override recipe.epochs (config.with_overrides)."""
+    from structinit.config import make, with_overrides
+
+    with pytest.warns(UserWarning, match=r"warmup_epochs=3 of the recipe clipped to 1 to fit epochs=2"):
+        cfg = with_overrides(make("digits"), {"recipe.epochs": 2})
+    assert (cfg.recipe.epochs, cfg.recipe.warmup_epochs) == (2, 1)
+    with pytest.raises(ValueError, match=r"warmup_epochs=3 is not allowed: expected an integer in \[0, epochs=2\)"):
+        with_overrides(make("digits"), {"recipe.epochs": 2, "recipe.warmup_epochs": 3})  # as given: checked

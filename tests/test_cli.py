@@ -124,6 +124,7 @@ def test_rank_builds_the_model_a_checkpoint_carries(tmp_path):
 
 HEAVY = ("torch", "timm", "ray", "mlflow")
 PARSE_ONLY = [["--help"], ["train", "--help"], ["train", "--epochs", "0"], ["train", "--recipe", "fast"],
+              ["train", "--lr", "inf"], ["train", "--address", "nonsense"], ["train", "--address", "127.0.0.1:1"],
               ["inspect-init", "--no-such-flag"], ["report", "--help"]]
 
 

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import torch
 
     from structinit import data
-    from structinit.checkpoint import load_state, state_path
+    from structinit.checkpoint import load_state, load_weights, state_path
     from structinit.config import TrialConfig, build_model, data_kwargs, make
     from structinit.rank import measure, text
 
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         model, _ = build_model(cfg.model, None if state is not None else cfg.init, args.seed,
                                **data_kwargs(cfg, d.num_classes))
         if state is not None:
-            model.load_state_dict(state["model"])
+            load_weights(model, state["model"], args.checkpoint)
     except (ValueError, OSError, RuntimeError, KeyError) as err:
         parser.refuse(err)
     images = torch.stack([d.test[i][0] for i in range(min(args.images, len(d.test)))])

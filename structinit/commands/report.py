@@ -18,11 +18,13 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     from structinit import tracking
 
+    uri = args.tracking_uri or tracking.default_uri()
     try:
-        print(report(args.study, storage=args.storage, tracking_uri=args.tracking_uri, optuna_url=args.optuna_url))
+        tracking.check(uri)
+        print(report(args.study, storage=args.storage, tracking_uri=uri, optuna_url=args.optuna_url))
     except ValueError as err:
         parser.refuse(err)
-    link = tracking.where(args.tracking_uri or tracking.default_uri(), args.study)
+    link = tracking.where(uri, args.study)
     if link:
         print(link)
     return 0

@@ -9,7 +9,7 @@ import os
 from typing import Callable
 
 from structinit.commands.options import TRACKING_URI
-from structinit.validate import Parser, check, choice
+from structinit.validate import Parser, check, choice, one_line_warnings
 
 
 def _value(text: str):
@@ -55,6 +55,13 @@ def cli(name: str, presets: dict[str, Callable], argv=None, default: str = "cpu"
     p.add_argument("--address", help="Ray cluster to attach to: HOST:PORT, or 'local' for a new local one "
                                      "(default: RAY_ADDRESS, else the one `ray start` runs here, else local)")
     args = p.parse_args(argv)
+    one_line_warnings()
+    from structinit.cluster import check_address
+
+    try:  # before the study machinery loads: an address nothing answers at is told at once
+        check_address(args.address)
+    except ValueError as err:
+        p.refuse(err)
     from structinit.config import with_overrides
     from structinit.runner import run
     from structinit.study import check_space
@@ -78,12 +85,13 @@ def cli(name: str, presets: dict[str, Callable], argv=None, default: str = "cpu"
             if args.gpus_per_trial:
                 overrides["gpu_share"] = args.gpus_per_trial
         fields = {"trial": with_overrides(study.trial, overrides)}
-        if args.seeds:
+        if args.seeds is not None:  # an empty list is refused, not ignored; the Study refuses repeats
             check("seeds", args.seeds, "comma-separated integers >= 0, e.g. 0,1,2",
                   all(part.strip().isdigit() for part in args.seeds.split(",")))
             fields["seeds"] = tuple(int(s) for s in args.seeds.split(","))
-        if args.inits:
-            fields["inits"] = tuple(args.inits.split(","))
+        if args.inits is not None:
+            fields["inits"] = tuple(part.strip() for part in args.inits.split(","))
+            check("inits", args.inits, "comma-separated init names, e.g. impulse,mimetic", all(fields["inits"]))
         for flag in ("num_configs", "search_seed", "scheduler", "max_concurrent", "storage", "checkpoints",
                      "optuna_url", "tracking_uri"):
             if getattr(args, flag) is not None:

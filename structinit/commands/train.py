@@ -57,12 +57,16 @@ RECIPE_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "
 def check_recipe(args: argparse.Namespace) -> None:
     """The recipe the flags name, checked before anything heavy loads (a bad --epochs or --recipe
     answers at once); the dataset's default recipe where none is named (an unknown dataset is
-    refused later, by the config)."""
+    refused later, by the config; a warning, such as a clipped warmup, comes once, from the config)."""
+    import warnings
+
     from structinit.recipes import DEFAULT_RECIPE, recipe
 
     name = args.recipe or DEFAULT_RECIPE.get(args.dataset)
     if name:
-        recipe(name, **{k: getattr(args, k) for k in RECIPE_FLAGS})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            recipe(name, **{k: getattr(args, k) for k in RECIPE_FLAGS})
 
 
 def trial_config(args: argparse.Namespace):
@@ -80,22 +84,26 @@ def trial_config(args: argparse.Namespace):
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import os
 
-    try:
+    from structinit.cluster import check_address
+
+    try:  # what needs nothing heavy answers before it loads
         check_recipe(args)
+        check_address(args.address)
     except ValueError as err:
         parser.refuse(err)
     from structinit import config, tracking
     from structinit.checkpoint import history_of
     from structinit.cluster import connect
-    from structinit.train import fit, run_name
+    from structinit.train import check_target, fit, run_name
 
+    uri = args.tracking_uri or tracking.default_uri()
     try:
         cfg = trial_config(args)
         config.validate(cfg)
+        check_target(args.address, cfg.workers if cfg.gpu else 0, uri)
     except ValueError as err:
         parser.refuse(err)
     name = args.name or run_name(cfg)
-    uri = args.tracking_uri or tracking.default_uri()
     run = tracking.start_run(uri, args.experiment, name, cfg.flat(),
                              {"init": cfg.init.name, "dataset": cfg.dataset, "seed": cfg.seed, "model": cfg.model.name})
     import ray

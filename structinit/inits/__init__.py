@@ -18,7 +18,7 @@ from timm.models.convmixer import ConvMixer
 from timm.models.vision_transformer import VisionTransformer
 
 from structinit.models import grid_size
-from structinit.validate import check, choice
+from structinit.validate import check, choice, finite
 
 BASES = ("timm", "torch")
 OFFSETS = ("cover", "random")
@@ -68,6 +68,7 @@ class InitConfig:
     distinct_filters: int | None = None
 
     def __post_init__(self):
+        finite(self)
         choice("init", self.name, sorted(INITS))
         choice("base", self.base, BASES)
         check("filter_size", self.filter_size, "an odd integer >= 3",
