@@ -105,6 +105,13 @@ CASES = [
      "optuna storage='{tmp}/study/s/optuna.db'"),
     ("report: MLflow unreachable", "cli", ["report", "s", "--storage", "{tmp}/study", "--tracking-uri",
                                            "http://127.0.0.1:9"], "tracking_uri='http://127.0.0.1:9'"),
+    ("report: truncated Parquet", "cli", ["report", "s", "--storage", "{tmp}/study"],
+     "results file='{tmp}/study/s/results/trials/s-1.parquet'"),
+    ("report: broken report spec", "cli", ["report", "s", "--storage", "{tmp}/study"],
+     "report spec='{tmp}/study/s/report_spec.json'"),
+    ("report: damaged mlflow.db", "cli", ["report", "s", "--storage", "{tmp}/study", "--tracking-uri",
+                                          "sqlite:///{tmp}/store/mlflow.db"], "tracking store='{tmp}/store/mlflow.db'"),
+    ("rank: truncated checkpoint", "cli", ["rank", "--checkpoint", "{tmp}/small"], "checkpoint='{tmp}/small/state.pt'"),
     ("sync: truncated Parquet", "cli", ["sync", "s", "--storage", "{tmp}/study"],
      "results file='{tmp}/study/s/results/history/s-1.parquet'"),
     ("sync: damaged mlflow.db", "cli", ["sync", "s", "--storage", "{tmp}/study", "--tracking-uri",
@@ -158,6 +165,10 @@ SETUP = {  # the records a case finds in its folder ({tmp})
     "rank: another geometry": checkpoints,
     "report: damaged optuna.db": lambda f: garbage(results(f) / "optuna.db"),
     "report: MLflow unreachable": results,
+    "report: truncated Parquet": lambda f: truncated(results(f) / "results" / "trials" / "s-1.parquet"),
+    "report: broken report spec": lambda f: (results(f) / "report_spec.json").write_text("{not json"),
+    "report: damaged mlflow.db": lambda f: (results(f), garbage(f / "store" / "mlflow.db")),
+    "rank: truncated checkpoint": lambda f: (checkpoints(f), truncated(f / "small" / "state.pt")),
     "sync: truncated Parquet": lambda f: truncated(results(f) / "results" / "history" / "s-1.parquet"),
     "sync: damaged mlflow.db": lambda f: (results(f), garbage(f / "store" / "mlflow.db")),
 }
@@ -256,7 +267,8 @@ def outcomes(tmp_path_factory):
 
 
 def test_the_table_covers_every_kind_of_input():
-    assert len(CASES) >= 20 and len({c[0] for c in CASES}) == len(CASES)
+    assert len(CASES) >= 60 and len({c[0] for c in CASES}) == len(CASES)
+    assert len([c for c in CASES if c[0] in SETUP]) >= 10  # damaged or foreign records
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
