@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 import warnings
 from functools import partial
 
@@ -124,7 +125,8 @@ def run(study: Study, resume: bool = False, address: str | None = None, data: di
         cluster.connect(address, num_cpus=os.cpu_count(), resources={cluster.DRIVER: 1000})
     cluster.check_cluster(gpus, study.checkpoints or paths.folder)  # before anything is recorded
     os.makedirs(paths.folder, exist_ok=True)
-    execution = paths.execution() if resume else f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # named to the second, and unique: two starts in one second get their own Tune folder, Optuna study, parent run
+    execution = paths.execution() if resume else f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     parent = tracking.start_run(uri, study.name, execution, {"study": study.name, "inits": ",".join(study.inits),
                                                               "seeds": ",".join(map(str, study.seeds))},
                                 {"study": study.name, "execution": execution})

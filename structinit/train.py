@@ -323,8 +323,8 @@ def train_loop(config: dict, session: Session) -> None:
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         start, updates, best = state["epoch"] + 1, state["updates"], state.get("best", best)  # older: none kept
-        if ctx.rank == 0 and run is not None:  # epochs a lost attempt logged after this checkpoint
-            logged = tracking.last_step(run, "train_loss")
+    if ctx.rank == 0 and run is not None:  # epochs an interrupted attempt logged after the checkpoint (or
+        logged = tracking.last_step(run, "train_loss")  # before the first): replayed exactly, logged once
     if start >= r.epochs and history:  # finished before a restart (its study driver was killed): report, train nothing
         session.report(history[-1])
 

@@ -146,6 +146,32 @@ def test_study_driver_sigkilled_then_resumed(tmp_path):
           f"{out['optuna_orphans_closed']} orphaned Optuna trial(s) closed")
 
 
+def test_ctrl_c_exits_130_and_resume_finishes_with_each_epoch_logged_once(tmp_path):
+    """Ctrl-C (SIGINT to the study's process group, as a terminal sends it) mid-training: the study
+    exits 130; `--resume` finishes every trial, one MLflow child run per trial, each epoch once."""
+    uri = "sqlite:///" + str(tmp_path / "mlflow.db")
+    args = [*STUDY, "--epochs", "8", "--inits", "impulse,default"]
+    first = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    try:
+        wait_for(lambda: any(r.info.status == "RUNNING" and len(epochs_logged(uri, r.info.run_id)) >= 2
+                             for r in children(uri, "heads_vs_dim")), 400, "a trial two epochs in")
+        os.killpg(first.pid, signal.SIGINT)
+        first.communicate(timeout=300)
+    finally:
+        stop(first)
+    assert first.returncode == 130
+    second = subprocess.run([*args, "--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-4000:]
+    out = json.loads(second.stdout.strip().splitlines()[-1])
+    trials = pd.read_parquet(out["trials"])
+    assert len(trials) == 2 and set(trials.status) == {"TERMINATED"} and (trials.epochs_done == 8).all()
+    runs = children(uri, "heads_vs_dim", out["parent_run_id"])
+    assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(trials.trial_id)  # one child run per trial
+    for r in runs:
+        assert r.info.status == "FINISHED" and epochs_logged(uri, r.info.run_id) == list(range(8))  # each once
+
+
 @pytest.mark.parametrize("two_nodes", [{"num_cpus": 2}], indirect=True, ids=["two CPUs"])
 def test_study_completes_when_a_node_is_removed(two_nodes, tmp_path):
     cluster, node = two_nodes

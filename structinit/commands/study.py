@@ -105,4 +105,6 @@ def cli(name: str, presets: dict[str, Callable], argv=None, default: str = "cpu"
     except ValueError as err:  # what only the cluster can tell (check_cluster), or no execution to resume
         p.refuse(err)
     print(json.dumps(out))
+    if out["finished"] < out["expected"]:  # stopped early (Ctrl-C): exit as an interrupted command does
+        raise SystemExit(130)
     return out
