@@ -86,6 +86,15 @@ def theory(trial, k: float) -> str:
     return (f"k={k}, h≥f² {'✓' if h >= f2 else '✗'}, D/h≥k {'✓' if trial.embed_dim // h >= k else '✗'}")
 
 
+def once_per_seed(trials: pd.DataFrame, history: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One trial per (configuration, init, seed) over every execution of a study: the one of the
+    latest execution that finished it, else of the latest that ran it. A seed run in two
+    executions then counts once (pooled, it would count twice and shrink the CI falsely)."""
+    order = trials.assign(_done=trials["status"] == "TERMINATED").sort_values(["_done", "execution"], kind="stable")
+    kept = order.drop_duplicates(["config_key", "init", "seed"], keep="last").drop(columns="_done")
+    return kept.sort_index(), history[history["trial_id"].isin(kept["trial_id"])]
+
+
 def summarize(trials: pd.DataFrame, pairs: tuple = PAIRS) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per configuration x init statistics, paired differences a - b for the `pairs` that ran)."""
     done = trials[trials["status"] == "TERMINATED"].reindex(columns=[*trials.columns, *(
@@ -93,7 +102,7 @@ def summarize(trials: pd.DataFrame, pairs: tuple = PAIRS) -> tuple[pd.DataFrame,
     done["config"] = done["params"].map(label)
     rows = []
     for (key, config, init), g in done.groupby(["config_key", "config", "init"], sort=True):
-        row = {"config": config, "init": init}
+        row = {"config": config, "init": init, "executions": ",".join(sorted(g["execution"].dropna().unique()))}
         for metric in ("final_test_top1", "test_top1_at_best_val"):
             m, s, h, n = ci95(g[metric])
             row.update({f"{metric}_mean": m, f"{metric}_std": s, f"{metric}_ci95": h, "n": n})
@@ -160,8 +169,11 @@ def _pm(m, h) -> str:
 
 
 def markdown(study: str, table: pd.DataFrame, paired: pd.DataFrame, trials: pd.DataFrame) -> str:
+    executions = sorted(trials["execution"].dropna().unique()) if "execution" in trials else []
     lines = [f"# {study}", "", f"{len(trials)} trials: " + ", ".join(
-        f"{n} {s.lower()}" for s, n in trials["status"].value_counts().items()), "",
+        f"{n} {s.lower()}" for s, n in trials["status"].value_counts().items()) + f", from {len(executions)} "
+        f"execution(s) ({', '.join(executions)}; a configuration, init and seed run in several counts once, "
+        "from the latest; table.csv names each row's executions)", "",
         "Test top-1 (%), mean ± 95 % CI over seeds (t-interval), std in brackets: of the final model, and of "
         "the epoch with the best validation accuracy (the test set never selects).", "",
         "Init: forward-pass attention mass on the target (pseudo input / real images), argmax hit on real "
@@ -277,7 +289,8 @@ def report(study: str, storage: str = "runs", tracking_uri: str | None = None, o
     table.csv, paired.csv and plots under <storage>/<study>/report/, and logged to the MLflow run
     of the latest execution."""
     paths = StudyPaths(storage, study, optuna_url=optuna_url)
-    trials, history = results.load(paths.folder)
+    pooled, history = results.load(paths.folder)
+    trials, history = once_per_seed(pooled, history)
     pairs, wanted = declared(paths)
     sqlite_store("optuna storage", paths.optuna)  # every record it reads is checked before it writes
     table, paired = summarize(trials, pairs)

@@ -163,3 +163,22 @@ def test_smoke_study_end_to_end(smoke_study):
     assert (tmp_path / "runs" / "heads_vs_dim" / "report" / "table.csv").exists()
     parent_artifacts = {a.path for a in client.list_artifacts(summary["parent_run_id"], "report")}
     assert "report/report.md" in parent_artifacts and "report/curves.png" in parent_artifacts
+
+
+def test_report_counts_a_seed_once_over_executions():
+    """Two executions of one study ran the same (configuration, init, seed): the report counts it
+    once, from the latest execution that finished it, and names the executions each row came from."""
+    from structinit.report import once_per_seed
+
+    row = dict(config_key="k", params=json.dumps({"model.embed_dim": 64}), init="impulse", test_top1_at_best_val=1.0)
+    trials = pd.DataFrame([
+        dict(row, trial_id="a0", execution="s-1", seed=0, status="TERMINATED", final_test_top1=80.0),
+        dict(row, trial_id="b0", execution="s-2", seed=0, status="TERMINATED", final_test_top1=82.0),
+        dict(row, trial_id="a1", execution="s-1", seed=1, status="TERMINATED", final_test_top1=70.0),
+        dict(row, trial_id="b1", execution="s-2", seed=1, status="ERROR", final_test_top1=None)])
+    history = pd.DataFrame({"trial_id": ["a0", "b0", "a1", "b1"], "epoch": [0, 0, 0, 0]})
+    kept, epochs = once_per_seed(trials, history)
+    assert sorted(kept.trial_id) == ["a1", "b0"] and sorted(epochs.trial_id) == ["a1", "b0"]
+    table, _ = summarize(kept)
+    assert table.n.tolist() == [2] and table.final_test_top1_mean.tolist() == [76.0]
+    assert table.executions.tolist() == ["s-1,s-2"]
