@@ -234,13 +234,13 @@ def validate_model(cfg: TrialConfig) -> None:
     cfg.init.check_model(model)
 
 
-def build_model(model: ModelConfig, init: InitConfig | None = None, seed: int = 0, **fixed):
+def build_model(model: ModelConfig, init: InitConfig | None = None, seed: int = 0, images=None, **fixed):
     """A model and its init from a config, the one way every caller builds them: `model`'s timm
     name and geometry over what the data fix (`fixed`: `data_kwargs`; none for a bare model), then
-    `init` applied at `seed` (None: left as built, for a checkpoint's weights or a check).
-    Returns (model, InitResult or None)."""
+    `init` applied at `seed` (None: left as built, for a checkpoint's weights or a check), on
+    `images` where it is data-aware (`data.init_images`). Returns (model, InitResult or None)."""
     net = create(model.name, **{**fixed, **model.kwargs()})
-    return net, None if init is None else apply_init(net, init, seed=seed)
+    return net, None if init is None else apply_init(net, init, seed=seed, images=images)
 
 
 def data_kwargs(cfg: TrialConfig, num_classes: int) -> dict:

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 import torchvision.datasets as tvd
 from PIL import Image
 from sklearn.model_selection import train_test_split
@@ -232,3 +233,11 @@ def build(name: str, root: str | None, *, img_size: int | None, fraction: float,
     return Data(train=Transformed(pool, train_idx, train_tf), val=Transformed(pool, val_idx, eval_tf),
                 test=Transformed(test, list(range(len(test))), eval_tf),
                 num_classes=num_classes(name, pool), in_chans=spec.in_chans, img_size=size)
+
+
+def init_images(d: Data, n: int, seed: int) -> torch.Tensor:
+    """(min(n, |train|), C, H, W): a seeded draw of training images under the evaluation transform
+    (no augmentation): the batch a data-aware init (pseudo_input `data`) solves on."""
+    plain = Transformed(d.train.base, d.train.indices, d.test.transform)
+    order = torch.randperm(len(plain), generator=torch.Generator().manual_seed(seed))[:n]
+    return torch.stack([plain[int(i)][0] for i in order])

@@ -14,7 +14,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from structinit.inits import InitResult
 from structinit.inits.targets import mass_and_hit, target_maps
-from structinit.models import grid_size
+from structinit.models import grid_size, pseudo_tokens
 
 
 @torch.no_grad()
@@ -39,21 +39,6 @@ def _block_entry(index: int, probs: torch.Tensor, result: InitResult, grid, pref
     return {"block": index, "heads": [
         {"head": h, "offset": list(o), "target_mass": round(float(m), 4), "argmax_hit": round(float(a), 4)}
         for h, (o, m, a) in enumerate(zip(offsets, mass, hit))]}
-
-
-@torch.no_grad()
-def pseudo_tokens(model: VisionTransformer, p: torch.Tensor) -> torch.Tensor:
-    """(1, T, D) the tokens block 0 gets when the patch tokens are the pseudo input `p` (N, D):
-    the prefix tokens (class, register) in front, with their position embedding where timm adds
-    one. For `pe` this is what the model computes on an image whose patch embedding is zero."""
-    x = p.to(model.blocks[0].norm1.weight)[None]
-    prefix = [t for t in (model.cls_token, model.reg_token) if t is not None]
-    if prefix:
-        pre = torch.cat(prefix, 1)
-        if not model.no_embed_class:
-            pre = pre + model.pos_embed[:, :pre.shape[1]]
-        x = torch.cat([pre, x], 1)
-    return x
 
 
 @torch.no_grad()
@@ -83,9 +68,12 @@ def _fidelity(model: VisionTransformer, result: InitResult, inputs: list[torch.T
 def pseudo_input_fidelity(model: VisionTransformer, result: InitResult) -> list[dict]:
     """Per block, fidelity in a forward pass whose patch tokens enter block 0 as its pseudo input:
     block 0 sees LayerNorm(pseudo input) (what it was solved on), block b > 0 what blocks 0..b-1
-    make of it (not what block b was solved on: the MLPs, V and the projections transform it)."""
+    make of it (not what block b was solved on: the MLPs, V and the projections transform it).
+    A data-aware init's pseudo input is its batch of images: there, block b saw exactly this."""
+    if result.images is not None:
+        return data_fidelity(model, result, result.images)
     tokens = pseudo_tokens(model, result.pseudo_inputs[0])
-    return _fidelity(model, result, attention_inputs(model, lambda: model.blocks(model.norm_pre(tokens))))
+    return _fidelity(model, result, attention_inputs(model, lambda: model.blocks(tokens)))
 
 
 def data_fidelity(model: VisionTransformer, result: InitResult, images: torch.Tensor) -> list[dict]:

@@ -97,6 +97,28 @@ def patch_pos_embed(model: VisionTransformer) -> torch.Tensor:
     return pe if model.no_embed_class else pe[model.num_prefix_tokens:]
 
 
+@torch.no_grad()
+def pseudo_tokens(model: VisionTransformer, p: torch.Tensor) -> torch.Tensor:
+    """(1, T, D) the tokens block 0 gets when the patch tokens are the pseudo input `p` (N, D):
+    the prefix tokens (class, register) in front, with their position embedding where timm adds
+    one. For `pe` this is what the model computes on an image whose patch embedding is zero."""
+    x = p.to(model.blocks[0].norm1.weight)[None]
+    prefix = [t for t in (model.cls_token, model.reg_token) if t is not None]
+    if prefix:
+        pre = torch.cat(prefix, 1)
+        if not model.no_embed_class:
+            pre = pre + model.pos_embed[:, :pre.shape[1]]
+        x = torch.cat([pre, x], 1)
+    return model.norm_pre(x)
+
+
+@torch.no_grad()
+def image_tokens(model: VisionTransformer, images: torch.Tensor) -> torch.Tensor:
+    """(B, T, D) the tokens block 0 gets from `images` (B, C, H, W): patch embedding, position
+    embedding and prefix tokens, as timm's forward_features computes them in eval mode."""
+    return model.norm_pre(model._pos_embed(model.patch_embed(images)))
+
+
 def _registered(pretrained: bool, defaults: dict, kwargs: dict, build=vit):
     """A registered name: `build` with the name's geometry under the caller's kwargs."""
     if pretrained:

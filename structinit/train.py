@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from structinit import checkpoint, cluster, fidelity, rank, tracking
 from structinit import data as datasets
 from structinit.config import TrialConfig, build_model, data_kwargs
+from structinit.inits import needs_images
 from structinit.inits.default import pe_scale
 
 
@@ -136,7 +137,8 @@ def build(cfg: TrialConfig, ctx: Context, splits=None):
     d = datasets.build(cfg.dataset, cfg.data_root, img_size=cfg.model.img_size, fraction=cfg.fraction,
                        val_fraction=cfg.val_fraction, seed=cfg.seed, recipe=cfg.recipe, download=False,
                        verify=cfg.verify, val_size=cfg.val_size, splits=splits)
-    model, init = build_model(cfg.model, cfg.init, cfg.seed, **data_kwargs(cfg, d.num_classes))
+    images = datasets.init_images(d, cfg.init.data_images, cfg.seed) if needs_images(cfg.init) else None
+    model, init = build_model(cfg.model, cfg.init, cfg.seed, images=images, **data_kwargs(cfg, d.num_classes))
     r = cfg.recipe
     per_worker = r.batch_size // ctx.world
     sampler = DistributedSampler(d.train, num_replicas=ctx.world, rank=ctx.rank, shuffle=True, seed=cfg.seed)

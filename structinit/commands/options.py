@@ -37,7 +37,9 @@ def add_init(p: argparse.ArgumentParser) -> None:
     g.add_argument("--base", help="timm | torch: weights the init does not set")
     g.add_argument("--filter-size", type=int)
     g.add_argument("--offsets", help="cover | random")
-    g.add_argument("--pseudo-input", help="pe | uniform | gaussian | pe+uniform | pe+gaussian")
+    g.add_argument("--pseudo-input", help="pe | uniform | gaussian | pe+uniform | pe+gaussian | data | pe+data "
+                   "(data: solved layer by layer on a seeded batch of training images)")
+    g.add_argument("--data-images", type=int, help="data, pe+data: how many training images the solve uses (64)")
     g.add_argument("--solver", help="closed_form | gradient")
     g.add_argument("--target-mass", type=_mass,
                    help="attention mass on the impulse tap, in (0, 1); 'none' = raw v1 gradient solve, or --factor-norm")
@@ -63,7 +65,7 @@ def add_study(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", help=TRACKING_URI)
 
 
-INIT_FIELDS = ("base", "filter_size", "offsets", "pseudo_input", "solver", "target_mass", "factor_norm", "damping",
+INIT_FIELDS = ("base", "filter_size", "offsets", "pseudo_input", "data_images", "solver", "target_mass", "factor_norm", "damping",
                "qk", "value_proj", "pe_scale", "target_shape", "blob", "blob_sigma", "mix", "mix_ratio",
                "distinct_filters")  # the InitConfig fields `add_init` has a flag for (and --init: name)
 

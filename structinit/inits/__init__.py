@@ -22,7 +22,7 @@ from structinit.validate import check, choice, finite
 
 BASES = ("timm", "torch")
 OFFSETS = ("cover", "random")
-PSEUDO_INPUTS = ("pe", "uniform", "gaussian", "pe+uniform", "pe+gaussian")
+PSEUDO_INPUTS = ("pe", "uniform", "gaussian", "pe+uniform", "pe+gaussian", "data", "pe+data")
 SOLVERS = ("closed_form", "gradient")
 QK_MODES = ("per_block", "shared")
 VALUE_PROJ = ("default", "mimetic")
@@ -41,6 +41,7 @@ class InitConfig:
     filter_size: int = 3
     offsets: str = "cover"
     pseudo_input: str = "pe"
+    data_images: int = 64  # data, pe+data: the seeded batch of training images the layer-wise solve uses
     solver: str = "closed_form"
     target_mass: float | None = 0.9  # None: the gradient solver's raw v1 map, or `factor_norm` (the follow-up)
     factor_norm: float | None = None  # closed form, target_mass=None: each head's W_q, W_k to this Frobenius
@@ -76,6 +77,11 @@ class InitConfig:
         choice("offsets", self.offsets, OFFSETS)
         choice("pseudo_input", self.pseudo_input, PSEUDO_INPUTS)
         choice("solver", self.solver, SOLVERS)
+        check("pseudo_input", self.pseudo_input, "a fixed pseudo input (pe, uniform, gaussian, or a sum of them) "
+              "with solver='gradient'; data, pe+data take solver='closed_form'",
+              self.solver == "closed_form" or "data" not in self.pseudo_input)
+        check("data_images", self.data_images, "a positive integer",
+              isinstance(self.data_images, int) and self.data_images > 0)
         if self.target_mass is None:
             check("target_mass", None, "a number in (0, 1) with solver='closed_form' and no factor_norm",
                   self.solver == "gradient" or self.factor_norm is not None)
@@ -128,6 +134,7 @@ class InitResult:
     offsets: list[list[tuple[int, int]]]
     pseudo_inputs: list[torch.Tensor]
     supports: list[torch.Tensor] = field(default_factory=list)  # per block (heads, N, N): the intended keys
+    images: torch.Tensor | None = None  # data, pe+data: the training images the solve used (its pseudo input)
     solve_seconds: float = 0.0
     notes: dict = field(default_factory=dict)
 
@@ -142,14 +149,23 @@ def register(name: str):
     return wrap
 
 
-def apply_init(model: VisionTransformer, cfg: InitConfig, seed: int = 0) -> InitResult:
-    """Initialise `model` in place by `cfg.name`; deterministic in `seed`."""
+def needs_images(cfg: InitConfig) -> bool:
+    """Whether the init solves on real images (impulse with pseudo_input `data` or `pe+data`)."""
+    return cfg.name == "impulse" and "data" in cfg.pseudo_input.split("+")
+
+
+def apply_init(model: VisionTransformer, cfg: InitConfig, seed: int = 0, images: torch.Tensor | None = None) -> InitResult:
+    """Initialise `model` in place by `cfg.name`; deterministic in `seed` (and `images`, the batch
+    of training images a data-aware init solves on: `data.init_images`)."""
     check("seed", seed, "a non-negative integer", isinstance(seed, int) and seed >= 0)
     cfg.check_model(model)
+    if needs_images(cfg):
+        check("images", None if images is None else tuple(images.shape), f"a batch (B, C, H, W) of training "
+              f"images for pseudo_input={cfg.pseudo_input!r}", images is not None and images.ndim == 4 and len(images))
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
         start = time.perf_counter()
-        result = INITS[cfg.name](model, cfg)
+        result = INITS[cfg.name](model, cfg, images) if needs_images(cfg) else INITS[cfg.name](model, cfg)
         result.solve_seconds = time.perf_counter() - start
     return result
 

@@ -4,6 +4,11 @@ Each head's W_q, W_k are solved so that on a pseudo input P (N x D), with P~ = L
 as the block's own norm1 computes it, softmax(s P~ W_q W_k^T P~^T) is the shift matrix H of one
 impulse filter (`targets.py`): every query puts `target_mass` of its attention on the key one
 filter tap away.
+
+The pseudo input is fixed (`pe`, noise, sums), or real images (`data`, `pe+data`): a seeded batch of
+training images, solved layer by layer on the tokens each block actually sees (block 0: the
+patch embedding plus PE; block b: what the already initialised blocks 0..b-1 make of them), so
+that the structure holds on the images, not only on the pseudo input.
 """
 from __future__ import annotations
 
@@ -16,14 +21,19 @@ from timm.models.vision_transformer import VisionTransformer
 from structinit.inits import InitConfig, InitResult, register
 from structinit.inits.default import base_init, scale_pos_embed
 from structinit.inits.mimetic import mimetic_factors, mimetic_vo, set_qk
-from structinit.inits.targets import cover_offsets, mass_and_hit, random_offsets, target_maps
-from structinit.models import grid_size, patch_pos_embed
+from structinit.inits.targets import cover_offsets, mass_and_hit, mean_mass, random_offsets, target_maps
+from structinit.models import grid_size, image_tokens, patch_pos_embed, pseudo_tokens
+
+
+def uses_data(kind: str) -> bool:
+    """Whether a pseudo-input kind solves on real images (`data`, `pe+data`)."""
+    return "data" in kind.split("+")
 
 
 def pseudo_input(model: VisionTransformer, kind: str) -> torch.Tensor:
     """(N, D): `pe` the model's patch position embedding as training will start from it (after
     the PE scale), `uniform` U(-1, 1) (v1's U), `gaussian` TN(0, 1/2) cut at +-2 (v1's G), or a
-    sum such as `pe+gaussian` (v1's A, B)."""
+    sum such as `pe+gaussian` (v1's A, B). For `pe+data`, its fixed part: the PE."""
     n, d = patch_pos_embed(model).shape
     parts = kind.split("+")
     x = torch.zeros(n, d)
@@ -36,30 +46,49 @@ def pseudo_input(model: VisionTransformer, kind: str) -> torch.Tensor:
     return x
 
 
-def solve_closed_form(pt: torch.Tensor, maps: torch.Tensor, head_dim: int, rank_rtol: float, damping: float):
-    """Damped least squares in the pseudo input's subspace, then best rank d.
+def solve_closed_form(pt: torch.Tensor, maps: torch.Tensor, head_dim: int, rank_rtol: float, damping: float,
+                      weights: torch.Tensor | None = None):
+    """Damped least squares over a stack of inputs in their common subspace, then best rank d.
 
-    P~ = U S V^T, cut at rank r = #{s_i >= rank_rtol * s_1} (the numerical null space). The
-    logits P~ B P~^T reachable by B = W_q W_k^T are U C U^T with C = S V^T B V S. Plain least
-    squares, C = U^T H U for the target map H (heads x N x N; a shift matrix for an impulse), gives
-    B = V S^-1 C S^-1 V^T: a direction the pseudo input carries weakly (small s_i) is inverted, so
-    an input that deviates from the pseudo input along it -- every real image does -- is amplified
-    by 1/s_i (4,000x on the digits' sin-cos PE: huge W_q, W_k, one-hot attention on the wrong key).
-    Tikhonov damping replaces the pseudo-inverse V S^-1 U^T by V S (S^2 + lambda^2)^-1 U^T,
-    lambda = `damping` * s_1, i.e. C = F U^T H U F with F = S^2 / (S^2 + lambda^2): directions with
+    pt (n, N, D): the normalised patch tokens P~_i of n inputs (n = 1: one pseudo matrix; a batch
+    of images for `data`), `weights` w_i (default 1). One B = W_q W_k^T must serve every input, so
+    stack them, X = [w_1^1/2 P~_1; ...; w_n^1/2 P~_n] (nN x D), and ask the stacked logits X B X^T
+    for T = blockdiag(w_1 H, ..., w_n H): every input's own logits for the target map H (heads x N
+    x N, a shift matrix for an impulse) with weight w_i^2 in the squared error, and 0 for the
+    logits between two inputs (they never meet in one softmax; asking 0 of them is what keeps
+    the solve closed form). With X = U S V^T, cut at rank r = #{s_i >= rank_rtol * s_1}, the
+    reachable logits are U C U^T with C = S V^T B V S; least squares gives
+    C = U^T T U = sum_i w_i U_i^T H U_i (U_i: input i's rows of U) and B = V S^-1 C S^-1 V^T.
+    For n = 1 that is the single-matrix solve; for a batch, B = (X^T X)^-1 (sum_i w_i X_i^T H X_i)
+    (X^T X)^-1: the pooled second moment whitens, so a direction along which the images vary
+    without carrying position (their content) gets small logits, not large ones.
+    A direction the inputs carry weakly (small s_i) would be inverted and amplified by 1/s_i in
+    any input that deviates along it (4,000x on the digits' sin-cos PE: huge W_q, W_k, one-hot
+    attention on the wrong key). Tikhonov damping replaces S^-1 U^T by S (S^2 + lambda^2)^-1 U^T,
+    lambda = `damping` * s_1, i.e. C = F U^T T U F with F = S^2 / (S^2 + lambda^2): directions with
     s_i << lambda are faded out instead of inverted, and no input direction is amplified by more
     than 1/(2 lambda) (at most 1/(2 damping) times the top direction's gain 1/s_1).
     The best rank-k approximation (k = min(d, r)) C_k = A S_c B^T gives
     W_q = V S^-1 A S_c^1/2, W_k = V S^-1 B S_c^1/2. The logit scale is left to `calibrate`.
+    S and V come from the eigendecomposition of the D x D Gram X^T X (the cost is linear in n);
+    H U_i is a float32 product (the only term quadratic in N).
     Returns (W_q, W_k), each (heads, D, k), and {rank r, cond s_1/s_r of the kept subspace,
     gain: the largest amplification of an input direction relative to the top one}."""
-    u, s, vh = torch.linalg.svd(pt.double(), full_matrices=False)
+    n = pt.shape[0]
+    w = torch.ones(n, dtype=torch.float64) if weights is None else weights.double()
+    x = pt.double() * w.sqrt()[:, None, None]
+    flat = x.reshape(-1, x.shape[-1])
+    ev, v = torch.linalg.eigh(flat.T @ flat)
+    s, v = ev.flip(0).clamp(min=0).sqrt(), v.flip(1)
     r = int((s >= rank_rtol * s[0]).sum())
-    u, s, vh = u[:, :r], s[:r], vh[:r]
+    s, v = s[:r], v[:, :r]
+    u = (x @ v) / s  # (n, N, r): U_i
     lam2 = (damping * s[0]) ** 2
     fade = s ** 2 / (s ** 2 + lam2)
-    back = vh.T / s
-    c = fade[:, None] * (u.T @ maps @ u) * fade
+    back = v / s
+    hu = maps.float() @ u.float()[:, None]  # (n, heads, N, r): H U_i
+    c = torch.einsum("inr,ihns->hrs", (u * w[:, None, None]).float(), hu).double()
+    c = fade[:, None] * c * fade
     a, sc, bh = torch.linalg.svd(c)
     k = min(head_dim, r)
     root = sc[:, :k].sqrt().unsqueeze(1)
@@ -96,24 +125,25 @@ def solve_gradient(pt: torch.Tensor, maps: torch.Tensor, head_dim: int, scale: f
 
 
 def calibrate(logits: torch.Tensor, fixed: torch.Tensor, support: torch.Tensor, mass: float) -> torch.Tensor:
-    """Per head the factor t with mean mass on the intended keys (`support`) of
-    softmax(t * logits + fixed) = `mass`.
+    """Per head the factor t with mean mass on the intended keys (`support`, heads x Nq x Nk) of
+    softmax(t * logits + fixed) = `mass`, the mean over queries and over any leading batch dims of
+    `logits` (..., heads, Nq, Nk): over the images, for a data-aware solve.
     A scan over log t finds where the mass first reaches `mass` (it rises with t while the
     argmax is on the target, and falls once wrong argmaxes dominate), then bisection refines it.
     Where `mass` is out of reach, t maximises the mass instead (the caller warns)."""
     logits, fixed = logits.float(), fixed.float()
 
     def reached(log_t: torch.Tensor) -> torch.Tensor:
-        return mass_and_hit((log_t.exp()[:, None, None] * logits + fixed).softmax(-1), support)[0]
+        return mean_mass((log_t.exp()[:, None, None] * logits + fixed).softmax(-1), support)
 
-    heads = logits.shape[0]
+    heads = logits.shape[-3]
     grid = torch.arange(-10.0, 14.5, 1.0)
     scan = torch.stack([reached(torch.full((heads,), g)) for g in grid], 1)  # (heads, len(grid))
     above = scan >= mass
     first = torch.where(above.any(1), above.float().argmax(1), scan.argmax(1))
     lo, hi = grid[(first - 1).clamp(min=0)], grid[first]
     ok = above.any(1) & (first > 0)
-    for _ in range(20):
+    for _ in range(14):  # the bracket is one unit of log t wide: 2^-14 after
         mid = (lo + hi) / 2
         low = reached(mid) < mass
         lo, hi = torch.where(ok & low, mid, lo), torch.where(ok & ~low, mid, hi)
@@ -143,28 +173,53 @@ def hybrid(maps: torch.Tensor, pt: torch.Tensor, attn: Attention, cfg: InitConfi
     return torch.where(rows, (1 - cfg.mix_ratio) * maps + cfg.mix_ratio * other, maps)
 
 
+def calibration_queries(n: int, queries: int, rows: int = 2048) -> torch.Tensor:
+    """(n, m) the query positions each of n inputs calibrates on: all of them while n * queries <=
+    rows, else m = ceil(rows / n) per input, consecutive runs of one fixed permutation (a generator
+    of its own: the init's RNG stream is untouched), so that over the batch every position is
+    used about equally often. The mean mass over 2,048 (image, query) rows spread so is within
+    about 0.01 of the batch's."""
+    if n * queries <= rows:
+        return torch.arange(queries).expand(n, queries)
+    m = -(-rows // n)
+    order = torch.randperm(queries, generator=torch.Generator().manual_seed(0))
+    return order[(torch.arange(n)[:, None] * m + torch.arange(m)) % queries]
+
+
 def solve_block(attn: Attention, pt: torch.Tensor, maps: torch.Tensor, support: torch.Tensor,
-                cfg: InitConfig) -> dict:
-    """Solve and write one block's W_q, W_k for target maps (heads x N x N), calibrating the mass
-    on the intended keys `support`; q/k biases are zeroed (the solve assumes none).
+                cfg: InitConfig, keys: torch.Tensor | None = None, weights: torch.Tensor | None = None,
+                measured: slice = slice(None)) -> dict:
+    """Solve and write one block's W_q, W_k for target maps (heads x N x N) on the normalised patch
+    tokens `pt` (n, N, D) of n inputs (`weights`: theirs in the solve), calibrating the mean mass
+    on the intended keys `support` over the inputs `measured` picks (and, over a batch, the queries
+    `calibration_queries` picks: the mass and hit noted are theirs). `keys` (n, T, D): the
+    normalised tokens with the prefix (class, register) tokens first, which the model also attends
+    to (default `pt`: no prefix). q/k biases are zeroed (the solve assumes none).
     Head dims the closed form leaves unused (k < d) keep the base init, so they can still learn."""
     inner = attn.num_heads * attn.head_dim
     if cfg.solver == "closed_form":
-        wq, wk, info = solve_closed_form(pt, maps, attn.head_dim, cfg.rank_rtol, cfg.damping)
+        wq, wk, info = solve_closed_form(pt, maps, attn.head_dim, cfg.rank_rtol, cfg.damping, weights)
     else:
-        wq, wk = solve_gradient(pt, maps, attn.head_dim, attn.scale, cfg.solver_steps, cfg.solver_lr)
+        wq, wk = solve_gradient(pt[0], maps, attn.head_dim, attn.scale, cfg.solver_steps, cfg.solver_lr)
         wq, wk, info = wq.double(), wk.double(), {"rank": None, "cond": None, "gain": None}
     used = wq.shape[-1]
     fill_q = head_weights(attn, slice(0, inner))[..., used:]
     fill_k = head_weights(attn, slice(inner, 2 * inner))[..., used:]
-    ptd = pt.double()
+    queries = pt[measured]
+    rows = calibration_queries(*queries.shape[:2])  # (n, m)
+    queries = queries.gather(1, rows[..., None].expand(-1, -1, queries.shape[-1])).float()[:, None]
+    keys = (pt if keys is None else keys)[measured].float()[:, None]
+    support = support[:, rows].transpose(0, 1)  # (n, heads, m, N)
+    support = torch.nn.functional.pad(support, (keys.shape[-2] - support.shape[-1], 0))  # prefix: never intended
 
-    def logits(a, b):
-        return attn.scale * (ptd @ a) @ (ptd @ b).transpose(1, 2)
+    def logits(a, b):  # (n, heads, N, T) as the block computes them
+        return attn.scale * (queries @ a.float()) @ (keys @ b.float()).transpose(-1, -2)
 
+    solved = logits(wq, wk)
+    fixed = logits(fill_q, fill_k) if fill_q.shape[-1] else torch.zeros(())
     scale = torch.ones(maps.shape[0], dtype=torch.float64)
     if cfg.target_mass is not None:
-        scale = calibrate(logits(wq, wk), logits(fill_q, fill_k), support, cfg.target_mass)
+        scale = calibrate(solved, fixed, support, cfg.target_mass)
         root = scale.sqrt()[:, None, None]
         wq, wk = wq * root, wk * root
     elif cfg.factor_norm is not None:  # the follow-up: each head's factors to Frobenius norm `factor_norm`
@@ -172,11 +227,7 @@ def solve_block(attn: Attention, pt: torch.Tensor, maps: torch.Tensor, support: 
         scale = cfg.factor_norm ** 2 / (nq * nk)
         wq, wk = wq * (cfg.factor_norm / nq)[:, None, None], wk * (cfg.factor_norm / nk)[:, None, None]
     wq, wk = torch.cat([wq, fill_q], -1), torch.cat([wk, fill_k], -1)
-    mass, hit = mass_and_hit(logits(wq, wk).softmax(-1), support)
-    if cfg.target_mass is not None and (mass - cfg.target_mass).abs().max() > 0.05:
-        warnings.warn(f"target_mass={cfg.target_mass} not reached on the pseudo input (per head: "
-                      f"{[round(m, 3) for m in mass.tolist()]}): it cannot express these offsets more sharply",
-                      stacklevel=4)
+    mass, hit = mass_and_hit((scale.float()[:, None, None] * solved + fixed).softmax(-1), support)
     set_qk(attn, wq.float(), wk.float())
     if attn.qkv.bias is not None:
         attn.qkv.bias[:2 * inner] = 0
@@ -184,8 +235,23 @@ def solve_block(attn: Attention, pt: torch.Tensor, maps: torch.Tensor, support: 
             "wq_norm": wq.flatten(1).norm(dim=1).tolist(), "wk_norm": wk.flatten(1).norm(dim=1).tolist()}
 
 
+def data_stream(model: VisionTransformer, kind: str, images: torch.Tensor | None):
+    """What a data-aware solve propagates through the blocks: (tokens (m, T, D), weights (m,),
+    the rows that are images), or None for a fixed pseudo input. `data`: the images' tokens;
+    `pe+data`: the PE's pseudo tokens in front, weighted sqrt(n) so that its squared error
+    counts as much as the n images' together."""
+    if not uses_data(kind):
+        return None
+    x = image_tokens(model, images.to(model.blocks[0].norm1.weight))
+    n = x.shape[0]
+    if kind == "data":
+        return x, torch.ones(n, dtype=torch.float64), slice(None)
+    pe = pseudo_tokens(model, pseudo_input(model, "pe"))
+    return torch.cat([pe, x]), torch.tensor([n ** 0.5] + [1.0] * n, dtype=torch.float64), slice(1, None)
+
+
 @register("impulse")
-def impulse(model: VisionTransformer, cfg: InitConfig) -> InitResult:
+def impulse(model: VisionTransformer, cfg: InitConfig, images: torch.Tensor | None = None) -> InitResult:
     """Impulse init. Base init; PE <- pe_scale * PE; per block (or once, `qk="shared"`, v1) each
     head gets an offset of the f x f window (`cover`: all f^2 taps before repeats; `random`: v1's
     draw) and W_q, W_k solved on the pseudo input (`closed_form` or v1's `gradient`) so that
@@ -193,6 +259,10 @@ def impulse(model: VisionTransformer, cfg: InitConfig) -> InitResult:
     Zero padding: queries whose tap leaves the grid get no target (their rows are pushed to
     uniform attention). A class token is left out of the solve: it is not in the pseudo input,
     so it is neither a query nor a target there; in the model it is one more key.
+    `data` / `pe+data` (`images`, closed form): block b is solved on its own normalised input
+    tokens over the batch (`solve_closed_form`), after blocks 0..b-1 are initialised and have
+    transformed them, and its mass is calibrated over the images with the class token among the
+    keys, as the model's forward computes it.
     V and the output projection keep the base init, or are mimetic (follow-up): W_v W_o = 0.4 Z - 0.4 I.
     Open questions of the paper: `target_shape` box / gaussian spreads each head's target over a
     `blob` x `blob` window around its tap (the mass is then calibrated on the whole blob), and
@@ -200,6 +270,12 @@ def impulse(model: VisionTransformer, cfg: InitConfig) -> InitResult:
     still calibrated on the structured target's keys)."""
     base_init(model, cfg.base)
     scale_pos_embed(model, cfg)
+    if cfg.value_proj == "mimetic":  # before the solves: a layer-wise solve sees what V, proj make of its input
+        mimetic_vo(model, cfg)
+    was_training = model.training
+    model.eval()  # the stream passes blocks as a forward in eval mode does (no dropout, no drop path)
+    stream = data_stream(model, cfg.pseudo_input, images)
+    prefix = model.num_prefix_tokens
     heads = model.blocks[0].attn.num_heads
     grid = grid_size(model)
     offsets, inputs, supports, notes = [], [], [], []
@@ -213,15 +289,33 @@ def impulse(model: VisionTransformer, cfg: InitConfig) -> InitResult:
             offs, p, support, note = offsets[0], inputs[0], supports[0], notes[0]
         else:
             draw = cover_offsets if cfg.offsets == "cover" else random_offsets
-            offs, p = draw(cfg.filter_size, heads), pseudo_input(model, cfg.pseudo_input)
-            pt = block.norm1(p)
+            offs = draw(cfg.filter_size, heads)
             structured = target_maps(grid, offs, cfg.target_shape, cfg.blob, cfg.blob_sigma)
             support = structured > 0
-            note = solve_block(block.attn, pt, hybrid(structured, pt, block.attn, cfg), support, cfg)
+            if stream is None:
+                p = pseudo_input(model, cfg.pseudo_input)
+                pt = block.norm1(p)[None]
+                note = solve_block(block.attn, pt, hybrid(structured, pt[0], block.attn, cfg), support, cfg)
+            else:
+                tokens, weights, rows = stream
+                keys = block.norm1(tokens)
+                pt = keys[:, prefix:]
+                p = tokens[rows][0, prefix:]  # the first image's patch tokens: what the plots draw
+                note = solve_block(block.attn, pt, hybrid(structured, pt[rows][0], block.attn, cfg), support, cfg,
+                                   keys=keys, weights=weights, measured=rows)
+        if stream is not None and cfg.qk == "per_block":
+            stream = (block(stream[0]), *stream[1:])
         offsets.append(offs)
         inputs.append(p)
         supports.append(support)
         notes.append(note)
-    if cfg.value_proj == "mimetic":
-        mimetic_vo(model, cfg)
-    return InitResult(offsets=offsets, pseudo_inputs=inputs, supports=supports, notes={"blocks": notes})
+    model.train(was_training)
+    missed = {i: [round(m, 3) for m in note["mass"]] for i, note in enumerate(notes)
+              if cfg.target_mass is not None and max(abs(m - cfg.target_mass) for m in note["mass"]) > 0.05}
+    if missed:
+        where = "the images" if stream is not None else "the pseudo input"
+        warnings.warn(f"target_mass={cfg.target_mass} not reached on {where} in {len(missed)} of {len(notes)} blocks "
+                      f"(per head, block {min(missed)}: {missed[min(missed)]}): it cannot express these offsets more "
+                      "sharply there; each head gets the largest mass it reaches", stacklevel=3)
+    return InitResult(offsets=offsets, pseudo_inputs=inputs, supports=supports, notes={"blocks": notes},
+                      images=None if stream is None else images)
