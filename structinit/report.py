@@ -1,7 +1,9 @@
 """The comparison table of a study: per configuration and init, mean ± std and 95 % CI over seeds
 of the final and best test accuracy; the paired differences a study declares, e.g. impulse −
-mimetic and impulse − default (same configuration, same seed); failed trials with their reasons;
-the plots it declares.
+mimetic and impulse − default (same configuration, same seed), with paired t-test p-values
+Holm-adjusted over the table; the decomposition impulse − baseline = (pe_scaled − baseline) +
+(impulse − pe_scaled); per (embed_dim, num_heads) cell the width conditions and the impulse
+setting the validation set picks; failed trials with their reasons; the plots it declares.
 
 A study declares its pairs and plots (Study.pairs, Study.plots); its runner records them in the
 study folder (`declare`), where `structinit report STUDY`, which knows the study by name only,
@@ -15,15 +17,17 @@ import re
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from structinit import fidelity, results, tracking
 from structinit.config import label
 from structinit.paths import StudyPaths
+from structinit.stats import (by_seed, ci95, decomposition, finished, holm, paired_p, per_cell, varies_width,
+                              vit_conditions, whole_rank)
 from structinit.validate import check, sqlite_path, sqlite_store
 
 IMPULSE_PAIRS = (("impulse", "mimetic"), ("impulse", "default"), ("impulse", "torch_default"),
-                 ("impulse", "pe_scaled"))  # ViT inits (torch_default: the footings' baseline)
+                 ("impulse", "pe_scaled"),  # ViT inits (torch_default: the footings' baseline)
+                 ("pe_scaled", "torch_default"), ("pe_scaled", "default"))  # the decomposition's PE part
 FILTER_PAIRS = (("frozen_random", "learned"), ("frozen_impulse", "learned"), ("frozen_box", "learned"))  # ConvMixer
 PAIRS = IMPULSE_PAIRS + FILTER_PAIRS  # a study that declares none: each pair where both inits ran
 PLOTS = ("curves", "heads_vs_dim", "filter_gap", "param_importances")  # each drawn where the results allow
@@ -48,23 +52,6 @@ def declared(paths: StudyPaths) -> tuple[tuple, tuple]:
                   f"declares ({type(err).__name__}: {err})", False)
 
 
-def ci95(values) -> tuple[float, float, float, int]:
-    """mean, std, half-width of the 95 % t-interval, n (NaN where n < 2)."""
-    v = np.asarray([x for x in values if x is not None and not math.isnan(x)], dtype=float)
-    n = len(v)
-    if n == 0:
-        return math.nan, math.nan, math.nan, 0
-    if n == 1:
-        return float(v[0]), math.nan, math.nan, 1
-    std = float(v.std(ddof=1))
-    return float(v.mean()), std, float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)), n
-
-
-def whole_rank(k: float) -> int:
-    """A mean measured rank as the integer the conditions use (its ceiling)."""
-    return math.ceil(k - 1e-9)
-
-
 def width_ratio(trial, k: float) -> float:
     """D / (k f^2) of a ConvMixer configuration (NaN for a ViT or without a measured k)."""
     if pd.isna(k) or pd.isna(trial.embed_dim) or pd.isna(trial.kernel_size):
@@ -77,13 +64,12 @@ def theory(trial, k: float) -> str:
     ConvMixer D >= k f^2 (as the ratio D / (k f^2)); ViT h >= f^2 and D/h >= k."""
     if pd.isna(k) or pd.isna(trial.embed_dim):
         return ""
-    k = whole_rank(k)
     if not pd.isna(trial.kernel_size):
-        return f"k={k}, D/(k f²)={width_ratio(trial, k):.2f}"
+        return f"k={whole_rank(k)}, D/(k f²)={width_ratio(trial, k):.2f}"
     if pd.isna(trial.num_heads):
-        return f"k={k}"
-    f2, h = trial.filter_size ** 2, trial.num_heads
-    return (f"k={k}, h≥f² {'✓' if h >= f2 else '✗'}, D/h≥k {'✓' if trial.embed_dim // h >= k else '✗'}")
+        return f"k={whole_rank(k)}"
+    heads, width = vit_conditions(trial, k)
+    return f"k={whole_rank(k)}, h≥f² {'✓' if heads else '✗'}, D/h≥k {'✓' if width else '✗'}"
 
 
 def once_per_seed(trials: pd.DataFrame, history: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -96,16 +82,18 @@ def once_per_seed(trials: pd.DataFrame, history: pd.DataFrame) -> tuple[pd.DataF
 
 
 def summarize(trials: pd.DataFrame, pairs: tuple = PAIRS) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(per configuration x init statistics, paired differences a - b for the `pairs` that ran)."""
-    done = trials[trials["status"] == "TERMINATED"].reindex(columns=[*trials.columns, *(
-        c for c in results.TRIALS.names if c not in trials.columns)])  # every schema column, NaN where absent
-    done["config"] = done["params"].map(label)
+    """(per configuration x init statistics, paired differences a - b for the `pairs` that ran).
+    n is the seeds with a final test top-1; `best_val_top1_mean` is what per_cell selects on.
+    Each paired row has the paired t-test's `p` (stats.paired_p) and `p_holm`, Holm-adjusted over
+    every row of this table with a p (stats.holm): the family is the whole study's comparisons."""
+    done = finished(trials)
     rows = []
     for (key, config, init), g in done.groupby(["config_key", "config", "init"], sort=True):
         row = {"config": config, "init": init, "executions": ",".join(sorted(g["execution"].dropna().unique()))}
-        for metric in ("final_test_top1", "test_top1_at_best_val"):
+        for metric in ("final_test_top1", "test_top1_at_best_val", "best_val_top1"):
             m, s, h, n = ci95(g[metric])
-            row.update({f"{metric}_mean": m, f"{metric}_std": s, f"{metric}_ci95": h, "n": n})
+            row.update({f"{metric}_mean": m, f"{metric}_std": s, f"{metric}_ci95": h})
+        row["n"] = ci95(g["final_test_top1"])[3]
         for measure in ("init_mass_pseudo", "init_mass_data", "init_hit_data", "init_wq_norm"):
             row[measure] = g[measure].mean()
         row["near_chance"] = int(fidelity.near_chance(g["init_hit_data"], g["init_hit_chance"]).sum())
@@ -115,15 +103,17 @@ def summarize(trials: pd.DataFrame, pairs: tuple = PAIRS) -> tuple[pd.DataFrame,
         rows.append(row)
     paired = []
     for (key, config), g in done.groupby(["config_key", "config"], sort=True):
-        by = g.pivot_table(index="seed", columns="init", values="final_test_top1", aggfunc="mean")
+        by = by_seed(g)
         ratio = width_ratio(g.iloc[0], g["init_rank_k"].mean())
-        for a, b in pairs:
+        for a, b in dict.fromkeys(tuple(pair) for pair in pairs):  # a pair declared twice: one row
             if a in by and b in by:
                 diff = (by[a] - by[b]).dropna()
                 m, s, h, n = ci95(diff)
                 paired.append({"config": config, "pair": f"{a} - {b}", "mean": m, "std": s, "ci95": h, "n": n,
-                               "width_ratio": ratio})
-    return pd.DataFrame(rows), pd.DataFrame(paired)
+                               "p": paired_p(diff), "width_ratio": ratio})
+    paired = pd.DataFrame(paired, columns=["config", "pair", "mean", "std", "ci95", "n", "p", "width_ratio"])
+    paired.insert(7, "p_holm", holm(paired["p"]))
+    return pd.DataFrame(rows), paired
 
 
 def metric_segment(text: str) -> str:
@@ -136,10 +126,11 @@ def summary_metrics(trials: pd.DataFrame, pairs: tuple = PAIRS) -> tuple[dict, d
     """A study's summary as (metrics, params) for its parent MLflow run, from `summarize`'s tables:
     per configuration x init the mean final test top-1 and test top-1 at best val
     (`<config>/<init>/final_test_top1`, `.../test_top1_at_best_val`, `.../n`), the paired
-    differences with their 95 % CI bounds (`<config>/<a> - <b>/mean`, `.../ci95_low`,
-    `.../ci95_high`, `.../n`), and the trials finished and failed (`trials_finished`,
-    `trials_failed`); params: each configuration's segment and its params, and the pairs declared.
-    NaN values (a CI of one seed) are left out."""
+    differences with their 95 % CI bounds and p-values (`<config>/<a> - <b>/mean`, `.../ci95_low`,
+    `.../ci95_high`, `.../n`, `.../p`, `.../p_holm`: Holm over the pairs of these `trials`), and
+    the trials finished and failed (`trials_finished`, `trials_failed`); params: each
+    configuration's segment and its params, and the pairs declared. NaN values (a CI or p of one
+    seed) are left out."""
     table, paired = summarize(trials, pairs)
     statuses = trials["status"].value_counts()
     metrics = {"trials_finished": int(statuses.get("TERMINATED", 0)), "trials_failed": int(statuses.get("ERROR", 0))}
@@ -150,7 +141,7 @@ def summary_metrics(trials: pd.DataFrame, pairs: tuple = PAIRS) -> tuple[dict, d
     for r in paired.itertuples():
         at = f"{metric_segment(r.config)}/{r.pair}"
         metrics.update({f"{at}/mean": r.mean, f"{at}/ci95_low": r.mean - r.ci95, f"{at}/ci95_high": r.mean + r.ci95,
-                        f"{at}/n": r.n})
+                        f"{at}/n": r.n, f"{at}/p": r.p, f"{at}/p_holm": r.p_holm})
     done = trials[trials["status"] == "TERMINATED"]
     params = {f"config/{metric_segment(label(p))}": p for p in sorted(set(done["params"]))}
     params["pairs"] = ", ".join(f"{a} - {b}" for a, b in pairs)
@@ -166,6 +157,17 @@ def _pm(m, h) -> str:
     if math.isnan(m):
         return "–"
     return f"{m:.2f}" if math.isnan(h) else f"{m:.2f} ± {h:.2f}"
+
+
+def _p(p) -> str:
+    if math.isnan(p):
+        return "–"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _diff(r) -> str:
+    """A difference's cell: mean ± CI and its Holm p."""
+    return f"{_pm(r.mean, r.ci95)} (p_holm {_p(r.p_holm)})"
 
 
 def markdown(study: str, table: pd.DataFrame, paired: pd.DataFrame, trials: pd.DataFrame) -> str:
@@ -191,15 +193,68 @@ def markdown(study: str, table: pd.DataFrame, paired: pd.DataFrame, trials: pd.D
         lines += ["", "`pe_scaled` ran with a PE scale of 1 (a fixed sin-cos PE): it is its base init bit for bit, "
                   "no PE-scale control; its differences are differences to the base init."]
     if len(paired):
-        lines += ["", "Paired differences of final test top-1 (same configuration and seed), mean ± 95 % CI:", "",
-                  "| configuration | difference | n | mean ± CI |", "|---|---|---|---|"]
-        lines += [f"| {r.config} | {r.pair} | {r.n} | {_pm(r.mean, r.ci95)} |" for r in paired.itertuples()]
+        lines += ["", "Paired differences of final test top-1 (same configuration and seed), mean ± 95 % CI; p: "
+                  "two-sided paired t-test; p (Holm): adjusted for the "
+                  f"{int(paired['p'].notna().sum())} comparisons of this table at once (Holm's step-down; read a "
+                  "difference as shown where p (Holm) < 0.05, which keeps the chance of any false one under 5 %):",
+                  "", "| configuration | difference | n | mean ± CI | p | p (Holm) |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r.config} | {r.pair} | {r.n} | {_pm(r.mean, r.ci95)} | {_p(r.p)} | {_p(r.p_holm)} |"
+                  for r in paired.itertuples()]
+    lines += decomposition_lines(decomposition(trials, paired))
+    lines += cell_lines(per_cell(trials, table, paired), paired)
     failed = trials[trials["status"] != "TERMINATED"]
     if len(failed):
         lines += ["", "Failed trials:", ""]
         lines += [f"- {r.trial_id} ({r.init}, seed {r.seed}, {label(r.params)}): {r.status}: {r.error}"
                   for r in failed.itertuples()]
     return "\n".join(lines) + "\n"
+
+
+def decomposition_lines(parts: pd.DataFrame) -> list[str]:
+    """The decomposition's Markdown section (`stats.decomposition`); none where no configuration ran its arms."""
+    if not len(parts):
+        return []
+    lines = ["", "## Decomposition: PE scale and attention structure", "",
+             "impulse − baseline = (pe_scaled − baseline) + (impulse − pe_scaled), seed by seed (final test top-1, "
+             "pp). pe_scaled is the baseline's base init with impulse's PE scale and unstructured attention, so the "
+             "first part is what the PE scale alone gives and the second what the solved attention gives on top of "
+             "it. Means ± 95 % CI over the n seeds where all three finished: the two parts sum to the total exactly, "
+             "their CIs do not add. p_holm is the paired table's (its n seeds, its Holm family). A part whose CI "
+             "holds 0 is not shown to be non-zero; on a fixed PE of scale 1, pe_scaled is the baseline bit for bit "
+             "and everything is structure.", "",
+             "| configuration | baseline | n | PE scale: pe_scaled − baseline | structure: impulse − pe_scaled | "
+             "total: impulse − baseline |", "|---|---|---|---|---|---|"]
+    for (config, base), g in parts.groupby(["config", "baseline"], sort=False):
+        by = {r.part: r for r in g.itertuples()}
+        lines.append(f"| {config} | {base} | {by['total'].n} | {_diff(by['PE scale'])} | {_diff(by['structure'])} "
+                     f"| {_diff(by['total'])} |")
+    uneven = parts[parts["n"] != parts["n_paired"]]
+    if len(uneven):
+        lines += ["", f"In {uneven['config'].nunique()} configuration(s) an arm lacks seeds the others have (a failed "
+                  "trial) or a pair was not declared: n is the common seeds, p_holm the paired table's over its own."]
+    return lines
+
+
+def cell_lines(cells: pd.DataFrame, paired: pd.DataFrame) -> list[str]:
+    """The per-cell Markdown section (`stats.per_cell`); none for a study that does not vary embed_dim/num_heads."""
+    if not len(cells):
+        return []
+    lines = ["", "## Per cell", "",
+             "Per (embed_dim, num_heads): the paper's conditions h ≥ f² and D/h ≥ k (k the measured embedding rank "
+             "of the picked impulse runs), and the impulse setting (target_mass, pe_scale, pseudo_input) with the "
+             "best mean validation top-1 over seeds among the cell's settings; the test set never selects. Its final "
+             "test top-1 (mean ± 95 % CI) and its paired differences to the other arms of the same configuration "
+             "(mean ± CI, p_holm from the paired table). The pick is the best of the cell's settings and the other "
+             "arms are not picked, so its differences lean in impulse's favour, the more so the more settings "
+             "(column 'of'); the paired table holds every setting's.", "",
+             "| embed_dim | heads | theory | best impulse setting (by val) | of | val top-1 | test top-1 | n | "
+             "paired differences |", "|---|---|---|---|---|---|---|---|---|"]
+    for c in cells.itertuples():
+        diffs = paired[(paired["config"] == c.config) & paired["pair"].str.startswith("impulse - ")]
+        lines.append(f"| {c.embed_dim} | {c.num_heads} | {c.theory} | {c.setting} | {c.settings} | "
+                     f"{_pm(c.best_val_top1_mean, math.nan)} | {_pm(c.final_test_top1_mean, c.final_test_top1_ci95)} "
+                     f"| {c.n} | " + "; ".join(f"{d.pair}: {_diff(d)}" for d in diffs.itertuples()) + " |")
+    return lines
 
 
 def plots(folder: str, trials: pd.DataFrame, history: pd.DataFrame, paired: pd.DataFrame, optuna_url: str,
@@ -221,8 +276,7 @@ def plots(folder: str, trials: pd.DataFrame, history: pd.DataFrame, paired: pd.D
         ax.set(xlabel="epoch", ylabel=f"{split} top-1 (%)", title="accuracy per init (mean ± std over runs)")
         ax.legend()
         made.append(_save(fig, os.path.join(folder, "curves.png")))
-    if "heads_vs_dim" in wanted and done["num_heads"].notna().any() and (
-            done["embed_dim"].nunique() > 1 or done["num_heads"].nunique() > 1):
+    if "heads_vs_dim" in wanted and varies_width(done):
         inits = sorted(done["init"].unique())
         fig, axes = plt.subplots(1, len(inits), figsize=(4 * len(inits), 3.5), squeeze=False)
         for ax, init in zip(axes[0], inits):
@@ -286,8 +340,8 @@ def _save(fig, path: str) -> str:
 
 def report(study: str, storage: str = "runs", tracking_uri: str | None = None, optuna_url: str | None = None) -> str:
     """Build the report of a study's results: print-ready Markdown; also written as report.md,
-    table.csv, paired.csv and plots under <storage>/<study>/report/, and logged to the MLflow run
-    of the latest execution."""
+    table.csv, paired.csv, decomposition.csv, cells.csv and plots under <storage>/<study>/report/,
+    and logged to the MLflow run of the latest execution."""
     paths = StudyPaths(storage, study, optuna_url=optuna_url)
     pooled, history = results.load(paths.folder)
     trials, history = once_per_seed(pooled, history)
@@ -301,6 +355,8 @@ def report(study: str, storage: str = "runs", tracking_uri: str | None = None, o
         f.write(text)
     table.to_csv(os.path.join(out, "table.csv"), index=False)
     paired.to_csv(os.path.join(out, "paired.csv"), index=False)
+    decomposition(trials, paired).to_csv(os.path.join(out, "decomposition.csv"), index=False)
+    per_cell(trials, table, paired).to_csv(os.path.join(out, "cells.csv"), index=False)
     execution = paths.execution()
     plots(out, trials, history, paired, paths.optuna, execution, wanted)
     run = execution and tracking.latest_run(tracking_uri or tracking.default_uri(), study, "execution", execution)

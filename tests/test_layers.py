@@ -13,7 +13,7 @@ LAYERS = [  # bottom to top
     ["fidelity", "config"],
     ["checkpoint", "cluster"],
     ["tracking"],
-    ["train", "results", "report"],
+    ["train", "results", "report", "stats"],
     ["study"],
     ["runner"],
     ["commands", "cli", "__main__"],

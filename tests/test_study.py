@@ -11,7 +11,9 @@ import pytest
 from scipy import stats
 
 from structinit.config import make, with_overrides
-from structinit.report import ci95, markdown, summarize
+from structinit.config import config_key
+from structinit.report import ci95, markdown, summarize, summary_metrics
+from structinit.stats import decomposition, holm, paired_p, per_cell
 from structinit.runner import searcher
 from structinit.spaces import categorical, heads_and_dims
 from structinit.study import TRIAL_INDEX, Study, check_space, trial_config
@@ -133,6 +135,94 @@ def test_report_flags_near_chance_inits_and_an_unscaled_pe_control():
     assert "`pe_scaled` ran with a PE scale of 1" in text
     scaled = [dict(r, init_pe_scale=18.0) for r in rows]
     assert "PE scale of 1" not in markdown("s", *summarize(pd.DataFrame(scaled)), pd.DataFrame(scaled))
+
+
+def test_holm_and_the_paired_t_test_by_hand():
+    """Holm on four p-values worked by hand (a NaN is no comparison: m = 4), its clip at 1, and the
+    paired t-test against scipy's."""
+    # sorted 0.005 0.01 0.03 0.04, times m - i + 1 = 4 3 2 1: 0.02 0.03 0.06 0.04, running max 0.02 0.03 0.06 0.06
+    got = holm([0.01, 0.04, 0.03, 0.005, math.nan])
+    assert got[:4] == pytest.approx([0.03, 0.06, 0.06, 0.02]) and math.isnan(got[4])
+    assert holm([0.5, 0.6]).tolist() == [1.0, 1.0] and holm([]).size == 0
+    a, b = [90.0, 92.0, 88.0, 91.0], [85.0, 86.0, 87.0, 86.5]
+    assert paired_p([x - y for x, y in zip(a, b)]) == pytest.approx(stats.ttest_rel(a, b).pvalue)
+    assert paired_p([0.0, 0.0, 0.0]) == 1.0 and math.isnan(paired_p([2.0]))  # bit-identical arms; one seed
+
+
+def arm_rows(params: dict, accs: dict, seeds=range(5), **fields) -> list[dict]:
+    """Trials rows of one configuration: `accs[init](seed)` -> (final test top-1, best val top-1)."""
+    rows = []
+    for init, acc in accs.items():
+        for seed in seeds:
+            test, val = acc(seed)
+            rows.append(dict(status="TERMINATED", error=None, execution="s-1", trial_id=f"t{len(rows)}",
+                             config_key=config_key(params),
+                             params=json.dumps(params, sort_keys=True), init=init, seed=seed, final_test_top1=test,
+                             test_top1_at_best_val=test, best_val_top1=val, **fields))
+    return rows
+
+
+def test_decomposition_splits_the_gain_into_pe_scale_and_structure():
+    """All four arms over 5 seeds: (pe_scaled - base) + (impulse - pe_scaled) = impulse - base in
+    the seed mean, base = torch_default where it ran (else default); on the seeds all three share
+    when an arm lost one. Every pair is one row of the paired table, with its p and Holm p."""
+    arms = {"impulse": lambda s: (80.0 + s + 0.5 * s * s, 70.0), "pe_scaled": lambda s: (75.0 + 0.3 * s, 70.0),
+            "mimetic": lambda s: (74.0 + s, 70.0), "torch_default": lambda s: (70.0 - 0.7 * s, 70.0),
+            "default": lambda s: (60.0, 70.0)}
+    rows = arm_rows({"dataset": "digits"}, arms)
+    other = arm_rows({"dataset": "mnist"}, {k: v for k, v in arms.items() if k != "torch_default"})
+    other[next(i for i, r in enumerate(other) if r["init"] == "pe_scaled" and r["seed"] == 4)].update(
+        status="ERROR", error="NonFiniteLossError", final_test_top1=None)  # pe_scaled lost seed 4 there
+    trials = pd.DataFrame(rows + other)
+    table, paired = summarize(trials)
+    assert not paired.duplicated(["config", "pair"]).any()
+    assert {"pe_scaled - torch_default", "pe_scaled - default", "impulse - pe_scaled"} <= set(paired.pair)
+    assert paired.p_holm.tolist() == pytest.approx(holm(paired.p).tolist(), nan_ok=True)
+    assert (paired.p_holm >= paired.p).all()
+    parts = decomposition(trials, paired)
+    for config, base, n in (("dataset=digits", "torch_default", 5), ("dataset=mnist", "default", 4)):
+        got = parts[parts.config == config].set_index("part")
+        assert set(got.baseline) == {base} and set(got.n) == {n}
+        assert got.loc["PE scale", "mean"] + got.loc["structure", "mean"] == pytest.approx(got.loc["total", "mean"])
+        seeds = range(n)
+        imp, pe, b = ([arms[i](s)[0] for s in seeds] for i in ("impulse", "pe_scaled", base))
+        assert got.loc["total", "mean"] == pytest.approx(sum(x - y for x, y in zip(imp, b)) / n)
+        assert got.loc["PE scale", "mean"] == pytest.approx(sum(x - y for x, y in zip(pe, b)) / n)
+    mnist = parts[parts.config == "dataset=mnist"].set_index("part")
+    assert mnist.loc["total", "n_paired"] == 5 and mnist.loc["structure", "n_paired"] == 4  # the paired table's
+    row = paired[(paired.config == "dataset=digits") & (paired.pair == "impulse - pe_scaled")].iloc[0]
+    assert parts[(parts.config == "dataset=digits") & (parts.part == "structure")].p_holm.iloc[0] == row.p_holm
+    text = markdown("s", table, paired, trials)
+    assert "## Decomposition" in text and "| dataset=digits | torch_default | 5 |" in text
+    assert "p (Holm)" in text and "## Per cell" not in text  # no embed_dim/num_heads varied
+    metrics, _ = summary_metrics(trials)
+    assert metrics["dataset:digits/impulse - pe_scaled/p_holm"] == pytest.approx(row.p_holm)
+
+
+def test_per_cell_picks_the_impulse_setting_by_validation_not_test():
+    """Two settings per (embed_dim, num_heads) cell; in the first cell the better-validating setting
+    is the worse on test: the pick follows validation. Conditions with k = 7, f = 3."""
+    cell = dict(filter_size=3, init_rank_k=7.0, pseudo_input="pe", pe_scale=None, init_pe_scale=18.0)
+    rows = []
+    for dim, heads, sharp_val, sharp_test in ((32, 2, 60.0, 90.0), (144, 9, 80.0, 70.0)):
+        for mass, val, test in ((0.3, 70.0, 80.0), (0.9, sharp_val, sharp_test)):
+            params = {"model.embed_dim": dim, "model.num_heads": heads, "init.target_mass": mass}
+            rows += arm_rows(params, {"impulse": lambda s, t=test, v=val: (t + s, v + s),
+                                      "torch_default": lambda s: (60.0 + s, 50.0)},
+                             embed_dim=dim, num_heads=heads, target_mass=mass, **cell)
+    trials = pd.DataFrame(rows)
+    table, paired = summarize(trials)
+    cells = per_cell(trials, table, paired).set_index(["embed_dim", "num_heads"])
+    first, second = cells.loc[(32, 2)], cells.loc[(144, 9)]
+    assert first.setting == "target_mass=0.3 pe_scale=18 (default) pseudo_input=pe"  # val 70 > 60, test 80 < 90
+    assert first.final_test_top1_mean == pytest.approx(82.0) and first.settings == 2
+    assert second.setting.startswith("target_mass=0.9") and second.best_val_top1_mean == pytest.approx(82.0)
+    assert (first.h_ge_f2, first.head_dim_ge_k) == (False, True)  # 2 < 9 heads; 32 / 2 = 16 >= 7
+    assert (second.h_ge_f2, second.head_dim_ge_k) == (True, True) and "h≥f² ✓, D/h≥k ✓" in second.theory
+    text = markdown("s", table, paired, trials)
+    assert "## Per cell" in text
+    line = next(x for x in text.splitlines() if x.startswith("| 32 | 2 |"))
+    assert "target_mass=0.3" in line and "impulse - torch_default: 20.00 ± 0.00" in line
 
 
 def test_smoke_study_end_to_end(smoke_study):
