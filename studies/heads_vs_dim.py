@@ -1,23 +1,41 @@
-"""Heads vs embedding dim: does impulse init need h >= f^2 heads and a wide enough head (D/h >= k)?
+"""Heads vs embedding dim: does impulse init need h >= f^2 heads and a wide enough head (D/h >= k),
+and which impulse setting -- sharpness, PE scale, pseudo input -- makes it pay?
 
-Optuna proposes (embed_dim, heads) pairs, heads always dividing the dim; each pair is trained with
-impulse, mimetic and the footing's baseline over several seeds, so the report pairs them seed by
-seed. The cpu and paper presets stand on the `v1` footing (the paper this table comes from: fixed
-sin-cos PE, average pooling, PyTorch-default base, v1's solver; baseline `torch_default`).
+Optuna proposes (embed_dim, heads) pairs, heads always dividing the dim, together with the impulse
+init's own settings (spaces.impulse_settings): `init.target_mass` in [0.2, 0.999], the PE scale in
+[1, 32] (log) and the pseudo input, `pe` or `data` (solved layer by layer on real training images).
+Each proposal is trained with impulse, pe_scaled (the same PE scale, unstructured attention),
+mimetic and the footing's baseline over the same seeds, so the report pairs them seed by seed and
+splits impulse - baseline into (pe_scaled - baseline), what the PE scale gives, and (impulse -
+pe_scaled), what the attention structure gives. The cpu presets train on 25 % of digits, where
+the arms do not saturate; `cpu` stands on the `v1` footing (fixed sin-cos PE, average pooling,
+PyTorch-default base), `cpu_followup` on the `followup` one (learned PE, class token, mimetic
+V/proj); both with the closed form per block, whose sharpness is what is searched.
 
-    python studies/heads_vs_dim.py [--preset smoke|cpu|paper] [--resume] [--seeds 0,1,2,3,4] ...
+    python studies/heads_vs_dim.py [--preset smoke|cpu|cpu_followup|paper] [--resume] [--seeds 0,1,2,3,4] ...
     ray submit cluster/gpu.yaml studies/heads_vs_dim.py -- --preset paper
-    structinit report heads_vs_dim
+    structinit report heads_vs_dim            (cpu_followup: heads_vs_dim_followup)
 """
 from functools import partial
 
 from structinit.commands.study import cli
 from structinit.config import make
 from structinit.footings import FOOTINGS
-from structinit.spaces import heads_and_dims
+from structinit.spaces import heads_and_dims, impulse_settings
 from structinit.study import Study
 
-V1 = ("impulse", "mimetic", FOOTINGS["v1"].baseline)
+SEARCHED = dict(solver="closed_form", target_mass=0.9, factor_norm=None, qk="per_block", offsets="cover")  # the
+# closed form per block, its sharpness set by target_mass (searched), on either footing
+
+
+def study(footing: str, dataset: str, dims, heads, num_configs: int, seeds, **fields) -> Study:
+    """The searched study on `footing`: impulse, pe_scaled, mimetic and the footing's baseline."""
+    inits = ("impulse", "pe_scaled", "mimetic", FOOTINGS[footing].baseline)
+    trial = make(dataset, footing=footing, init_overrides=SEARCHED, **fields)
+    name = "heads_vs_dim" if footing == "v1" else f"heads_vs_dim_{footing}"  # one report per footing
+    return Study(name, trial, partial(impulse_settings, dims=dims, heads=heads), num_configs=num_configs,
+                 inits=inits, seeds=seeds)
+
 
 PRESETS = {
     # a few minutes on a 2-core CPU: one proposal, two epochs
@@ -25,16 +43,14 @@ PRESETS = {
         "heads_vs_dim", make("digits", recipe_overrides=dict(epochs=2, warmup_epochs=0),
                              model_overrides=dict(depth=2)),
         partial(heads_and_dims, dims=[32, 64], heads=[2, 4]), num_configs=1, seeds=(0,)),
-    # digits on a laptop: 4 proposals x 3 inits x 5 seeds
-    "cpu": lambda: Study(
-        "heads_vs_dim", make("digits", recipe_overrides=dict(epochs=30), footing="v1"),
-        partial(heads_and_dims, dims=[32, 64, 96], heads=[1, 2, 4, 8]), num_configs=4, inits=V1,
-        seeds=(0, 1, 2, 3, 4)),
+    # 25 % of digits on a laptop: 6 proposals x 4 inits x 5 seeds (~20 min on 2 cores)
+    "cpu": lambda: study("v1", "digits", [32, 64, 96], [2, 4, 8, 16], 6, (0, 1, 2, 3, 4),
+                         fraction=0.25, recipe_overrides=dict(epochs=30)),
+    "cpu_followup": lambda: study("followup", "digits", [32, 64, 96], [2, 4, 8, 16], 6, (0, 1, 2, 3, 4),
+                                  fraction=0.25, recipe_overrides=dict(epochs=30)),
     # the paper's CIFAR-100 table (ViT-T/S at 32 px, heads 3..16) on GPU workers
-    "paper": lambda: Study(
-        "heads_vs_dim", make("cifar100", data_root="/data", gpu=True, cpus_per_worker=4, footing="v1"),
-        partial(heads_and_dims, dims=[192, 384], heads=[3, 6, 8, 12, 16]), num_configs=8, inits=V1,
-        seeds=(0, 1, 2)),
+    "paper": lambda: study("v1", "cifar100", [192, 384], [3, 6, 8, 12, 16], 8, (0, 1, 2),
+                           data_root="/data", gpu=True, cpus_per_worker=4),
 }
 
 if __name__ == "__main__":

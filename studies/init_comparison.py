@@ -1,13 +1,17 @@
-"""Init comparison (the paper's Table 1): datasets x inits, with the PE-scale control.
+"""Init comparison (the paper's Table 1): datasets x pseudo inputs x inits, with the PE-scale control.
 
 Every dataset is trained with impulse, `pe_scaled` (the same position-embedding scale as impulse,
-unstructured attention), mimetic and the footing's baseline over several seeds; `impulse -
-pe_scaled` is the part of the gain that structure, not the PE scale, explains. The cpu and paper
-presets stand on the `followup` footing (learned PE x18, class token, PyTorch-default base,
-closed form with the official factor norm 7, mimetic V/proj; baseline `torch_default`).
+unstructured attention), mimetic and the footing's baseline over several seeds, for impulse solved
+on the PE (`pe`) and on real training images (`data`, layer by layer); `impulse - pe_scaled` is
+the part of the gain that structure, not the PE scale, explains. The `cpu` and paper presets
+stand on the `followup` footing (learned PE x18, class token, PyTorch-default base, closed form
+with the official factor norm 7, mimetic V/proj; baseline `torch_default`); `cpu_v1` on the `v1`
+footing's model and base (fixed sin-cos PE, average pooling) with the closed form per block at
+mass 0.5 (v1's gradient solver takes no images). The cpu presets train on 25 % of digits, where
+the arms do not saturate.
 
-    python studies/init_comparison.py [--preset smoke|cpu|paper] [--seeds 0,1,2,3,4] ...
-    structinit report init_comparison
+    python studies/init_comparison.py [--preset smoke|cpu|cpu_v1|paper] [--seeds 0,1,2,3,4] ...
+    structinit report init_comparison         (cpu_v1: init_comparison_v1)
 """
 from functools import partial
 
@@ -20,23 +24,29 @@ from structinit.study import Study
 
 INITS = ("impulse", "pe_scaled", "mimetic", "default")
 FOLLOWUP = ("impulse", "pe_scaled", "mimetic", FOOTINGS["followup"].baseline)
+V1 = ("impulse", "pe_scaled", "mimetic", FOOTINGS["v1"].baseline)
+BOTH = ("pe", "data")  # impulse solved on the PE, and layer by layer on training images
 
 
-def study(datasets, trial, seeds, inits=INITS):
-    grid = {"dataset": list(datasets)}
-    return Study("init_comparison", trial, partial(categorical, **grid), grid=grid, inits=inits, seeds=seeds,
+def study(datasets, trial, seeds, inits=INITS, pseudo_inputs=("pe",), name="init_comparison"):
+    grid = {"dataset": list(datasets), "init.pseudo_input": list(pseudo_inputs)}
+    return Study(name, trial, partial(categorical, **grid), grid=grid, inits=inits, seeds=seeds,
                  pairs=IMPULSE_PAIRS, plots=("curves", "param_importances"))
 
 
 PRESETS = {
     "smoke": lambda: study(["digits"], make("digits", recipe_overrides=dict(epochs=2, warmup_epochs=0),
                                             model_overrides=dict(depth=2, pos_embed="learn")), (0,)),
-    "cpu": lambda: study(["digits"], make("digits", recipe_overrides=dict(epochs=30), footing="followup"),
-                         (0, 1, 2, 3, 4), FOLLOWUP),
+    "cpu": lambda: study(["digits"], make("digits", recipe_overrides=dict(epochs=30), footing="followup",
+                                          fraction=0.25), (0, 1, 2, 3, 4), FOLLOWUP, BOTH),
+    "cpu_v1": lambda: study(["digits"], make("digits", recipe_overrides=dict(epochs=30), footing="v1", fraction=0.25,
+                                             init_overrides=dict(solver="closed_form", target_mass=0.5,
+                                                                 qk="per_block", offsets="cover")),
+                            (0, 1, 2, 3, 4), V1, BOTH, name="init_comparison_v1"),
     # CIFAR-10/100 and SVHN share one root in torchvision's layout; ViT-T/2 at 32 px
     "paper": lambda: study(["cifar10", "cifar100", "svhn"],
                            make("cifar10", data_root="/data", gpu=True, cpus_per_worker=4, footing="followup"),
-                           (0, 1, 2, 3, 4), FOLLOWUP),
+                           (0, 1, 2, 3, 4), FOLLOWUP, BOTH),
 }
 
 if __name__ == "__main__":
