@@ -26,12 +26,15 @@ def categorical(trial, **choices):
     return None
 
 
-def impulse_settings(trial, dims, heads, masses=(0.2, 0.999), pe_scales=(1.0, 32.0), pseudo_inputs=("pe", "data")):
+def impulse_settings(trial, dims, heads, masses=(0.2, 0.999), pe_scales=None, pseudo_inputs=("pe", "data")):
     """(embed_dim, heads) as `heads_and_dims`, and the impulse init's own settings: its sharpness
-    `init.target_mass` in `masses`, the PE scale `init.pe_scale` in `pe_scales` (log-uniform;
-    pe_scaled reads it too, so the control stays matched) and the pseudo input it is solved on."""
+    `init.target_mass` in `masses`, the pseudo input it is solved on and, given `pe_scales`
+    (lo, hi), the PE scale `init.pe_scale`, log-uniform (pe_scaled reads it too, so the control
+    stays matched; for a learned PE only: a fixed one cannot shrink back in training, and at x28
+    it drowns the image -- trials of digits at chance)."""
     fixed = heads_and_dims(trial, dims, heads)
     trial.suggest_float("init.target_mass", *masses)
-    trial.suggest_float("init.pe_scale", *pe_scales, log=True)
+    if pe_scales is not None:
+        trial.suggest_float("init.pe_scale", *pe_scales, log=True)
     trial.suggest_categorical("init.pseudo_input", list(pseudo_inputs))
     return fixed

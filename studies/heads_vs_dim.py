@@ -2,12 +2,14 @@
 and which impulse setting -- sharpness, PE scale, pseudo input -- makes it pay?
 
 Optuna proposes (embed_dim, heads) pairs, heads always dividing the dim, together with the impulse
-init's own settings (spaces.impulse_settings): `init.target_mass` in [0.2, 0.999], the PE scale in
-[1, 32] (log) and the pseudo input, `pe` or `data` (solved layer by layer on real training images).
-Each proposal is trained with impulse, pe_scaled (the same PE scale, unstructured attention),
-mimetic and the footing's baseline over the same seeds, so the report pairs them seed by seed and
-splits impulse - baseline into (pe_scaled - baseline), what the PE scale gives, and (impulse -
-pe_scaled), what the attention structure gives. The cpu presets train on 25 % of digits, where
+init's own settings (spaces.impulse_settings): `init.target_mass` in [0.2, 0.999], the pseudo input,
+`pe` or `data` (solved layer by layer on real training images), and on a learned PE its scale in
+[1, 32] (log). Each proposal is trained with impulse, mimetic and the footing's baseline over the
+same seeds -- and, on a learned PE, pe_scaled (the same PE scale, unstructured attention) -- so the
+report pairs them seed by seed and splits impulse - baseline into (pe_scaled - baseline), what the
+PE scale gives, and (impulse - pe_scaled), what the attention structure gives. A fixed sin-cos PE
+keeps its scale 1: it cannot shrink back in training (at x28 the digits trained at chance), and
+pe_scaled would be the baseline bit for bit. The cpu presets train on 25 % of digits, where
 the arms do not saturate; `cpu` stands on the `v1` footing (fixed sin-cos PE, average pooling,
 PyTorch-default base), `cpu_followup` on the `followup` one (learned PE, class token, mimetic
 V/proj); both with the closed form per block, whose sharpness is what is searched.
@@ -29,12 +31,14 @@ SEARCHED = dict(solver="closed_form", target_mass=0.9, factor_norm=None, qk="per
 
 
 def study(footing: str, dataset: str, dims, heads, num_configs: int, seeds, **fields) -> Study:
-    """The searched study on `footing`: impulse, pe_scaled, mimetic and the footing's baseline."""
-    inits = ("impulse", "pe_scaled", "mimetic", FOOTINGS[footing].baseline)
+    """The searched study on `footing`: impulse, mimetic, the footing's baseline and, on a learned
+    PE, pe_scaled with the PE scale searched."""
+    learned = FOOTINGS[footing].model["pos_embed"] == "learn"
+    inits = ("impulse", *(("pe_scaled",) if learned else ()), "mimetic", FOOTINGS[footing].baseline)
     trial = make(dataset, footing=footing, init_overrides=SEARCHED, **fields)
     name = "heads_vs_dim" if footing == "v1" else f"heads_vs_dim_{footing}"  # one report per footing
-    return Study(name, trial, partial(impulse_settings, dims=dims, heads=heads), num_configs=num_configs,
-                 inits=inits, seeds=seeds)
+    space = partial(impulse_settings, dims=dims, heads=heads, pe_scales=(1.0, 32.0) if learned else None)
+    return Study(name, trial, space, num_configs=num_configs, inits=inits, seeds=seeds)
 
 
 PRESETS = {
@@ -43,7 +47,7 @@ PRESETS = {
         "heads_vs_dim", make("digits", recipe_overrides=dict(epochs=2, warmup_epochs=0),
                              model_overrides=dict(depth=2)),
         partial(heads_and_dims, dims=[32, 64], heads=[2, 4]), num_configs=1, seeds=(0,)),
-    # 25 % of digits on a laptop: 6 proposals x 4 inits x 5 seeds (~20 min on 2 cores)
+    # 25 % of digits on a laptop: 6 proposals x 3-4 inits x 5 seeds (~15-20 min on 2 cores)
     "cpu": lambda: study("v1", "digits", [32, 64, 96], [2, 4, 8, 16], 6, (0, 1, 2, 3, 4),
                          fraction=0.25, recipe_overrides=dict(epochs=30)),
     "cpu_followup": lambda: study("followup", "digits", [32, 64, 96], [2, 4, 8, 16], 6, (0, 1, 2, 3, 4),

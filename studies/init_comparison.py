@@ -24,7 +24,7 @@ from structinit.study import Study
 
 INITS = ("impulse", "pe_scaled", "mimetic", "default")
 FOLLOWUP = ("impulse", "pe_scaled", "mimetic", FOOTINGS["followup"].baseline)
-V1 = ("impulse", "pe_scaled", "mimetic", FOOTINGS["v1"].baseline)
+V1 = ("impulse", "mimetic", FOOTINGS["v1"].baseline)  # a fixed PE keeps scale 1: pe_scaled would be the baseline
 BOTH = ("pe", "data")  # impulse solved on the PE, and layer by layer on training images
 
 
