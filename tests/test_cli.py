@@ -137,3 +137,15 @@ def test_python_dash_m_structinit_is_the_cli():
                                                           "a positive integer")
     assert "inspect-init" in subprocess.run([sys.executable, "-m", "structinit", "--help"], capture_output=True,
                                             text=True, timeout=60).stdout
+
+
+def test_inspect_init_on_a_dataset_reports_pseudo_and_real_image_fidelity():
+    out = run("inspect-init", "--model", "vit_tiny_patch2_32", "--init", "impulse", "--pseudo-input", "data",
+              "--dataset", "digits", "--target-mass", "0.5", "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["dataset"] == "digits" and [b["block"] for b in data["data"]] == list(range(12))
+    for where in ("blocks", "data"):  # its training batch (the pseudo input), and held-out test images
+        masses = [h["target_mass"] for b in data[where] for h in b["heads"]]
+        assert len(masses) == 36 and all(abs(m - 0.5) <= 0.05 for m in masses), (where, masses)
+        assert all(0 <= h["argmax_hit"] <= 1 for b in data[where] for h in b["heads"])

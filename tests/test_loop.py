@@ -38,3 +38,21 @@ def test_mixup_recipe_uses_soft_targets():
     mixed, soft = mixup(x, y)
     assert soft.shape == (32, 10) and torch.allclose(soft.sum(-1), torch.ones(32))
     assert torch.isfinite(loss_function(cfg)(model(mixed), soft))
+
+
+def test_a_data_aware_run_solves_on_a_seeded_batch_of_its_training_images():
+    """pseudo_input='data': the run draws `data_images` training images (no augmentation) by its
+    seed, the same ones on every worker and every retry, and solves on them."""
+    import torch
+
+    from structinit.config import make, with_overrides
+    from structinit.data import Transformed
+    from structinit.train import Context, build
+
+    cfg = with_overrides(make("digits", fraction=0.5), {"init.pseudo_input": "data", "init.data_images": 40})
+    first, again, other = (build(with_overrides(cfg, {"seed": s}), Context())[2] for s in (3, 3, 4))
+    assert first.images.shape == (40, 1, 8, 8) and torch.equal(first.images, again.images)
+    assert not torch.equal(first.images, other.images)
+    d = build(with_overrides(cfg, {"seed": 3}), Context())[0]
+    train = torch.stack([image for image, _ in Transformed(d.train.base, d.train.indices, d.test.transform)])
+    assert all((train == image).flatten(1).all(1).any() for image in first.images)  # each a training image

@@ -272,3 +272,43 @@ def test_report_counts_a_seed_once_over_executions():
     table, _ = summarize(kept)
     assert table.n.tolist() == [2] and table.final_test_top1_mean.tolist() == [76.0]
     assert table.executions.tolist() == ["s-1,s-2"]
+
+
+STUDY_SCRIPTS = sorted((Path(__file__).parent.parent / "studies").glob("*.py"))
+
+
+@pytest.mark.parametrize("script", STUDY_SCRIPTS, ids=[s.stem for s in STUDY_SCRIPTS])
+def test_every_local_preset_builds_and_passes_its_checks(script):
+    """Every preset a laptop can run (all but `paper`, which reads /data on GPU workers) builds a
+    Study whose space, inits and splits pass check_space: a preset broken by a change of a
+    footing, a space or an init is caught here, not an hour into a study."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"study_{script.stem}", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for preset, build in module.PRESETS.items():
+        if preset != "paper":
+            check_space(build(), samples=16)
+
+
+def test_heads_vs_dim_searches_the_impulse_settings_and_pairs_pe_scaled_on_a_learned_pe():
+    import importlib.util
+
+    script = Path(__file__).parent.parent / "studies" / "heads_vs_dim.py"
+    spec = importlib.util.spec_from_file_location("study_heads_vs_dim", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    import optuna
+
+    assert module.PRESETS["cpu"]().name != module.PRESETS["cpu_followup"]().name  # one report per footing
+    for preset, learned in (("cpu", False), ("cpu_followup", True)):
+        study = module.PRESETS[preset]()
+        assert ("pe_scaled" in study.inits) == learned and study.trial.fraction == 0.25
+        trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(0)).ask()
+        study.space(trial)
+        assert 0.2 <= trial.params["init.target_mass"] <= 0.999
+        assert trial.params["init.pseudo_input"] in ("pe", "data")
+        assert ("init.pe_scale" in trial.params) == learned
+        cfg, _ = trial_config(study, {**trial.params, "model.num_heads": 2, TRIAL_INDEX: 0})
+        assert cfg.init.solver == "closed_form" and cfg.init.factor_norm is None
