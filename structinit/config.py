@@ -146,9 +146,11 @@ def config_key(params: dict) -> str:
 
 
 def label(params: str) -> str:
-    """A proposal's params (as `canonical` JSON) as a reader names the configuration."""
+    """A proposal's params (as `canonical` JSON) as a reader names the configuration (a float to
+    4 significant digits: a sampled 0.9125266276248818 reads 0.9125)."""
     p = json.loads(params)
-    return " ".join(f"{k.split('.')[-1]}={v}" for k, v in sorted(p.items())) or "(base)"
+    return " ".join(f"{k.split('.')[-1]}={f'{v:.4g}' if isinstance(v, float) else v}"
+                    for k, v in sorted(p.items())) or "(base)"
 
 
 def search_params(config: dict) -> dict:
