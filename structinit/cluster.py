@@ -16,7 +16,8 @@ PROBE_S = 3.0  # how long check_address waits for a cluster's port to accept a c
 
 def check_address(address: str | None) -> None:
     """None (then RAY_ADDRESS, if set, is checked), 'local', 'auto', HOST:PORT or ray://HOST:PORT,
-    where something must accept a connection within PROBE_S (ray.init would wait minutes)."""
+    where something must accept a connection within PROBE_S and, at HOST:PORT, answer as a Ray
+    cluster's GCS (`check_gcs`): ray.init would wait minutes, or for ever, on anything else."""
     import re
 
     name = "address" if address is not None else "RAY_ADDRESS"
@@ -30,6 +31,29 @@ def check_address(address: str | None) -> None:
         socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_S).close()
     except (OSError, OverflowError) as err:  # OverflowError: a port beyond 65535
         check(name, address, f"a Ray cluster answering there (`ray start --head`): connecting failed ({err})", False)
+    if not address.startswith("ray://"):  # a Ray Client server is not a GCS
+        check_gcs(name, address)
+
+
+def check_gcs(name: str, address: str) -> None:
+    """What accepts connections at HOST:PORT answers Ray's GCS call GetClusterId (the first one
+    ray.init makes) within PROBE_S, on the channel Ray itself opens to a GCS (its TLS and token
+    settings). A refusal of the call (e.g. UNAUTHENTICATED) is still a GCS answering: ray.init
+    says the rest. Imports Ray: only once something listens there."""
+    import grpc
+    from ray._private.gcs_utils import create_gcs_channel
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    channel = create_gcs_channel(address)
+    try:
+        gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).GetClusterId(
+            gcs_service_pb2.GetClusterIdRequest(), timeout=PROBE_S)
+    except grpc.RpcError as err:
+        silent = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNIMPLEMENTED)
+        check(name, address, f"a Ray cluster answering there (`ray start --head`): something listens there but "
+              f"does not answer as a Ray GCS within {PROBE_S:g} s ({err.code().name})", err.code() not in silent)
+    finally:
+        channel.close()
 
 
 def starts_local(address: str | None) -> bool:
