@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 
 from structinit.validate import check
 
@@ -15,9 +16,9 @@ PROBE_S = 3.0  # how long check_address waits for a cluster's port to accept a c
 
 def check_address(address: str | None) -> None:
     """None (then RAY_ADDRESS, if set, is checked), 'local', 'auto', HOST:PORT or ray://HOST:PORT,
-    where something must accept a connection within PROBE_S (ray.init would wait minutes)."""
+    where something must accept a connection within PROBE_S and, at HOST:PORT, answer as a Ray
+    cluster's GCS (`check_gcs`): ray.init would wait minutes, or for ever, on anything else."""
     import re
-    import socket
 
     name = "address" if address is not None else "RAY_ADDRESS"
     address = address if address is not None else os.environ.get("RAY_ADDRESS")
@@ -30,6 +31,29 @@ def check_address(address: str | None) -> None:
         socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_S).close()
     except (OSError, OverflowError) as err:  # OverflowError: a port beyond 65535
         check(name, address, f"a Ray cluster answering there (`ray start --head`): connecting failed ({err})", False)
+    if not address.startswith("ray://"):  # a Ray Client server is not a GCS
+        check_gcs(name, address)
+
+
+def check_gcs(name: str, address: str) -> None:
+    """What accepts connections at HOST:PORT answers Ray's GCS call GetClusterId (the first one
+    ray.init makes) within PROBE_S, on the channel Ray itself opens to a GCS (its TLS and token
+    settings). A refusal of the call (e.g. UNAUTHENTICATED) is still a GCS answering: ray.init
+    says the rest. Imports Ray: only once something listens there."""
+    import grpc
+    from ray._private.gcs_utils import create_gcs_channel
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    channel = create_gcs_channel(address)
+    try:
+        gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).GetClusterId(
+            gcs_service_pb2.GetClusterIdRequest(), timeout=PROBE_S)
+    except grpc.RpcError as err:
+        silent = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNIMPLEMENTED)
+        check(name, address, f"a Ray cluster answering there (`ray start --head`): something listens there but "
+              f"does not answer as a Ray GCS within {PROBE_S:g} s ({err.code().name})", err.code() not in silent)
+    finally:
+        channel.close()
 
 
 def starts_local(address: str | None) -> bool:
@@ -53,18 +77,58 @@ def check_local_gpus(address: str | None, gpus: int) -> None:
 
 
 def connect(address: str | None, num_cpus: int, num_gpus: int | None = None, resources: dict | None = None):
-    """Attach to a Ray cluster, or start a local one of this size (its dashboard on 127.0.0.1,
-    Ray's default); returns ray.init's context.
+    """Attach to a Ray cluster, or start a local one of this size (`start_local`: isolated from
+    any other on this machine); returns ray.init's context.
 
     address None: RAY_ADDRESS, else the cluster `ray start` runs on this machine (the head of a
-    `ray up` cluster, where `ray submit` runs studies), else a new local cluster. "local": always a
-    new local cluster. Anything else ("HOST:PORT", "ray://..."): that cluster."""
+    `ray up` cluster, where `ray submit` runs studies; studies that should share one machine's
+    resources attach to one such cluster), else a new local cluster. "local": always a new local
+    cluster. Anything else ("HOST:PORT", "ray://..."): that cluster."""
     import ray
 
     check_address(address)
     if starts_local(address):
-        return ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, resources=resources)
+        return start_local(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources)
     return ray.init(address=address or "auto")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def start_local(**init):
+    """A new local cluster (ray.init's `init` arguments; its dashboard on 127.0.0.1, Ray's default)
+    that no Ray component of another cluster on this machine can be confused with, nor it with them.
+
+    Ray components that look a cluster up without being told its address (the State API, used
+    inside the cluster by Train's PlacementGroupCleaner and its state actor) take RAY_ADDRESS, else
+    the address file of the last `ray start`, else the one GCS process running here; with two local
+    clusters they fail ("Found multiple active Ray instances") or, after a `ray start`, ask the
+    wrong cluster. So the GCS gets a port chosen here (RAY_GCS_SERVER_PORT, read by Ray's head) and
+    its address is in RAY_ADDRESS while ray.init starts the cluster's processes: every raylet,
+    worker and actor inherits it. This process's environment is restored afterwards (a later
+    ray.init here must not attach to this cluster once it is gone); it passes the address itself."""
+    import ray
+    from ray.util import get_node_ip_address
+
+    saved = {k: os.environ.get(k) for k in ("RAY_GCS_SERVER_PORT", "RAY_ADDRESS")}
+    for attempt in (1, 2):
+        port = _free_port()
+        os.environ.update(RAY_GCS_SERVER_PORT=str(port), RAY_ADDRESS=f"{get_node_ip_address()}:{port}")
+        try:
+            return ray.init(address="local", **init)  # "local": RAY_ADDRESS does not redirect it
+        except RuntimeError as err:  # the port was taken between the probe and the GCS binding it
+            ray.shutdown()
+            if attempt == 2 or "Failed to start GCS" not in str(err):
+                raise
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
 
 def driver_resources() -> dict:
@@ -130,3 +194,28 @@ def check_cluster(gpus: int, checkpoints: str) -> None:
     check("checkpoints", checkpoints,
           f"a URI (s3://..., gs://...) or a shared folder: this cluster spans {len(hosts)} machines",
           len(hosts) == 1 or "://" in checkpoints)
+
+
+def placement_groups_left(timeout: float = 30.0) -> int | None:
+    """How many placement groups this job (this driver and the actors it started: Tune's trials,
+    Train's controllers) still holds on the connected cluster, asked through the State API at this
+    cluster's own address; waits up to `timeout` s for them to go (Train's PlacementGroupCleaner
+    removes those of a controller that died, checking every second). None: the State API did not
+    answer (a cluster without the dashboard)."""
+    import time
+
+    import ray
+    from ray.util.state import list_placement_groups
+    from ray.util.state.exception import RayStateApiException
+
+    context = ray.get_runtime_context()
+    mine = [("creator_job_id", "=", context.get_job_id()), ("state", "!=", "REMOVED")]
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            left = list_placement_groups(address=context.gcs_address, filters=mine, raise_on_missing_output=False)
+        except (RayStateApiException, ConnectionError):
+            return None
+        if not left or time.monotonic() > deadline:
+            return len(left)
+        time.sleep(1)

@@ -160,9 +160,30 @@ def search_params(config: dict) -> dict:
     return {k: v for k, v in config.items() if "." in k or (k in top and not k.startswith("__"))}
 
 
+TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+              tuple: "a list, e.g. [0.08, 1.0]"}
+
+
+def typed(name: str, value, hint):
+    """`value` for the field `name` of type `hint` (a list for a tuple field becomes a tuple), or a
+    ValueError naming the type allowed: a value of another type (`--set model.depth=abc`) would
+    pass the range checks of some fields and fail in the workers."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    kind = next((a for a in args if a is not type(None)), hint)
+    if value is None and optional:
+        return value
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = {int: number and isinstance(value, int), float: number, str: isinstance(value, str),
+          bool: isinstance(value, bool), tuple: isinstance(value, (list, tuple))}.get(kind, True)
+    check(name, value, TYPE_NAMES.get(kind, str(kind)) + (" or null" if optional else ""), ok)
+    return tuple(value) if kind is tuple else value
+
+
 def with_overrides(base: TrialConfig, overrides: dict) -> TrialConfig:
-    """`base` with dotted fields replaced (`model.embed_dim`, `init.filter_size`, `recipe.lr`, `seed`);
-    every section is re-validated (a recipe's warmup fits a shorter run: recipes.replaced)."""
+    """`base` with dotted fields replaced (`model.embed_dim`, `init.filter_size`, `recipe.lr`, `seed`),
+    each value of its field's type (`typed`); every section is re-validated (a recipe's warmup fits
+    a shorter run: recipes.replaced)."""
     sections: dict[str, dict] = {}
     top = {}
     for key, value in overrides.items():
@@ -171,10 +192,12 @@ def with_overrides(base: TrialConfig, overrides: dict) -> TrialConfig:
             check("search field", key, "a TrialConfig field such as model.embed_dim or init.filter_size",
                   section in ("model", "init", "recipe") and name in {f.name for f in dataclasses.fields(
                       getattr(base, section))})
-            sections.setdefault(section, {})[name] = value
+            hint = typing.get_type_hints(type(getattr(base, section)))[name]
+            sections.setdefault(section, {})[name] = typed(key, value, hint)
         else:
-            check("search field", key, "a TrialConfig field", key in {f.name for f in dataclasses.fields(base)})
-            top[key] = value
+            check("search field", key, "a TrialConfig field", key in {f.name for f in dataclasses.fields(base)}
+                  and not dataclasses.is_dataclass(getattr(base, key)))
+            top[key] = typed(key, value, typing.get_type_hints(TrialConfig)[key])
     changed = {s: (replaced if s == "recipe" else dataclasses.replace)(getattr(base, s), **v)
                for s, v in sections.items()}
     return dataclasses.replace(base, **changed, **top)

@@ -175,8 +175,12 @@ def run(study: Study, resume: bool = False, address: str | None = None, data: di
     finished = sum(out["statuses"].get(s, 0) for s in ("TERMINATED", "ERROR"))
     expected = study.configs * len(study.repeats)
     orphans = close_orphans(study, execution) if finished == expected else 0
+    left = cluster.placement_groups_left() if finished == expected else None
+    if left:  # a Train run's workers still reserved: on a shared cluster they would starve other trials
+        warnings.warn(f"study {study.name}: {left} placement group(s) it created are still reserved on the Ray "
+                      f"cluster after its last trial ended (`ray list placement-groups`)")
     if finished < expected:  # stopped early (Ctrl-C): Tune saved its state
         print(f"study {study.name} stopped with {finished} of {expected} trials finished; continue it with --resume")
     return {"execution": execution, "parent_run_id": parent.run_id, "finished": finished, "expected": expected,
-            "dataset_reads": len(data),
+            "dataset_reads": len(data), "placement_groups_left": left,
             "mlflow_synced": ids is not None, "optuna_orphans_closed": orphans, **out}

@@ -12,11 +12,15 @@ os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 @pytest.fixture
 def ray_local():
     """A real local Ray cluster, small enough for a 2-core machine: started by the first test
-    that asks, shared by the next ones (tests that need another cluster shut it down first)."""
+    that asks, shared by the next ones (tests that need another cluster shut it down first).
+    Started as a study starts its own (cluster.start_local): its components find it, not another
+    cluster running on this machine."""
     import ray
 
+    from structinit.cluster import start_local
+
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=True, log_to_driver=False)
+        start_local(num_cpus=4, include_dashboard=True, log_to_driver=False)
     return ray
 
 

@@ -54,6 +54,10 @@ CASES = [
     ("negative lr", STUDY, ["--set", "recipe.lr=-1"], "lr=-1"),
     ("target mass > 1", STUDY, ["--set", "init.target_mass=1.5"], "target_mass=1.5"),
     ("even filter", STUDY, ["--set", "init.filter_size=4"], "filter_size=4"),
+    ("set: a word for an integer", STUDY, ["--set", "model.depth=abc"], ("model.depth='abc'", "an integer")),
+    ("set: a word for a number", STUDY, ["--set", "recipe.lr=fast"], ("recipe.lr='fast'", "a number")),
+    ("set: a fraction for an integer", STUDY, ["--set", "model.depth=2.5"], ("model.depth=2.5", "an integer")),
+    ("set: a word for true or false", STUDY, ["--set", "recipe.amp=yes"], ("recipe.amp='yes'", "true or false")),
     ("preset: heads divide no dim", "presets", ["--preset", "odd_heads"], "heads=[4]"),
     ("preset: filter beyond grid", "presets", ["--preset", "big_filter"], "filter_size=5"),
     ("preset: negative lr bound", "presets", ["--preset", "lr_bounds"], "lr=-0.001"),
@@ -72,6 +76,8 @@ CASES = [
     ("tracking scheme", STUDY, ["--tracking-uri", "foo://x"], "tracking_uri='foo://x'"),
     ("MLflow unreachable", STUDY, ["--tracking-uri", "http://127.0.0.1:9"], "tracking_uri='http://127.0.0.1:9'"),
     ("nothing at the address", STUDY, ["--address", "127.0.0.1:1"], "address='127.0.0.1:1'"),
+    ("a silent server at the address", STUDY, ["--address", "{silent}"], ("address='{silent}'", "Ray GCS")),
+    ("a foreign server at RAY_ADDRESS", STUDY, ["env:RAY_ADDRESS={greeter}"], ("RAY_ADDRESS='{greeter}'", "Ray GCS")),
     ("empty seeds", STUDY, ["--seeds", ""], "seeds=''"),
     ("init twice", STUDY, ["--inits", "impulse,impulse"], "inits=('impulse', 'impulse')"),
     ("no validation split", STUDY, ["--set", "val_fraction=0"], "val_fraction=0"),
@@ -90,6 +96,8 @@ CASES = [
     ("train: filter beyond the grid", "cli", ["train", "--filter-size", "5"], "filter_size=5"),  # 4x4 digits grid
     ("train: address", "cli", ["train", "--address", "nonsense"], "address='nonsense'"),
     ("train: nothing at the address", "cli", ["train", "--address", "127.0.0.1:1"], "address='127.0.0.1:1'"),
+    ("train: a foreign server at the address", "cli", ["train", "--address", "{greeter}"],
+     ("address='{greeter}'", "Ray GCS")),
     ("train: tracking scheme", "cli", ["train", "--tracking-uri", "foo://x"], "tracking_uri='foo://x'"),
     ("train: no data images", "cli", ["train", "--pseudo-input", "data", "--data-images", "0"], "data_images=0"),
     ("inspect-init: data without a dataset", "cli", ["inspect-init", "--pseudo-input", "data"], "dataset=None"),
@@ -179,6 +187,42 @@ SETUP = {  # the records a case finds in its folder ({tmp})
 }
 
 
+def servers() -> dict[str, str]:
+    """Two TCP servers on this machine that are no Ray cluster, as HOST:PORT by placeholder: one
+    accepts and never says a word, one greets as an SSH server does and hangs up. They serve
+    until this process ends."""
+    import socket
+    import threading
+
+    def serve(greeting: bytes | None) -> str:
+        server = socket.create_server(("127.0.0.1", 0))
+        held = []  # the silent one keeps its connections open
+
+        def loop():
+            while True:
+                conn, _ = server.accept()
+                if greeting is None:
+                    held.append(conn)
+                else:
+                    conn.sendall(greeting)
+                    conn.close()
+
+        threading.Thread(target=loop, daemon=True).start()
+        return f"127.0.0.1:{server.getsockname()[1]}"
+
+    return {"{silent}": serve(None), "{greeter}": serve(b"SSH-2.0-OpenSSH_9.6\r\n")}
+
+
+PLACES: dict[str, str] = {}  # placeholder -> what a case's arguments and message say there (servers())
+
+
+def fill(text: str, folder: Path) -> str:
+    """A case's argument or expected text with its folder ({tmp}) and the servers put in."""
+    for key, value in {"{tmp}": str(folder), **PLACES}.items():
+        text = text.replace(key, value)
+    return text
+
+
 FOREIGN = ("RAY_ADDRESS", "STRUCTINIT_CHECKPOINTS", "MLFLOW_TRACKING_URI")  # the caller's settings a case must not see
 
 
@@ -221,9 +265,9 @@ def attempt(case, folder: Path):
     for a in args:
         if a.startswith("env:"):
             key, _, value = a[4:].partition("=")
-            env[key] = value
+            env[key] = fill(value, folder)
         else:
-            argv.append(a.replace("{tmp}", str(folder)))
+            argv.append(fill(a, folder))
     if script == "presets":
         script = str(folder / "bad_presets.py")
         Path(script).write_text(PRESETS)
@@ -266,6 +310,7 @@ def outcomes(tmp_path_factory):
     if "ray" in sys.modules:
         sys.modules["ray"].shutdown()
     tmp = tmp_path_factory.mktemp("bad_input")
+    PLACES.update(servers())
     cases = [*CASES, WARMUP]
     folders = {c[0]: folder_of(c, tmp) for c in cases}
     return {c[0]: (*attempt(c, folders[c[0]]), folders[c[0]]) for c in cases}
@@ -279,7 +324,7 @@ def test_the_table_covers_every_kind_of_input():
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_exit_2_and_no_cluster(case, outcomes):
     proc, before, folder = outcomes[case[0]]
-    needles = [n.replace("{tmp}", str(folder)) for n in (case[3] if isinstance(case[3], tuple) else (case[3],))]
+    needles = [fill(n, folder) for n in (case[3] if isinstance(case[3], tuple) else (case[3],))]
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert len(lines) == 1 and all(n in lines[0] for n in needles), proc.stderr[-3000:]

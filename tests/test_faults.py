@@ -1,11 +1,14 @@
 """Faults a week-long study must survive, each on real Ray, Optuna storage and MLflow: a trial
 driver killed, the study driver SIGKILLed and resumed, a node removed, MLflow down mid-study,
-a trial whose loss turns NaN. (A killed Train worker: tests/test_train.py.)"""
+a trial whose loss turns NaN, a second study on the same machine. (A killed Train worker:
+tests/test_train.py.)"""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from functools import partial
@@ -16,6 +19,7 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
+from structinit import results
 from structinit.config import make
 from structinit.runner import run
 from structinit.spaces import categorical
@@ -296,3 +300,50 @@ def test_non_finite_loss_fails_its_trial_and_the_study_goes_on(ray_local, tmp_pa
 
     text = report("nan_trial", storage=study.storage, tracking_uri=study.tracking_uri)
     assert "Failed trials:" in text and "non-finite training loss" in text
+
+
+def test_two_studies_started_together_each_keep_to_their_own_cluster(tmp_path):
+    """Two smoke studies started at once on one machine, each on the local cluster it starts, in
+    one Ray temp root (as /tmp/ray would be). Their trials have two workers, so each runs a
+    TorchTrainer whose PlacementGroupCleaner looks its cluster up through the State API every
+    second, and ASHA may stop a trial while its Train run is still up (the cleaner then removes
+    the run's placement group). Both finish: every trial TERMINATED, one MLflow child run per
+    trial in each store, no placement group of either left once its trials ended (the State API,
+    asked by each study at its own cluster's address), and no Ray component of one study met the
+    other's cluster ("Found multiple active Ray instances")."""
+    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths live under it
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": temp}
+    studies = {}
+    try:
+        for name in ("a", "b"):
+            folder = tmp_path / name
+            folder.mkdir()
+            log = open(folder / "study.log", "w")
+            args = [*STUDY, "--inits", "impulse,default", "--workers-per-trial", "2", "--scheduler", "asha",
+                    "--storage", str(folder / "runs"), "--tracking-uri", f"sqlite:///{folder}/mlflow.db"]
+            studies[name] = (subprocess.Popen(args, cwd=folder, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                              start_new_session=True), log)
+        for proc, _ in studies.values():
+            proc.wait(900)
+    finally:
+        for proc, log in studies.values():
+            stop(proc)
+            log.close()
+        shutil.rmtree(temp, ignore_errors=True)
+    for name, (proc, _) in studies.items():
+        folder = tmp_path / name
+        text = (folder / "study.log").read_text()
+        assert proc.returncode == 0, text[-4000:]
+        assert "Started a local Ray instance" in text  # its own cluster, not one found on the machine
+        assert "multiple active Ray instances" not in text and "Traceback" not in text, text[-4000:]
+        out = json.loads(next(line for line in reversed(text.splitlines()) if line.startswith('{"execution"')))
+        assert out["placement_groups_left"] == 0  # none of this study's left on its cluster
+        trials, _ = results.load(str(folder / "runs" / "heads_vs_dim"))
+        assert len(trials) == 2 and set(trials.status) == {"TERMINATED"}
+        uri = f"sqlite:///{folder}/mlflow.db"
+        runs = children(uri, "heads_vs_dim", out["parent_run_id"])
+        assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(trials.trial_id)  # one child run per trial
+        assert {r.info.status for r in runs} == {"FINISHED"}
+        cleaned = text.count("Cleaning up placement group")
+        print(f"study {name}: {len(trials)} trials TERMINATED, {len(runs)} child runs; the cleaner removed "
+              f"{cleaned} placement group(s) of stopped Train runs")
