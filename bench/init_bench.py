@@ -19,10 +19,10 @@ request for every head; argmax hit >= 0.98.
 from __future__ import annotations
 
 import argparse
+import os
 import threading
 import time
 
-import psutil
 import torch
 
 from structinit import fidelity
@@ -63,13 +63,19 @@ def digits(n: int, side: int) -> torch.Tensor:
     return torch.nn.functional.interpolate(x, size=side, mode="bilinear")
 
 
+def rss() -> int:
+    """This process's resident memory in bytes (Linux: /proc/self/statm)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def peak_rss(fn):
     """(fn's result, the peak resident memory above the start while it ran, MiB)."""
-    proc, start, peak, done = psutil.Process(), psutil.Process().memory_info().rss, [0], threading.Event()
+    start, peak, done = rss(), [0], threading.Event()
 
     def sample():
         while not done.is_set():
-            peak[0] = max(peak[0], proc.memory_info().rss)
+            peak[0] = max(peak[0], rss())
             time.sleep(0.005)
 
     thread = threading.Thread(target=sample)
@@ -79,7 +85,7 @@ def peak_rss(fn):
     finally:
         done.set()
         thread.join()
-    return out, (max(peak[0], proc.memory_info().rss) - start) / 2 ** 20
+    return out, (max(peak[0], rss()) - start) / 2 ** 20
 
 
 def data_rows(models: list[str], n: int) -> None:

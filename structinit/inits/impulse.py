@@ -70,24 +70,24 @@ def solve_closed_form(pt: torch.Tensor, maps: torch.Tensor, head_dim: int, rank_
     than 1/(2 lambda) (at most 1/(2 damping) times the top direction's gain 1/s_1).
     The best rank-k approximation (k = min(d, r)) C_k = A S_c B^T gives
     W_q = V S^-1 A S_c^1/2, W_k = V S^-1 B S_c^1/2. The logit scale is left to `calibrate`.
-    S and V come from the eigendecomposition of the D x D Gram X^T X (the cost is linear in n);
-    H U_i is a float32 product (the only term quadratic in N).
+    S and V come from the eigendecomposition (float64) of the D x D Gram X^T X, formed in float32
+    like U and H U_i (the products linear in n; H U_i is the only one quadratic in N).
     Returns (W_q, W_k), each (heads, D, k), and {rank r, cond s_1/s_r of the kept subspace,
     gain: the largest amplification of an input direction relative to the top one}."""
     n = pt.shape[0]
     w = torch.ones(n, dtype=torch.float64) if weights is None else weights.double()
-    x = pt.double() * w.sqrt()[:, None, None]
+    x = pt.float() * w.sqrt().float()[:, None, None]
     flat = x.reshape(-1, x.shape[-1])
-    ev, v = torch.linalg.eigh(flat.T @ flat)
+    ev, v = torch.linalg.eigh((flat.T @ flat).double())
     s, v = ev.flip(0).clamp(min=0).sqrt(), v.flip(1)
     r = int((s >= rank_rtol * s[0]).sum())
     s, v = s[:r], v[:, :r]
-    u = (x @ v) / s  # (n, N, r): U_i
+    u = (x @ v.float()) / s.float()  # (n, N, r): U_i
     lam2 = (damping * s[0]) ** 2
     fade = s ** 2 / (s ** 2 + lam2)
     back = v / s
-    hu = maps.float() @ u.float()[:, None]  # (n, heads, N, r): H U_i
-    c = torch.einsum("inr,ihns->hrs", (u * w[:, None, None]).float(), hu).double()
+    hu = maps.float() @ u[:, None]  # (n, heads, N, r): H U_i
+    c = torch.einsum("inr,ihns->hrs", u * w.float()[:, None, None], hu).double()
     c = fade[:, None] * c * fade
     a, sc, bh = torch.linalg.svd(c)
     k = min(head_dim, r)
@@ -132,9 +132,12 @@ def calibrate(logits: torch.Tensor, fixed: torch.Tensor, support: torch.Tensor, 
     argmax is on the target, and falls once wrong argmaxes dominate), then bisection refines it.
     Where `mass` is out of reach, t maximises the mass instead (the caller warns)."""
     logits, fixed = logits.float(), fixed.float()
+    keys = support.expand(logits.shape).float()  # rows without a target are all 0: they add nothing
+    rows = keys.flatten(0, -4).any(-1).sum((0, 2)).clamp(min=1)  # per head, the queries with a target
 
-    def reached(log_t: torch.Tensor) -> torch.Tensor:
-        return mean_mass((log_t.exp()[:, None, None] * logits + fixed).softmax(-1), support)
+    def reached(log_t: torch.Tensor) -> torch.Tensor:  # mean_mass, with the support's counts made once
+        probs = (log_t.exp()[:, None, None] * logits + fixed).softmax(-1)
+        return (probs * keys).flatten(0, -4).sum((0, 2, 3)) / rows
 
     heads = logits.shape[-3]
     grid = torch.arange(-10.0, 14.5, 1.0)
@@ -303,7 +306,7 @@ def impulse(model: VisionTransformer, cfg: InitConfig, images: torch.Tensor | No
                 p = tokens[rows][0, prefix:]  # the first image's patch tokens: what the plots draw
                 note = solve_block(block.attn, pt, hybrid(structured, pt[rows][0], block.attn, cfg), support, cfg,
                                    keys=keys, weights=weights, measured=rows)
-        if stream is not None and cfg.qk == "per_block":
+        if stream is not None and cfg.qk == "per_block" and index < len(model.blocks) - 1:
             stream = (block(stream[0]), *stream[1:])
         offsets.append(offs)
         inputs.append(p)
