@@ -67,8 +67,10 @@ def test_killed_worker_resumes_from_a_cadenced_checkpoint_to_the_same_result(ray
 
 def test_test_at_best_val_is_the_test_accuracy_of_the_best_validation_epoch(ray_local, tmp_path):
     """Per-epoch test curves on (test_every_epoch) so the epoch the validation split picks can be
-    read off; a high constant lr makes the last epoch not the best one."""
-    cfg = digits(recipe=dict(epochs=6, lr=2e-2, warmup_epochs=0, min_lr=2e-2), test_every_epoch=True, seed=0)
+    read off; a high constant lr makes the last epoch not the best one (at this seed: the last
+    assertion checks that the run is one where they differ, and names it if a change of the
+    init's numerics moves the best epoch to the last, as float32 in the solve did for seed 0)."""
+    cfg = digits(recipe=dict(epochs=6, lr=2e-2, warmup_epochs=0, min_lr=2e-2), test_every_epoch=True, seed=1)
     history = history_of(fit(cfg, storage_path=str(tmp_path)))
     best = max(range(6), key=lambda e: (history[e]["val_top1"], -e))  # the first epoch of the best accuracy
     last = history[-1]
