@@ -196,7 +196,7 @@ def check_cluster(gpus: int, checkpoints: str) -> None:
           len(hosts) == 1 or "://" in checkpoints)
 
 
-def placement_groups_left(timeout: float = 30.0) -> int | None:
+def placement_groups_left(timeout: float = 60.0) -> int | None:
     """How many placement groups this job (this driver and the actors it started: Tune's trials,
     Train's controllers) still holds on the connected cluster, asked through the State API at this
     cluster's own address; waits up to `timeout` s for them to go (Train's PlacementGroupCleaner
