@@ -79,7 +79,7 @@ class InitConfig:
         choice("solver", self.solver, SOLVERS)
         check("pseudo_input", self.pseudo_input, "a fixed pseudo input (pe, uniform, gaussian, or a sum of them) "
               "with solver='gradient'; data, pe+data take solver='closed_form'",
-              self.solver == "closed_form" or "data" not in self.pseudo_input)
+              self.solver == "closed_form" or not uses_data(self.pseudo_input))
         check("data_images", self.data_images, "a positive integer",
               isinstance(self.data_images, int) and self.data_images > 0)
         if self.target_mass is None:
@@ -149,9 +149,14 @@ def register(name: str):
     return wrap
 
 
+def uses_data(kind: str) -> bool:
+    """Whether a pseudo-input kind solves on real images (`data`, `pe+data`)."""
+    return "data" in kind.split("+")
+
+
 def needs_images(cfg: InitConfig) -> bool:
     """Whether the init solves on real images (impulse with pseudo_input `data` or `pe+data`)."""
-    return cfg.name == "impulse" and "data" in cfg.pseudo_input.split("+")
+    return cfg.name == "impulse" and uses_data(cfg.pseudo_input)
 
 
 def apply_init(model: VisionTransformer, cfg: InitConfig, seed: int = 0, images: torch.Tensor | None = None) -> InitResult:

@@ -18,16 +18,11 @@ import torch
 from timm.layers import Attention
 from timm.models.vision_transformer import VisionTransformer
 
-from structinit.inits import InitConfig, InitResult, register
+from structinit.inits import InitConfig, InitResult, register, uses_data
 from structinit.inits.default import base_init, scale_pos_embed
 from structinit.inits.mimetic import mimetic_factors, mimetic_vo, set_qk
-from structinit.inits.targets import cover_offsets, mass_and_hit, mean_mass, random_offsets, target_maps
+from structinit.inits.targets import cover_offsets, mass_and_hit, random_offsets, target_maps
 from structinit.models import grid_size, image_tokens, patch_pos_embed, pseudo_tokens
-
-
-def uses_data(kind: str) -> bool:
-    """Whether a pseudo-input kind solves on real images (`data`, `pe+data`)."""
-    return "data" in kind.split("+")
 
 
 def pseudo_input(model: VisionTransformer, kind: str) -> torch.Tensor:
@@ -135,7 +130,7 @@ def calibrate(logits: torch.Tensor, fixed: torch.Tensor, support: torch.Tensor, 
     keys = support.expand(logits.shape).float()  # rows without a target are all 0: they add nothing
     rows = keys.flatten(0, -4).any(-1).sum((0, 2)).clamp(min=1)  # per head, the queries with a target
 
-    def reached(log_t: torch.Tensor) -> torch.Tensor:  # mean_mass, with the support's counts made once
+    def reached(log_t: torch.Tensor) -> torch.Tensor:  # mass_and_hit's mass, with the support's counts made once
         probs = (log_t.exp()[:, None, None] * logits + fixed).softmax(-1)
         return (probs * keys).flatten(0, -4).sum((0, 2, 3)) / rows
 

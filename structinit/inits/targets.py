@@ -90,19 +90,10 @@ def mass_and_hit(probs: torch.Tensor, support: torch.Tensor) -> tuple[torch.Tens
     dims as probs, the intended keys of each query (a row without any: no target). Per head, over
     queries with a target (and any leading batch dims): the mean attention mass on the intended
     keys, and the share of queries whose most-attended key is one of them."""
-    probs, support, has, count = _rows(probs, support)
-    hit = support.gather(-1, probs.argmax(-1, keepdim=True)).squeeze(-1)
-    return mean_mass(probs, support), (hit & has).sum((0, 2)) / count
-
-
-def mean_mass(probs: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
-    """The first of `mass_and_hit`: per head, the mean attention mass on the intended keys."""
-    probs, support, has, count = _rows(probs, support)
-    return ((probs * support).sum(-1) * has).sum((0, 2)) / count
-
-
-def _rows(probs, support):
     probs = probs.reshape(-1, *probs.shape[-3:])
     support = support.reshape(-1, *support.shape[-3:]).expand_as(probs)
     has = support.any(-1)  # (B, heads, Nq)
-    return probs, support, has, has.sum((0, 2)).clamp(min=1)
+    count = has.sum((0, 2)).clamp(min=1)
+    mass = ((probs * support).sum(-1) * has).sum((0, 2)) / count
+    hit = support.gather(-1, probs.argmax(-1, keepdim=True)).squeeze(-1)
+    return mass, (hit & has).sum((0, 2)) / count
