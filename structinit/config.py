@@ -59,6 +59,7 @@ class TrialConfig:
     val_fraction: float = 0.1  # stratified share of the training pool held out for validation
     val_size: int | None = 500  # at most this many validation images (a stratified, seeded subset); None: all
     test_every_epoch: bool = False  # False: the test set is evaluated only where it is read (the end)
+    eval_batch_size: int = 256  # per worker, for validation and test (timm's validate.py default)
     checkpoint_every: int = 5  # epochs between checkpoints (always the last one); a resume replays the rest
     seed: int = 0
     workers: int = 1
@@ -78,8 +79,9 @@ class TrialConfig:
         check("val_fraction", self.val_fraction, "a number in [0, 1)", 0 <= self.val_fraction < 1)
         check("val_size", self.val_size, "None or an integer >= 1",
               self.val_size is None or (isinstance(self.val_size, int) and self.val_size >= 1))
-        check("checkpoint_every", self.checkpoint_every, "an integer >= 1",
-              isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 1)
+        for name in ("checkpoint_every", "eval_batch_size"):
+            check(name, getattr(self, name), "an integer >= 1",
+                  isinstance(getattr(self, name), int) and getattr(self, name) >= 1)
         check("gpu_share", self.gpu_share, "a number in (0, 1]", 0 < self.gpu_share <= 1)
         check("gpu_share", self.gpu_share, f"1 with workers={self.workers} (a worker of a multi-worker trial needs a "
               "GPU of its own)", self.gpu_share == 1 or self.workers == 1)

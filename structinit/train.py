@@ -108,22 +108,25 @@ def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, *, device, dty
 
 
 @torch.no_grad()
-def evaluate(model, loader, *, device, dtype, world: int) -> dict:
-    """Top-1/top-5 and loss over this rank's shard, summed over ranks when distributed."""
-    model.eval()
-    sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, top1, top5, count
+def evaluate(models: list, loader, *, device, dtype, world: int) -> list[dict]:
+    """Top-1/top-5 and loss of each model over this rank's shard, in one pass over the loader
+    (each batch read and transformed once), summed over ranks when distributed."""
+    for model in models:
+        model.eval()
+    sums = torch.zeros(len(models), 4, device=device, dtype=torch.float64)  # loss, top1, top5, count
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            logits = model(x)
-        top = logits.float().topk(min(5, logits.shape[-1]), dim=-1).indices
-        hit = top == y[:, None]
-        sums += torch.stack([F.cross_entropy(logits.float(), y, reduction="sum"), hit[:, 0].sum(),
-                             hit.any(-1).sum(), torch.tensor(y.numel(), device=device)]).to(sums)
+        for i, model in enumerate(models):
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                logits = model(x)
+            top = logits.float().topk(min(5, logits.shape[-1]), dim=-1).indices
+            hit = top == y[:, None]
+            sums[i] += torch.stack([F.cross_entropy(logits.float(), y, reduction="sum"), hit[:, 0].sum(),
+                                    hit.any(-1).sum(), torch.tensor(y.numel(), device=device)]).to(sums)
     if world > 1:
         torch.distributed.all_reduce(sums)
-    n = max(sums[3].item(), 1)
-    return {"loss": sums[0].item() / n, "top1": 100 * sums[1].item() / n, "top5": 100 * sums[2].item() / n}
+    return [{"loss": loss / max(n, 1), "top1": 100 * top1 / max(n, 1), "top5": 100 * top5 / max(n, 1)}
+            for loss, top1, top5, n in sums.tolist()]
 
 
 def shard(ds, ctx: Context):
@@ -151,8 +154,8 @@ def build(cfg: TrialConfig, ctx: Context, splits=None):
     loaders = {
         "train": DataLoader(d.train, batch_size=per_worker, sampler=sampler, drop_last=mixup is not None,
                             pin_memory=ctx.device.type == "cuda", **workers),
-        "val": DataLoader(shard(d.val, ctx), batch_size=per_worker * 2, **workers),
-        "test": DataLoader(shard(d.test, ctx), batch_size=per_worker * 2, **workers),
+        "val": DataLoader(shard(d.val, ctx), batch_size=cfg.eval_batch_size, **workers),
+        "test": DataLoader(shard(d.test, ctx), batch_size=cfg.eval_batch_size, **workers),
     }
     return d, model, init, loaders, mixup
 
@@ -347,11 +350,12 @@ def train_loop(config: dict, session: Session) -> None:
                                 updates=updates)
         updates = stats["updates"]
         t1, last = time.perf_counter(), epoch == r.epochs - 1
-        val = evaluate(raw, loaders["val"], **evaluation) if len(d.val) else {}
+        val = evaluate([raw], loaders["val"], **evaluation)[0] if len(d.val) else {}
         if val and val["top1"] > best["val_top1"]:  # every rank sees the same (all-reduced) accuracy
             best = {"epoch": epoch, "val_top1": val["top1"],
                     "model": {k: v.detach().to("cpu", copy=True) for k, v in raw.state_dict().items()}}
-        test = evaluate(raw, loaders["test"], **evaluation) if cfg.test_every_epoch or last else {}
+        tested = [raw, *([best_model(raw, best)] if last and best["epoch"] not in (None, epoch) else [])]
+        test, *at_best = evaluate(tested, loaders["test"], **evaluation) if cfg.test_every_epoch or last else [{}]
         metrics = {"epoch": epoch, "train_loss": stats["train_loss"],
                    **{f"val_{k}": v for k, v in val.items()}, **{f"test_{k}": v for k, v in test.items()},
                    "lr": optimizer.param_groups[0]["lr"],
@@ -359,7 +363,7 @@ def train_loop(config: dict, session: Session) -> None:
                    "train_seconds": stats["train_seconds"], "setup_seconds": setup, "startup_seconds": startup,
                    "data_from_store": float(shared is not None), **fid}
         if last:
-            metrics.update(final_summary(raw, loaders["test"], test, best, epoch, evaluation))
+            metrics.update(final_summary(test, at_best[0] if at_best else test, best, epoch))
         metrics["eval_seconds"] = time.perf_counter() - t1
         metrics["epoch_seconds"] = time.perf_counter() - t0
         history.append(metrics)
@@ -382,14 +386,16 @@ def train_loop(config: dict, session: Session) -> None:
         bar.close()
 
 
-def final_summary(raw, loader, test: dict, best: dict, epoch: int, evaluation: dict) -> dict:
+def best_model(raw, best: dict):
+    """A copy of the model with the best validation epoch's weights."""
+    chosen = copy.deepcopy(raw)
+    chosen.load_state_dict(best["model"])
+    return chosen
+
+
+def final_summary(test: dict, at_best: dict, best: dict, epoch: int) -> dict:
     """The test accuracy of the final model and of the best-validation epoch's weights (without a
     validation split the last epoch is the best), and which epoch that was."""
-    at_best = test
-    if best["epoch"] is not None and best["epoch"] != epoch:
-        chosen = copy.deepcopy(raw)
-        chosen.load_state_dict(best["model"])
-        at_best = evaluate(chosen, loader, **evaluation)
     return {"final_test_top1": test["top1"], "test_top1_at_best_val": at_best["top1"],
             "best_val_top1": best["val_top1"] if best["epoch"] is not None else math.nan,
             "best_val_epoch": epoch if best["epoch"] is None else best["epoch"]}

@@ -81,6 +81,7 @@ CASES = [
     ("empty seeds", STUDY, ["--seeds", ""], "seeds=''"),
     ("init twice", STUDY, ["--inits", "impulse,impulse"], "inits=('impulse', 'impulse')"),
     ("no validation split", STUDY, ["--set", "val_fraction=0"], "val_fraction=0"),
+    ("no evaluation batch", STUDY, ["--set", "eval_batch_size=0"], "eval_batch_size=0"),
     ("damaged optuna.db", STUDY, ["--storage", "{tmp}/study"], "optuna storage='{tmp}/study/heads_vs_dim/optuna.db'"),
     ("train: infinite lr", "cli", ["train", "--lr", "inf"], "lr=inf"),  # any float field (validate.finite)
     ("train: fraction empties the classes", "cli", ["train", "--fraction", "1e-9"], "fraction=1e-09"),

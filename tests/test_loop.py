@@ -1,5 +1,7 @@
 """The per-worker training step outside Ray: the same code the Train workers run, including the
 autocast branch GPUs take (exercised here with CPU bf16 autocast)."""
+import copy
+
 import pytest
 import torch
 
@@ -14,6 +16,7 @@ def test_one_epoch_trains_in_fp32_and_under_autocast(dtype):
     torch.manual_seed(0)
     data, model, init, loaders, mixup = build(cfg, Context())
     before = [p.detach().clone() for p in model.parameters()]
+    untrained = copy.deepcopy(model)
     opt, sched = optimizer_and_schedule(cfg, model, len(loaders["train"]))
     stats = train_one_epoch(model, loaders["train"], opt, sched, loss_function(cfg), device=torch.device("cpu"),
                             dtype=dtype, scaler=torch.amp.GradScaler("cpu", enabled=False), grad_clip=1.0,
@@ -21,8 +24,10 @@ def test_one_epoch_trains_in_fp32_and_under_autocast(dtype):
     assert stats["images"] == len(data.train) and stats["updates"] == len(loaders["train"])
     assert torch.isfinite(torch.tensor(stats["train_loss"]))
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    ev = evaluate(model, loaders["test"], device=torch.device("cpu"), dtype=dtype, world=1)
-    assert 0 <= ev["top1"] <= ev["top5"] <= 100
+    on = dict(device=torch.device("cpu"), dtype=dtype, world=1)
+    ev, ev_untrained = evaluate([model, untrained], loaders["test"], **on)  # one pass, each model its own sums
+    assert 0 <= ev["top1"] <= ev["top5"] <= 100 and ev != ev_untrained
+    assert [ev, ev_untrained] == evaluate([model], loaders["test"], **on) + evaluate([untrained], loaders["test"], **on)
 
 
 def test_amp_only_on_cuda():

@@ -28,6 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--test-every-epoch", action="store_true",
                    help="evaluate the test set every epoch (default: at the end, final and best-val model)")
     g.add_argument("--checkpoint-every", type=int, default=5, help="epochs between checkpoints (and the last)")
+    g.add_argument("--eval-batch-size", type=int, default=256, help="validation and test batch per worker")
     g = p.add_argument_group("recipe (a named preset; the flags override its fields)")
     g.add_argument("--recipe", help="v1_small | followup_small | imagenet | cpu (default: suits the dataset)")
     g.add_argument("--epochs", type=int)
@@ -77,7 +78,7 @@ def trial_config(args: argparse.Namespace):
                 model_overrides=geometry(args), init=init_config(args), data_root=args.data_root,
                 download=args.download, verify=args.verify, fraction=args.fraction, val_fraction=args.val_fraction,
                 val_size=args.val_size, test_every_epoch=args.test_every_epoch, checkpoint_every=args.checkpoint_every,
-                seed=args.seed, workers=args.workers, gpu=args.gpu, cpus_per_worker=args.cpus_per_worker,
+                eval_batch_size=args.eval_batch_size, seed=args.seed, workers=args.workers, gpu=args.gpu, cpus_per_worker=args.cpus_per_worker,
                 compile=args.compile, max_failures=args.max_failures)
 
 
