@@ -1,17 +1,20 @@
 """Where a study's wall time goes, and how far it is from the compute floor.
 
-    python bench/study_speed.py [--skip-smoke] [--skip-fraction] [--epochs 10] [--seeds 0,1]
-                                [--inits impulse,mimetic,default] [--cpus-per-worker 1]
+    python bench/study_speed.py [--skip-smoke] [--skip-fraction] [--epochs N] [--val-sizes default,135]
+                                [--seeds 0] [--inits impulse,default] [--cpus-per-worker 1]
                                 [--randaugment rand-m9-mstd0.5-inc1-mmax9|recipe] [--keep]
 
-Two fixed studies, each run as its own process (a fresh interpreter, its own local Ray cluster,
-MLflow in a SQLite file, every path under one temporary folder):
+Fixed studies, each run as its own process (a fresh interpreter, its own local Ray cluster,
+MLflow in a SQLite file, every path under one temporary folder), one after the other:
 
   smoke     studies/heads_vs_dim.py --preset smoke (digits, 1 proposal x 3 inits x 1 seed, 2 epochs)
-  fraction  a "1 %-data trial set": a generated 60,000 / 10,000-image 28x28 grey dataset in
-            FashionMNIST's on-disk layout (10 classes of stripes: orientation x frequency, plus noise),
-            fraction=0.01, ViT patch 4, dim 64, depth 4, 4 heads, the dataset's recipe (v1_small) with
-            --epochs and no warm-up; 1 configuration x --inits x --seeds (6 trials). Its RandAugment
+  fraction  a "1 %-data trial set", once per --val-sizes entry: a generated 60,000 / 10,000-image
+            28x28 grey dataset in FashionMNIST's on-disk layout (10 classes of stripes: orientation x
+            frequency, plus noise), fraction=0.01 (540 training images), ViT patch 4, dim 64, depth 4,
+            4 heads, the dataset's recipe (v1_small: 200 epochs, 10 of warm-up; --epochs N: N without
+            warm-up), validation capped at the entry's size; 1 configuration x --inits x --seeds.
+            Every epoch validates on the cap; the test set (10,000) is evaluated at the end, on the
+            final model and on the best validation epoch's. Its RandAugment
             magnitude is capped at 9 (`-mmax9`, as the recipes now are; `--randaugment recipe` keeps
             the recipe's string): before that cap, timm's `inc1` Posterize at a sampled magnitude of
             10 asked Pillow for 0 bits, which Pillow 13 refuses (about 1 image in 1,000), so the
@@ -24,6 +27,9 @@ Measured per study, from its Parquet tables (one row per trial, one per trial-ep
   train share    sum train / wall; eval share: sum `eval_seconds` / wall; ckpt share: sum
                  `checkpoint_seconds` / wall (n/a where the column is missing). Trials run side by
                  side (up to `at once`), so a share sums over trials and may pass 100 %.
+  ... of trials  sum train (sum `eval_seconds`) / the sum of the trials' own wall times (Tune's
+                 `time_total_s` plus the process start of a trial that trained in a fresh process):
+                 the share of a trial's time that trains (evaluates), whatever runs beside it
   fixed/trial    mean over trials of Tune's `time_total_s` - sum of that trial's `epoch_seconds`, plus,
                  for a one-worker trial (which trains in its Tune trial's process, started before
                  Tune's clock), its `startup_seconds` (0 where it reused the process of an earlier
@@ -56,6 +62,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +74,7 @@ from structinit.config import TrialConfig, build_model, data_kwargs
 from structinit.data import DATASETS, labels_of, load_splits, split_indices
 
 ROOT = Path(__file__).resolve().parents[1]
+VAL_SIZE = next(f.default for f in dataclasses.fields(TrialConfig) if f.name == "val_size")
 
 FRACTION_SCRIPT = '''"""The 1 %-data trial set of bench/study_speed.py (written and run by it)."""
 from functools import partial
@@ -79,15 +87,15 @@ from structinit.study import Study
 GRID = {{"init.filter_size": [3]}}
 PRESETS = {{
     "bench": lambda: Study(
-        "fraction_1pct",
-        make("fashion_mnist", data_root={root!r}, fraction={fraction!r}, cpus_per_worker={cpus!r},{verify}
+        {name!r},
+        make("fashion_mnist", data_root={root!r}, fraction={fraction!r}, cpus_per_worker={cpus!r},{verify}{val_size}
              model_overrides=dict(patch_size=4, embed_dim=64, depth=4, num_heads=4),
-             recipe_overrides=dict(epochs={epochs!r}, warmup_epochs=0{recipe})),
+             recipe_overrides=dict({recipe})),
         partial(categorical, **GRID), grid=GRID, inits={inits!r}, seeds={seeds!r}),
 }}
 
 if __name__ == "__main__":
-    cli("fraction_1pct", PRESETS, default="bench")
+    cli({name!r}, PRESETS, default="bench")
 '''
 
 
@@ -147,24 +155,29 @@ def run_study(label: str, argv: list[str], tmp: Path) -> tuple[float, dict]:
     return wall, json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def smoke(tmp: Path, args) -> tuple[float, dict]:
-    return run_study("smoke", [str(ROOT / "studies" / "heads_vs_dim.py"), "--preset", "smoke"], tmp)
+def smoke(tmp: Path, args) -> tuple[str, float, dict]:
+    return "smoke", *run_study("smoke", [str(ROOT / "studies" / "heads_vs_dim.py"), "--preset", "smoke"], tmp)
 
 
-def fraction(tmp: Path, args) -> tuple[float, dict]:
+def fraction(tmp: Path, args, val_size: int | None) -> tuple[str, float, dict]:
     root = tmp / "data"
-    t0 = time.perf_counter()
-    fashion_like(root)
-    print(f"wrote 60,000 + 10,000 images under {root} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    has_verify = "verify" in {f.name for f in dataclasses.fields(TrialConfig)}
-    script = tmp / "fraction_1pct.py"
+    if not root.exists():
+        t0 = time.perf_counter()
+        fashion_like(root)
+        print(f"wrote 60,000 + 10,000 images under {root} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    fields = {f.name for f in dataclasses.fields(TrialConfig)}
+    label = f"fraction, val_size {VAL_SIZE if val_size is None else val_size}"
+    script = tmp / ("fraction_1pct.py" if val_size is None else f"fraction_1pct_val{val_size}.py")
+    recipe = {"epochs": args.epochs, "warmup_epochs": 0} if args.epochs else {}
+    recipe |= {k: v for k, v in (("loader_workers", args.loader_workers), ("randaugment", args.randaugment))
+               if v not in (None, "recipe")}
     script.write_text(FRACTION_SCRIPT.format(
-        root=str(root), fraction=0.01, cpus=args.cpus_per_worker, epochs=args.epochs,
-        verify=" verify=False," if has_verify else "",
-        recipe="".join(f", {k}={v!r}" for k, v in (("loader_workers", args.loader_workers),
-                                                    ("randaugment", args.randaugment)) if v not in (None, "recipe")),
+        name=script.stem, root=str(root), fraction=0.01, cpus=args.cpus_per_worker,
+        verify=" verify=False," if "verify" in fields else "",
+        val_size="" if val_size is None else f" val_size={val_size!r},",
+        recipe=", ".join(f"{k}={v!r}" for k, v in recipe.items()),
         inits=tuple(args.inits.split(",")), seeds=tuple(int(s) for s in args.seeds.split(","))))
-    return run_study("fraction", [str(script)], tmp)
+    return label, *run_study(script.stem, [str(script)], tmp)
 
 
 # ---------------------------------------------------------------- tables
@@ -335,7 +348,10 @@ def row(label: str, wall: float, trials: pd.DataFrame, have: dict, bare: dict) -
     train = trials["train"].sum()
     mark = "" if have["train_seconds"] else "*"
     in_trial = trials["cfg"].map(lambda c: c.workers == 1) & trials["startup"].notna()
-    fixed = (trials["time_total_s"] - trials["epoch_seconds"] + trials["startup"].where(in_trial, 0)).mean()
+    started = trials["startup"].where(in_trial, 0).fillna(0)
+    fixed = (trials["time_total_s"] - trials["epoch_seconds"] + started).mean()
+    trial_wall = (trials["time_total_s"] + started).sum()  # each trial's own wall, its process start included
+    of_trial = lambda s: fmt(100 * s / trial_wall, ".1f", " %") if s is not None else "n/a"  # noqa: E731
     evals = trials["eval"].sum() if have["eval_seconds"] else None
     ckpt = trials["checkpoint"].sum() if have["checkpoint_seconds"] else None
     setup = trials["setup"].dropna().mean() if have["setup_seconds"] else None
@@ -346,8 +362,8 @@ def row(label: str, wall: float, trials: pd.DataFrame, have: dict, bare: dict) -
     at_once = min(len(trials), max(1, (os.cpu_count() or 1) // (cfg.workers * cfg.cpus_per_worker)))
     statuses = ",".join(f"{s} {n}" for s, n in trials["status"].value_counts().items())
     return (f"| {label} | {len(trials)} ({statuses}) | {at_once} | {trials['epochs'].max()} | {wall:.1f} | "
-            f"{train:.1f}{mark} | {share(train)}{mark} | {fmt(fixed)} | {fmt(setup)} | {fmt(startup)} | "
-            f"{share(evals)} | {share(ckpt)} | {fmt(floor)} | {fmt(floor and wall / floor)} | "
+            f"{train:.1f}{mark} | {share(train)}{mark} | {of_trial(train)}{mark} | {of_trial(evals)} | {fmt(fixed)} | "
+            f"{fmt(setup)} | {fmt(startup)} | {share(evals)} | {share(ckpt)} | {fmt(floor)} | {fmt(floor and wall / floor)} | "
             f"{' / '.join(f'{g:.2f}' for g in rates)} | "
             f"{fmt(trials['test_top1'].mean())} |")
 
@@ -356,9 +372,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip-smoke", action="store_true", help="skip studies/heads_vs_dim.py --preset smoke")
     parser.add_argument("--skip-fraction", action="store_true", help="skip the 1 %%-data trial set")
-    parser.add_argument("--epochs", type=int, default=10, help="epochs of the 1 %%-data trials")
-    parser.add_argument("--seeds", default="0,1", help="seeds of the 1 %%-data trials")
-    parser.add_argument("--inits", default="impulse,mimetic,default", help="inits of the 1 %%-data trials")
+    parser.add_argument("--epochs", type=int, help="epochs of the 1 %%-data trials, without warm-up "
+                                                   "(default: the recipe's 200, its warm-up of 10)")
+    parser.add_argument("--val-sizes", default="default,135",
+                        help="one 1 %%-data trial set per validation cap ('default': TrialConfig's, "
+                             f"{VAL_SIZE}; 135: a quarter of the 540 training images, VTAB-1k's 200:800)")
+    parser.add_argument("--seeds", default="0", help="seeds of the 1 %%-data trials")
+    parser.add_argument("--inits", default="impulse,default", help="inits of the 1 %%-data trials")
     parser.add_argument("--cpus-per-worker", type=int, default=1, help="of the 1 %%-data trials")
     parser.add_argument("--loader-workers", type=int, help="DataLoader workers of the 1 %%-data trials "
                                                            "(default: the recipe's)")
@@ -372,12 +392,14 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="study_speed_"))
     try:
-        studies = [(name, fn) for name, fn, skip in (("smoke", smoke, args.skip_smoke),
-                                                     ("fraction", fraction, args.skip_fraction)) if not skip]
+        studies = [] if args.skip_smoke else [smoke]
+        if not args.skip_fraction:
+            studies += [partial(fraction, val_size=None if v == "default" else int(v))
+                        for v in args.val_sizes.split(",")]
         measured = []
-        for name, fn in studies:
-            wall, summary = fn(tmp, args)
-            measured.append((name, wall, *per_trial(summary)))
+        for study in studies:
+            label, wall, summary = study(tmp, args)
+            measured.append((label, wall, *per_trial(summary)))
 
         bare = {}  # after the studies: nothing of ours runs beside it
         for _, _, trials, _, _ in measured:
@@ -396,10 +418,10 @@ def main() -> None:
                   f"forward counted {b['counted_forward'] / 1e6:.2f} vs {check}); bare loop "
                   f"{b['images_per_s']:.0f} images/s = {b['gflops_per_s']:.2f} GFLOP/s")
         print()
-        print("| study | trials | at once | epochs | wall s | sum train s | train share | fixed s/trial | "
-              "setup s/trial | startup s/trial | eval share | ckpt share | floor s | wall/floor | bare GFLOP/s | "
-              "test top1 |")
-        print("|---" * 16 + "|")
+        print("| study | trials | at once | epochs | wall s | sum train s | train share | train share of trials | "
+              "eval share of trials | fixed s/trial | setup s/trial | startup s/trial | eval share | ckpt share | "
+              "floor s | wall/floor | bare GFLOP/s | test top1 |")
+        print("|---" * 18 + "|")
         for name, wall, trials, _, have in measured:
             print(row(name, wall, trials, have, bare))
         if any(not have["train_seconds"] for *_, have in measured):
