@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from structinit import results
 from structinit.config import make
+from structinit.paths import StudyPaths
 from structinit.runner import run
 from structinit.spaces import categorical
 from structinit.study import Study
@@ -304,13 +305,13 @@ def test_non_finite_loss_fails_its_trial_and_the_study_goes_on(ray_local, tmp_pa
 
 def test_two_studies_started_together_each_keep_to_their_own_cluster(tmp_path):
     """Two smoke studies started at once on one machine, each on the local cluster it starts, in
-    one Ray temp root (as /tmp/ray would be). Their trials have two workers, so each runs a
-    TorchTrainer whose PlacementGroupCleaner looks its cluster up through the State API every
-    second, and ASHA may stop a trial while its Train run is still up (the cleaner then removes
-    the run's placement group). Both finish: every trial TERMINATED, one MLflow child run per
-    trial in each store, no placement group of either left once its trials ended (the State API,
-    asked by each study at its own cluster's address), and no Ray component of one study met the
-    other's cluster ("Found multiple active Ray instances")."""
+    one Ray temp root (as /tmp/ray would be). Their trial has two workers, so it goes through a
+    TorchTrainer (DDP over gloo; a study's one-worker trials train in their Tune trial), whose
+    PlacementGroupCleaner looks its cluster up through the State API every second. Both finish:
+    the trial TERMINATED, its history (read from Train's run) in the study's tables, one MLflow
+    child run in each store, no placement group of either left once its trial ended (the State
+    API, asked by each study at its own cluster's address), and no Ray component of one study met
+    the other's cluster ("Found multiple active Ray instances")."""
     temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths live under it
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": temp}
     studies = {}
@@ -319,7 +320,7 @@ def test_two_studies_started_together_each_keep_to_their_own_cluster(tmp_path):
             folder = tmp_path / name
             folder.mkdir()
             log = open(folder / "study.log", "w")
-            args = [*STUDY, "--inits", "impulse,default", "--workers-per-trial", "2", "--scheduler", "asha",
+            args = [*STUDY, "--inits", "impulse", "--workers-per-trial", "2",
                     "--storage", str(folder / "runs"), "--tracking-uri", f"sqlite:///{folder}/mlflow.db"]
             studies[name] = (subprocess.Popen(args, cwd=folder, stdout=log, stderr=subprocess.STDOUT, env=env,
                                               start_new_session=True), log)
@@ -340,8 +341,11 @@ def test_two_studies_started_together_each_keep_to_their_own_cluster(tmp_path):
         assert "multiple active Ray instances" not in text, text[-4000:]
         out = json.loads(next(line for line in reversed(text.splitlines()) if line.startswith('{"execution"')))
         assert out["placement_groups_left"] == 0  # none of this study's left on its cluster
-        trials, _ = results.load(str(folder / "runs" / "heads_vs_dim"))
-        assert len(trials) == 2 and set(trials.status) == {"TERMINATED"}
+        trials, history = results.load(str(folder / "runs" / "heads_vs_dim"))
+        assert len(trials) == 1 and set(trials.status) == {"TERMINATED"} and list(trials.epochs_done) == [2]
+        assert sorted(history.epoch) == [0, 1] and history.test_top1_at_best_val.notna().sum() == 1
+        paths = StudyPaths(str(folder / "runs"), "heads_vs_dim")
+        assert os.path.isdir(os.path.join(paths.train, paths.train_name(trials.trial_id[0])))  # Train's run
         uri = f"sqlite:///{folder}/mlflow.db"
         runs = children(uri, "heads_vs_dim", out["parent_run_id"])
         assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(trials.trial_id)  # one child run per trial
