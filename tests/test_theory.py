@@ -1,5 +1,7 @@
 """The paper's theory as measurable parts: embedding rank k, ConvMixer spatial filters, multi-tap
 and hybrid impulse targets, and the ConvMixer filter study end to end."""
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -11,6 +13,7 @@ import pytest
 import torch
 
 from structinit import fidelity
+from structinit.cli import main
 from structinit.inits import InitConfig, apply_init
 from structinit.inits.targets import shift_matrix, target_maps
 from structinit.models import create, spatial_filters, vit
@@ -70,11 +73,12 @@ def test_convmixer_embeddings_are_its_stem_output():
     (["--model", "convmixer_64_4_p1", "--init", "learned", "--kernel-size", "5"], {"N": 64, "D": 64,
                                                                                    "filter_size": 5}),
 ])
-def test_rank_cli_on_digits(args, expect, tmp_path):
-    out = subprocess.run([str(BIN / "structinit"), "rank", "--dataset", "digits", "--json", *args],
-                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-2000:]
-    m = json.loads(out.stdout)
+def test_rank_cli_on_digits(args, expect):
+    """`structinit rank` in this process (its entry point runs as a subprocess in test_cli.py)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["rank", "--dataset", "digits", "--json", *args]) == 0
+    m = json.loads(out.getvalue())
     assert {k: m[k] for k in expect} == expect
     assert 1 <= m["k"] <= m["min_N_D"] and 1 <= m["stable_rank"] <= m["k"] + 1e-6
     assert m["width_needed"] == m["k"] * m["filter_size"] ** 2
