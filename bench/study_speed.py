@@ -5,7 +5,9 @@
                                 [--randaugment rand-m9-mstd0.5-inc1-mmax9|recipe] [--keep]
 
 Fixed studies, each run as its own process (a fresh interpreter, its own local Ray cluster,
-MLflow in a SQLite file, every path under one temporary folder), one after the other:
+MLflow in a SQLite file, every path under one temporary folder), one after the other (with the
+defaults about 15 minutes on 2 cores; `--epochs 10 --inits impulse,mimetic,default --seeds 0,1
+--val-sizes default` is the short form earlier notes measured, about 3 minutes):
 
   smoke     studies/heads_vs_dim.py --preset smoke (digits, 1 proposal x 3 inits x 1 seed, 2 epochs)
   fraction  a "1 %-data trial set", once per --val-sizes entry: a generated 60,000 / 10,000-image
