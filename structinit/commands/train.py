@@ -78,8 +78,8 @@ def trial_config(args: argparse.Namespace):
                 model_overrides=geometry(args), init=init_config(args), data_root=args.data_root,
                 download=args.download, verify=args.verify, fraction=args.fraction, val_fraction=args.val_fraction,
                 val_size=args.val_size, test_every_epoch=args.test_every_epoch, checkpoint_every=args.checkpoint_every,
-                eval_batch_size=args.eval_batch_size, seed=args.seed, workers=args.workers, gpu=args.gpu, cpus_per_worker=args.cpus_per_worker,
-                compile=args.compile, max_failures=args.max_failures)
+                eval_batch_size=args.eval_batch_size, seed=args.seed, workers=args.workers, gpu=args.gpu,
+                cpus_per_worker=args.cpus_per_worker, compile=args.compile, max_failures=args.max_failures)
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
