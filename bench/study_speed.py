@@ -170,7 +170,7 @@ def fraction(tmp: Path, args, val_size: int | None) -> tuple[str, float, dict]:
     fields = {f.name for f in dataclasses.fields(TrialConfig)}
     label = f"fraction, val_size {VAL_SIZE if val_size is None else val_size}"
     script = tmp / ("fraction_1pct.py" if val_size is None else f"fraction_1pct_val{val_size}.py")
-    recipe = {"epochs": args.epochs, "warmup_epochs": 0} if args.epochs else {}
+    recipe = {} if args.epochs is None else {"epochs": args.epochs, "warmup_epochs": 0}
     recipe |= {k: v for k, v in (("loader_workers", args.loader_workers), ("randaugment", args.randaugment))
                if v not in (None, "recipe")}
     script.write_text(FRACTION_SCRIPT.format(
