@@ -364,9 +364,9 @@ def row(label: str, wall: float, trials: pd.DataFrame, have: dict, bare: dict) -
     at_once = min(len(trials), max(1, (os.cpu_count() or 1) // (cfg.workers * cfg.cpus_per_worker)))
     statuses = ",".join(f"{s} {n}" for s, n in trials["status"].value_counts().items())
     return (f"| {label} | {len(trials)} ({statuses}) | {at_once} | {trials['epochs'].max()} | {wall:.1f} | "
-            f"{train:.1f}{mark} | {share(train)}{mark} | {of_trial(train)}{mark} | {of_trial(evals)} | {fmt(fixed)} | "
-            f"{fmt(setup)} | {fmt(startup)} | {share(evals)} | {share(ckpt)} | {fmt(floor)} | {fmt(floor and wall / floor)} | "
-            f"{' / '.join(f'{g:.2f}' for g in rates)} | "
+            f"{train:.1f}{mark} | {share(train)}{mark} | {of_trial(train)}{mark} | {of_trial(evals)} | "
+            f"{fmt(fixed)} | {fmt(setup)} | {fmt(startup)} | {share(evals)} | {share(ckpt)} | {fmt(floor)} | "
+            f"{fmt(floor and wall / floor)} | {' / '.join(f'{g:.2f}' for g in rates)} | "
             f"{fmt(trials['test_top1'].mean())} |")
 
 
