@@ -10,7 +10,7 @@ import typing
 from dataclasses import asdict, dataclass, field
 
 from structinit.data import DATASETS
-from structinit.inits import InitConfig, apply_init
+from structinit.inits import InitConfig, apply_init, setting
 from structinit.models import create
 from structinit.recipes import DEFAULT_RECIPE, Recipe, replaced
 from structinit.validate import check, choice, finite
@@ -120,6 +120,43 @@ class TrialConfig:
     def digest(self) -> str:
         """Short stable hash: the same config names the same run (so a rerun resumes it)."""
         return _hash(self.to_dict())
+
+
+# ---- what a trial is -----------------------------------------------------------------------
+
+RUN_ONLY = ("data_root", "download", "verify", "test_every_epoch", "eval_batch_size", "checkpoint_every",
+            "gpu_share", "cpus_per_worker", "backend", "compile", "max_failures")  # where and how fast a
+# trial runs, where its files are and what it logs: none of them changes the model it trains or its
+# accuracies (the data's files are named by `dataset`; DDP's backend reduces the same gradients)
+
+
+def trained(cfg: TrialConfig) -> dict:
+    """What makes the model a trial trains: every TrialConfig field but `RUN_ONLY`, with the init
+    reduced to its name and the fields it reads (`inits.setting`); the rest are normalised away."""
+    values = {k: v for k, v in cfg.to_dict().items() if k not in RUN_ONLY}
+    values["init"] = {"name": cfg.init.name, **setting(cfg.init)}
+    return values
+
+
+def base_key(cfg: TrialConfig) -> str:
+    """What the arms of a paired comparison share: everything `trained` holds but the init and
+    the seed (dataset, split, model, recipe, ...). Two trials are paired only where this and the
+    seed are equal."""
+    return _hash({k: v for k, v in trained(cfg).items() if k not in ("init", "seed")})
+
+
+def setting_key(cfg: TrialConfig) -> str:
+    """The init's requested setting: its name and the fields it reads."""
+    return _hash(trained(cfg)["init"])
+
+
+def identity(cfg: TrialConfig, weights: str) -> str:
+    """A trial by all that made it: its base, seed and init name, and the digest of the initial
+    weights the init gave (`weights_digest`), which stands for every init field. Two requested
+    settings whose weights are bit-identical (a mass beyond what the model can express) are one
+    trial; a trial whose identity already finished is not trained again."""
+    values = {k: v for k, v in trained(cfg).items() if k != "init"}
+    return _hash({**values, "init": cfg.init.name, "weights": weights})
 
 
 def field_types(cls=TrialConfig, prefix: str = "") -> dict[str, type]:
@@ -268,6 +305,19 @@ def build_model(model: ModelConfig, init: InitConfig | None = None, seed: int = 
     `images` where it is data-aware (`data.init_images`). Returns (model, InitResult or None)."""
     net = create(model.name, **{**fixed, **model.kwargs()})
     return net, None if init is None else apply_init(net, init, seed=seed, images=images)
+
+
+def weights_digest(model) -> str:
+    """A digest of a model's weights and buffers, bit for bit, and of which parameters are frozen:
+    equal digests, identical initial models."""
+    import torch
+
+    h = hashlib.sha1()
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    h.update(",".join(n for n, p in model.named_parameters() if not p.requires_grad).encode())
+    return h.hexdigest()[:16]
 
 
 def data_kwargs(cfg: TrialConfig, num_classes: int) -> dict:

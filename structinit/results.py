@@ -11,7 +11,8 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from structinit.config import canonical, config_key, field_types
+from structinit.config import base_key, canonical, config_key, field_types, setting_key
+from structinit.inits import setting
 from structinit.paths import StudyPaths
 from structinit.validate import check
 
@@ -32,9 +33,14 @@ def column(key: str) -> str:
     return "model" if key == "model.name" else key.rpartition(".")[2]
 
 
+IDENTITY = (("identity", pa.string()), ("weights", pa.string()), ("base_key", pa.string()),
+            ("setting_key", pa.string()), ("setting", pa.string()), ("study_base", pa.string()),
+            ("reused_from", pa.string()))  # what a trial is (config.identity, base_key, setting_key; `setting`:
+# its init's fields, JSON), the study's base trial it came from (`study_base`), and the trial whose
+# result it reused instead of training (null: it trained)
 TRIALS = pa.schema([
     ("study", pa.string()), ("execution", pa.string()), ("trial_id", pa.string()), ("status", pa.string()),
-    ("error", pa.string()), ("config_key", pa.string()), ("init", pa.string()), ("seed", pa.int64()),
+    ("error", pa.string()), ("config_key", pa.string()), ("init", pa.string()), ("seed", pa.int64()), *IDENTITY,
     *((column(k), ARROW[t]) for k, t in field_types().items() if k in CONFIG),
     ("epochs_done", pa.int64()), ("final_val_top1", pa.float64()), ("best_val_top1", pa.float64()),
     ("final_test_top1", pa.float64()), ("test_top1_at_best_val", pa.float64()), ("best_val_epoch", pa.int64()),
@@ -81,9 +87,13 @@ def train_history(paths: StudyPaths, trial) -> list[dict]:
         return []
 
 
-def collect(study: str, execution: str, paths: StudyPaths, configure) -> tuple[list[dict], list[dict]]:
+STOPPED = "STOPPED"  # a trial a scheduler stopped before its last epoch (Tune says TERMINATED)
+
+
+def collect(study: str, execution: str, paths: StudyPaths, configure, study_base: str) -> tuple[list[dict], list[dict]]:
     """Rows for every trial of one execution, from Tune's experiment state and each trial's latest
-    checkpoint (no cluster needed); `configure(config)` is a Tune trial's (TrialConfig, params)."""
+    checkpoint (no cluster needed); `configure(config)` is a Tune trial's (TrialConfig, params).
+    A trial that reused another's result (runner.run_trial) has that result and no epochs."""
     from ray.tune import ExperimentAnalysis
 
     analysis = ExperimentAnalysis(f"{paths.tune}/{execution}")
@@ -91,17 +101,23 @@ def collect(study: str, execution: str, paths: StudyPaths, configure) -> tuple[l
     for t in analysis.trials:
         cfg, params = configure(t.config)
         epochs = train_history(paths, t)
-        last = epochs[-1] if epochs else {}
+        reused_from = (t.last_result or {}).get("reused_from")
+        last = epochs[-1] if epochs else (t.last_result if reused_from else {})
         base = {"study": study, "execution": execution, "trial_id": t.trial_id, "config_key": config_key(params),
                 "init": cfg.init.name, "seed": cfg.seed}
+        status = STOPPED if t.status == "TERMINATED" and last.get("final_test_top1") is None else t.status
 
         def best(key):
             values = [e[key] for e in epochs if e.get(key) is not None]
             return max(values) if values else None
 
         flat = cfg.flat()
-        trials.append({**base, "status": t.status, "error": _error(t) if t.status == "ERROR" else None,
-                       **{column(k): flat[k] for k in CONFIG}, "epochs_done": len(epochs),
+        trials.append({**base, "status": status, "error": _error(t) if t.status == "ERROR" else None,
+                       "identity": last.get("identity"), "weights": last.get("weights"), "base_key": base_key(cfg),
+                       "setting_key": setting_key(cfg), "setting": canonical(setting(cfg.init)),
+                       "study_base": study_base, "reused_from": reused_from,
+                       **{column(k): flat[k] for k in CONFIG},
+                       "epochs_done": last["epoch"] + 1 if reused_from else len(epochs),
                        "final_val_top1": last.get("val_top1"), "best_val_top1": best("val_top1"),
                        "final_test_top1": last.get("final_test_top1"),
                        "test_top1_at_best_val": last.get("test_top1_at_best_val"),
@@ -151,6 +167,23 @@ def load(folder: str):
         tables = [_table(os.path.join(path, f), schema) for f in sorted(os.listdir(path)) if f.endswith(".parquet")]
         out.append((pa.concat_tables(tables) if tables else schema.empty_table()).to_pandas())
     return tuple(out)
+
+
+def trained(folder: str) -> list[tuple[dict, dict]]:
+    """(trial row, its last epoch's metrics) of every trial that trained to its end under a study
+    folder, in any execution (none before its first): what a later trial of the same identity reuses."""
+    if not os.path.isdir(os.path.join(folder, "results", "trials")):
+        return []
+    trials, history = load(folder)
+    done = trials[(trials["status"] == "TERMINATED") & trials["reused_from"].isna() & trials["identity"].notna()]
+    last = history.sort_values("epoch").groupby("trial_id").tail(1).set_index("trial_id")
+    out = []
+    for row in done.to_dict("records"):
+        if row["trial_id"] in last.index:
+            metrics = {k: v for k, v in last.loc[row["trial_id"]].to_dict().items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}
+            out.append((row, {**metrics, "identity": row["identity"], "weights": row["weights"]}))
+    return out
 
 
 def executions(folder: str) -> list[str]:

@@ -28,36 +28,61 @@ from structinit.study import Study, check_space, source, trial_config
 from structinit.validate import check, sqlite_store
 
 
-def run_trial(config: dict, study: Study, parent: str, tracking_uri: str, data: dict) -> None:
+def run_trial(config: dict, study: Study, execution: str, parent: str, tracking_uri: str, data: dict,
+              trials) -> None:
     """The Tune trainable: one (configuration, init, seed), trained in this trial (one worker) or
     by a TorchTrainer (several), on the dataset the study read once (`data`: ObjectRefs by source;
-    a source not there reads its files)."""
+    a source not there reads its files) -- unless its identity already finished (`trials`, the
+    execution's registry.Registry): then it reports that trial's result and trains nothing."""
+    import ray
     import ray.tune
 
-    from structinit.train import fit, train_in_trial
+    from structinit.train import fit, train_in_trial, trial_identity
 
     trial_id = ray.tune.get_context().get_trial_id()
     cfg, params = trial_config(study, config)
+    shared = data.get(source(cfg))
+    identity, _ = trial_identity(cfg, None if shared is None else ray.get(shared))
+    record = ray.get(trials.lookup.remote(identity))
     name, tags = tracking.trial_run(study.name, {
         "init": cfg.init.name, "seed": cfg.seed, "dataset": cfg.dataset, "config_key": config_key(params),
-        "params": canonical(params), "trial_id": trial_id})
+        "params": canonical(params), "trial_id": trial_id, "identity": identity,
+        "reused_from": record and record["trial_id"]})
     run = tracking.attempt(tracking_uri, f"the run of trial {trial_id}", lambda _: tracking.start_run(
         tracking_uri, study.name, name, cfg.flat(), tags, parent=parent))  # None: the study's sync creates it
+    if record is not None:  # trained already: its result stands for this trial
+        ray.tune.report({**record["result"], "reused_from": record["trial_id"]})
+        if run is not None:
+            tracking.log_epoch(run, record["result"], step=record["result"].get("epoch", 0))
+            tracking.finish(run)
+        return
     try:
         if cfg.workers == 1:
-            train_in_trial(cfg, run=run, data=data.get(source(cfg)))
+            last = train_in_trial(cfg, run=run, data=shared, expected=identity)
         else:
             from ray.tune.integration.ray_train import TuneReportCallback
 
-            fit(cfg, storage_path=study.paths.train, name=study.paths.train_name(trial_id), run=run,
-                callbacks=[TuneReportCallback()], data=data.get(source(cfg)))
+            last = fit(cfg, storage_path=study.paths.train, name=study.paths.train_name(trial_id), run=run,
+                       callbacks=[TuneReportCallback()], data=shared, expected=identity).metrics
     except BaseException as err:
         if run is not None:
             tracking.set_tags(run, {"error": str(err)[-5000:]})
             tracking.finish(run, "FAILED")
         raise
+    trials.finish.remote(identity, {"trial_id": trial_id, "execution": execution, "result": last})
     if run is not None:
         tracking.finish(run)
+
+
+def registry(study: Study):
+    """The execution's registry of trials by identity, knowing every identity a finished trial of
+    an earlier execution trained (its last epoch's metrics, from the study's Parquet tables)."""
+    from structinit.registry import Registry
+
+    finished = {}
+    for trial, last in results.trained(study.paths.folder):
+        finished[trial["identity"]] = {"trial_id": trial["trial_id"], "execution": trial["execution"], "result": last}
+    return Registry.remote(finished)
 
 
 def searcher(study: Study, execution: str):
@@ -136,7 +161,8 @@ def run(study: Study, resume: bool = False, address: str | None = None, data: di
 
     shared = {key: ray.put(splits) for key, splits in data.items()}
     trainable = ray.tune.with_resources(
-        ray.tune.with_parameters(run_trial, study=study, parent=parent.run_id, tracking_uri=uri, data=shared),
+        ray.tune.with_parameters(run_trial, study=study, execution=execution, parent=parent.run_id,
+                                 tracking_uri=uri, data=shared, trials=registry(study)),
         trial_resources(study))
     try:
         if resume and ray.tune.Tuner.can_restore(f"{paths.tune}/{execution}"):
@@ -157,7 +183,7 @@ def run(study: Study, resume: bool = False, address: str | None = None, data: di
                     checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=2),  # of one-worker trials
                     failure_config=ray.tune.FailureConfig(max_failures=max(1, study.trial.max_failures))))
         tuner.fit()
-        trials, history = results.collect(study.name, execution, paths, partial(trial_config, study))
+        trials, history = results.collect(study.name, execution, paths, partial(trial_config, study), study.base)
     except BaseException:
         tracking.finish(parent, "KILLED")
         raise
@@ -172,7 +198,8 @@ def run(study: Study, resume: bool = False, address: str | None = None, data: di
                       f"records of its {len(trials)} trials ({len(history)} epochs) may be incomplete; the Parquet tables are "
                       f"complete ({out['trials']}). Once MLflow is back, write what it lacks with: structinit sync "
                       f"{study.name} --storage {study.storage} --tracking-uri {tracking.shown(uri)}")
-    finished = sum(out["statuses"].get(s, 0) for s in ("TERMINATED", "ERROR"))
+    finished = sum(out["statuses"].get(s, 0) for s in ("TERMINATED", results.STOPPED, "ERROR"))
+    reused = sum(1 for t in trials if t["reused_from"])
     expected = study.configs * len(study.repeats)
     orphans = close_orphans(study, execution) if finished == expected else 0
     left = cluster.placement_groups_left() if finished == expected else None
@@ -182,5 +209,5 @@ def run(study: Study, resume: bool = False, address: str | None = None, data: di
     if finished < expected:  # stopped early (Ctrl-C): Tune saved its state
         print(f"study {study.name} stopped with {finished} of {expected} trials finished; continue it with --resume")
     return {"execution": execution, "parent_run_id": parent.run_id, "finished": finished, "expected": expected,
-            "dataset_reads": len(data), "placement_groups_left": left,
+            "trained": len(trials) - reused, "reused": reused, "dataset_reads": len(data), "placement_groups_left": left,
             "mlflow_synced": ids is not None, "optuna_orphans_closed": orphans, **out}

@@ -18,7 +18,7 @@ from typing import Callable
 
 import optuna
 
-from structinit.config import TrialConfig, config_key, search_params, with_overrides
+from structinit.config import TrialConfig, config_key, search_params, trained, with_overrides
 from structinit.paths import StudyPaths
 from structinit.report import PAIRS, PLOTS
 from structinit.validate import check, choice
@@ -105,6 +105,11 @@ class Study:
     def ray_storage(self) -> str:
         """Where Tune and Train keep state and checkpoints (see StudyPaths.ray)."""
         return self.paths.ray
+
+    @property
+    def base(self) -> str:
+        """The base trial by what it trains (config.trained): a report pools the executions of one base."""
+        return config_key(trained(self.trial))
 
     @property
     def repeats(self) -> list[tuple[str, int]]:

@@ -311,10 +311,12 @@ def trial_run(study: str, trial: dict) -> tuple[str, dict]:
     """Name and tags of a trial's child run, from the fields of its Parquet row: the name reads
     well in MLflow's compare view, the tags group and pair runs (`config_key`: same configuration)."""
     name = f"{trial['init']} s{trial['seed']} {label(trial['params'])} [{trial['trial_id']}]"
-    return name, {"study": study, **{k: trial[k] for k in ("init", "dataset", "seed", "config_key", "trial_id")}}
+    return name, {"study": study, **{k: trial[k] for k in ("init", "dataset", "seed", "config_key", "trial_id")},
+                  **{k: trial[k] for k in ("identity", "reused_from") if trial.get(k)}}
 
 
-STATUS = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}  # Tune's final statuses -> MLflow's; others KILLED
+STATUS = {"TERMINATED": "FINISHED", "STOPPED": "FINISHED", "ERROR": "FAILED"}  # Tune's final statuses (and
+# results.STOPPED: stopped by the scheduler) -> MLflow's; others KILLED
 
 
 def sync(uri: str, study: str, execution: str, trials: list[dict], history: list[dict]) -> dict[str, str]:

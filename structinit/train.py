@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from structinit import checkpoint, cluster, fidelity, rank, tracking
 from structinit import data as datasets
-from structinit.config import TrialConfig, build_model, data_kwargs
+from structinit.config import TrialConfig, build_model, data_kwargs, identity, weights_digest
 from structinit.inits import needs_images
 from structinit.inits.default import pe_scale
 
@@ -134,14 +134,27 @@ def shard(ds, ctx: Context):
     return Subset(ds, range(ctx.rank, len(ds), ctx.world)) if ctx.world > 1 else ds
 
 
-def build(cfg: TrialConfig, ctx: Context, splits=None):
-    """Data (from `splits`, the dataset a study read once, else its files), model (initialised),
-    its InitResult, loaders and mixup for one worker."""
+def initialised(cfg: TrialConfig, splits=None):
+    """A run's data (from `splits`, the dataset a study read once, else its files) and its model,
+    initialised: (data, model, InitResult)."""
     d = datasets.build(cfg.dataset, cfg.data_root, img_size=cfg.model.img_size, fraction=cfg.fraction,
                        val_fraction=cfg.val_fraction, seed=cfg.seed, recipe=cfg.recipe, download=False,
                        verify=cfg.verify, val_size=cfg.val_size, splits=splits)
     images = datasets.init_images(d, cfg.init.data_images, cfg.seed) if needs_images(cfg.init) else None
-    model, init = build_model(cfg.model, cfg.init, cfg.seed, images=images, **data_kwargs(cfg, d.num_classes))
+    return (d, *build_model(cfg.model, cfg.init, cfg.seed, images=images, **data_kwargs(cfg, d.num_classes)))
+
+
+def trial_identity(cfg: TrialConfig, splits=None) -> tuple[str, str]:
+    """(identity, initial weights' digest) of the trial `cfg` describes: its model is built and
+    initialised as its training would (config.identity)."""
+    _, model, _ = initialised(cfg, splits)
+    weights = weights_digest(model)
+    return identity(cfg, weights), weights
+
+
+def build(cfg: TrialConfig, ctx: Context, splits=None):
+    """Data, model (initialised: `initialised`), its InitResult, loaders and mixup for one worker."""
+    d, model, init = initialised(cfg, splits)
     r = cfg.recipe
     per_worker = r.batch_size // ctx.world
     sampler = DistributedSampler(d.train, num_replicas=ctx.world, rank=ctx.rank, shuffle=True, seed=cfg.seed)
@@ -256,21 +269,24 @@ def train_loop_per_worker(config: dict) -> None:
     monitored(config, train_session())
 
 
-def train_in_trial(cfg: TrialConfig, run: tracking.Run | None = None, data=None) -> None:
+def train_in_trial(cfg: TrialConfig, run: tracking.Run | None = None, data=None, expected: str | None = None) -> dict:
     """Train in the calling Tune trial (one worker): metrics and checkpoints go to Tune, which
-    restarts the trial from its latest checkpoint after a failure (its FailureConfig)."""
-    monitored({"trial": cfg, "tracking": run, "data": data}, tune_session())
+    restarts the trial from its latest checkpoint after a failure (its FailureConfig). Returns
+    the last epoch's metrics."""
+    return monitored({"trial": cfg, "tracking": run, "data": data, "identity": expected}, tune_session())
 
 
-def monitored(config: dict, session: Session) -> None:
+def monitored(config: dict, session: Session) -> dict | None:
     """`train_loop`, with MLflow's system metrics logged on the run while rank 0 trains."""
     with tracking.system_metrics(config.get("tracking") if session.ctx.rank == 0 else None):
-        train_loop(config, session)
+        return train_loop(config, session)
 
 
-def train_loop(config: dict, session: Session) -> None:
+def train_loop(config: dict, session: Session) -> dict | None:
     """config = {"trial": TrialConfig, "tracking": tracking.Run | None, "data": an ObjectRef of the
-    dataset the study read once, or None to read its files}.
+    dataset the study read once, or None to read its files, "identity": what the study expects
+    this trial's identity to be (config.identity), or None}. Returns the last epoch's metrics;
+    every epoch's carry the trial's `identity` and initial `weights` digest.
 
     Every epoch trains, then evaluates the (capped) validation split, which feeds ASHA and model
     selection; the weights of the best validation epoch are kept. The test set is evaluated where it
@@ -291,6 +307,12 @@ def train_loop(config: dict, session: Session) -> None:
     d, model, init, loaders, mixup = build(cfg, ctx, ray.get(shared) if shared is not None else None)
     sample = torch.stack([d.test[i][0] for i in range(min(64, len(d.test)))])  # 64 images, not a loader's prefetch
     fid, measured = initial_measures(model, cfg, init, sample)
+    weights = weights_digest(model)
+    fid.update(identity=identity(cfg, weights), weights=weights)  # reported with every epoch (not to MLflow)
+    if config.get("identity") not in (None, fid["identity"]):
+        warnings.warn(f"{cfg.init.name} init, seed {cfg.seed}: the initial weights differ from those the study "
+                      f"built for this trial (identity {fid['identity']}, expected {config['identity']}): the init is "
+                      "not deterministic here")
     if ctx.rank == 0 and run is not None:
         tracking.set_tags(run, {"device": ctx.device, "node_id": ray.get_runtime_context().get_node_id(),
                                 "hostname": socket.gethostname()})  # where rank 0 ran (the latest attempt)
@@ -384,6 +406,7 @@ def train_loop(config: dict, session: Session) -> None:
             bar.update(1)
     if bar is not None:
         bar.close()
+    return history[-1] if history else None
 
 
 def best_model(raw, best: dict):
@@ -420,10 +443,11 @@ HEALTH_CHECK = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
 
 
 def fit(cfg: TrialConfig, *, storage_path: str, name: str | None = None, run: tracking.Run | None = None,
-        callbacks=(), data=None):
+        callbacks=(), data=None, expected: str | None = None):
     """Run one training to completion on the connected Ray cluster; returns the Ray Train Result.
     The same `name` under the same `storage_path` resumes from its latest checkpoint. `data`: an
-    ObjectRef of the (pool, test) splits, read once by a study and shared by its trials."""
+    ObjectRef of the (pool, test) splits, read once by a study and shared by its trials;
+    `expected`: the trial's identity as the study computed it (train_loop checks it)."""
     import ray
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -433,7 +457,7 @@ def fit(cfg: TrialConfig, *, storage_path: str, name: str | None = None, run: tr
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpu_share} if cfg.gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"trial": cfg, "tracking": run, "data": data},
+        train_loop_config={"trial": cfg, "tracking": run, "data": data, "identity": expected},
         torch_config=TorchConfig(backend=cfg.backend),
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu,
                                                resources_per_worker=resources),

@@ -11,7 +11,7 @@ LAYERS = [  # bottom to top
     ["recipes", "data", "models", "spaces", "structinit"],  # structinit: the package's __init__
     ["inits", "rank"],
     ["fidelity", "config"],
-    ["checkpoint", "cluster"],
+    ["checkpoint", "cluster", "registry"],
     ["tracking"],
     ["train", "results", "report", "stats"],
     ["study"],

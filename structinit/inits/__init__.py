@@ -140,13 +140,24 @@ class InitResult:
 
 
 INITS: dict[str, Callable[[VisionTransformer, InitConfig], InitResult]] = {}
+READS: dict[str, Callable[[InitConfig], tuple[str, ...]]] = {}  # by init: the InitConfig fields it reads
 
 
-def register(name: str):
+def register(name: str, reads: tuple[str, ...] | Callable[[InitConfig], tuple[str, ...]] = ()):
+    """Register an init strategy under `name`, declaring the InitConfig fields it reads (a tuple,
+    or a function of the config where what it reads depends on other fields): the fields that make
+    its setting (`setting`); every other field leaves its weights as they are."""
     def wrap(fn):
         INITS[name] = fn
+        READS[name] = reads if callable(reads) else (lambda cfg, fields=tuple(reads): fields)
         return fn
     return wrap
+
+
+def setting(cfg: InitConfig) -> dict:
+    """The fields `cfg`'s init reads, with their values: what two configs of one init must share
+    to give the same weights (at the same seed, on the same model). The rest are normalised away."""
+    return {name: getattr(cfg, name) for name in sorted(READS[cfg.name](cfg))}
 
 
 def uses_data(kind: str) -> bool:

@@ -75,7 +75,7 @@ def torch_default(model: VisionTransformer, cfg: InitConfig) -> InitResult:
     return reference(model, cfg)
 
 
-@register("pe_scaled")
+@register("pe_scaled", reads=("base", "pe_scale"))
 def pe_scaled(model: VisionTransformer, cfg: InitConfig) -> InitResult:
     """Control: the base init with the position embedding scaled exactly as `impulse` scales it
     (PE <- s * PE, s = 18 on a learned PE), attention left at the base init. On small data a

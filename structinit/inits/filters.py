@@ -48,14 +48,14 @@ def learned(model: ConvMixer, cfg: InitConfig) -> InitResult:
     return InitResult(offsets=[], pseudo_inputs=[], notes={"frozen_filters": False})
 
 
-@register("frozen_random")
+@register("frozen_random", reads=("distinct_filters",))
 def frozen_random(model: ConvMixer, cfg: InitConfig) -> InitResult:
     """m random filters U(+-1/f) (PyTorch's depthwise default), frozen."""
     reset(model)
     return set_frozen(model, cfg, lambda m, f: (torch.rand(m, f, f) * 2 - 1) / f)
 
 
-@register("frozen_impulse")
+@register("frozen_impulse", reads=("distinct_filters", "offsets"))
 def frozen_impulse(model: ConvMixer, cfg: InitConfig) -> InitResult:
     """m one-hot filters, frozen: filter i is the impulse at tap i mod f^2 (`offsets="cover"`: all
     f^2 taps before any repeats) or at a random tap (`offsets="random"`, v1's draw)."""
@@ -71,7 +71,7 @@ def frozen_impulse(model: ConvMixer, cfg: InitConfig) -> InitResult:
     return set_frozen(model, cfg, impulses)
 
 
-@register("frozen_box")
+@register("frozen_box", reads=("distinct_filters",))
 def frozen_box(model: ConvMixer, cfg: InitConfig) -> InitResult:
     """The box filter 1/f^2 on every channel, frozen: spans one filter direction, whatever D."""
     reset(model)

@@ -248,7 +248,21 @@ def data_stream(model: VisionTransformer, kind: str, images: torch.Tensor | None
     return torch.cat([pe, x]), torch.tensor([n ** 0.5] + [1.0] * n, dtype=torch.float64), slice(1, None)
 
 
-@register("impulse")
+def impulse_reads(cfg: InitConfig) -> tuple[str, ...]:
+    """The fields impulse reads: its solve's, and those of the options it takes (the gradient
+    solver's steps, a data pseudo input's batch, mimetic V/proj, a blob, a mix)."""
+    fields = ["base", "filter_size", "offsets", "pseudo_input", "solver", "target_mass", "factor_norm", "qk",
+              "value_proj", "pe_scale", "target_shape", "mix"]
+    fields += ["rank_rtol", "damping"] if cfg.solver == "closed_form" else ["solver_steps", "solver_lr"]
+    fields += ["data_images"] if uses_data(cfg.pseudo_input) else []
+    fields += ["alpha_vo", "beta_vo"] if cfg.value_proj == "mimetic" else []
+    fields += ["blob", "blob_sigma"] if cfg.target_shape != "impulse" else []
+    fields += ["mix_ratio"] if cfg.mix else []
+    fields += ["alpha_qk", "beta_qk"] if cfg.mix == "mimetic" else []
+    return tuple(fields)
+
+
+@register("impulse", reads=impulse_reads)
 def impulse(model: VisionTransformer, cfg: InitConfig, images: torch.Tensor | None = None) -> InitResult:
     """Impulse init. Base init; PE <- pe_scale * PE; per block (or once, `qk="shared"`, v1) each
     head gets an offset of the f x f window (`cover`: all f^2 taps before repeats; `random`: v1's

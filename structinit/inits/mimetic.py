@@ -45,7 +45,7 @@ def mimetic_vo(model: VisionTransformer, cfg: InitConfig) -> None:
         set_vo(block.attn, left, right)
 
 
-@register("mimetic")
+@register("mimetic", reads=("base", "alpha_qk", "beta_qk", "alpha_vo", "beta_vo"))
 def mimetic(model: VisionTransformer, cfg: InitConfig) -> InitResult:
     """Mimetic init. Per head: W_q W_k^T = rank-d truncation of alpha_qk Z + beta_qk I (0.7, 0.7);
     per block: W_v W_o = alpha_vo Z - beta_vo I (0.4, 0.4); Z_ij ~ U(+-sqrt(3/D)), fresh each time.
