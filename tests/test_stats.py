@@ -86,3 +86,28 @@ def test_holm_by_hand():
     assert got[:4] == pytest.approx([0.03, 0.06, 0.06, 0.02]) and math.isnan(got[4])
     assert holm([0.5, 0.6]).tolist() == [1.0, 1.0] and holm([]).size == 0
 
+
+def test_the_report_says_which_test_gave_each_p():
+    """summarize's paired table carries each row's test and markdown prints it: 3 seeds exact, 7 varying seeds t,
+    and two equal differences get p = 0.5 where they got "<0.001"."""
+    import json
+
+    import pandas as pd
+
+    from structinit.report import markdown, summarize
+
+    runs = {32: [(90.0, 85.0), (92.0, 86.0), (88.0, 87.0)],  # (impulse, mimetic) per seed
+            64: [(90.0 + s % 3, 85.0 + s % 2) for s in range(7)], 96: [(91.11, 90.0), (91.11, 90.0)]}
+    rows = []
+    for dim, accs in runs.items():
+        for seed, (imp, mim) in enumerate(accs):
+            rows += [dict(status="TERMINATED", config_key=f"k{dim}", params=json.dumps({"model.embed_dim": dim}),
+                          init=init, seed=seed, final_test_top1=acc, test_top1_at_best_val=acc, init_mass_pseudo=0.9,
+                          init_mass_data=0.1) for init, acc in (("impulse", imp), ("mimetic", mim))]
+    table, paired = summarize(pd.DataFrame(rows))
+    assert paired.test.tolist() == ["exact", "t", "exact"] and paired.n.tolist() == [3, 7, 2]
+    assert paired.p.iloc[0] == pytest.approx(enumerated_p([5.0, 6.0, 1.0])) == 0.25 and paired.p.iloc[2] == 0.5
+    assert paired.p_holm.tolist() == pytest.approx(holm(paired.p).tolist())
+    text = markdown("s", table, paired, pd.DataFrame(rows))
+    assert "| p | test | p (Holm) |" in text and "| 0.500 | exact | 0.500 |" in text and "| t |" in text
+    assert f"where n >= {EXACT_BELOW} and the differences vary" in text
