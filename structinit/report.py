@@ -21,8 +21,8 @@ import pandas as pd
 from structinit import fidelity, results, tracking
 from structinit.config import label
 from structinit.paths import StudyPaths
-from structinit.stats import (by_seed, ci95, decomposition, finished, holm, paired_p, per_cell, varies_width,
-                              vit_conditions, whole_rank)
+from structinit.stats import (EXACT_BELOW, by_seed, ci95, decomposition, finished, holm, paired_test, per_cell,
+                              varies_width, vit_conditions, whole_rank)
 from structinit.validate import check, sqlite_path, sqlite_store
 
 IMPULSE_PAIRS = (("impulse", "mimetic"), ("impulse", "default"), ("impulse", "torch_default"),
@@ -84,8 +84,10 @@ def once_per_seed(trials: pd.DataFrame, history: pd.DataFrame) -> tuple[pd.DataF
 def summarize(trials: pd.DataFrame, pairs: tuple = PAIRS) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per configuration x init statistics, paired differences a - b for the `pairs` that ran).
     n is the seeds with a final test top-1; `best_val_top1_mean` is what per_cell selects on.
-    Each paired row has the paired t-test's `p` (stats.paired_p) and `p_holm`, Holm-adjusted over
-    every row of this table with a p (stats.holm): the family is the whole study's comparisons."""
+    Each paired row has its two-sided `p`, the `test` that gave it (stats.paired_test: "exact" sign
+    flips below stats.EXACT_BELOW seeds or at zero variance, else "t", the paired t-test) and
+    `p_holm`, Holm-adjusted over every row of this table with a p (stats.holm): the family is the
+    whole study's comparisons."""
     done = finished(trials)
     rows = []
     for (key, config, init), g in done.groupby(["config_key", "config", "init"], sort=True):
@@ -109,9 +111,10 @@ def summarize(trials: pd.DataFrame, pairs: tuple = PAIRS) -> tuple[pd.DataFrame,
             if a in by and b in by:
                 diff = (by[a] - by[b]).dropna()
                 m, s, h, n = ci95(diff)
+                p, test = paired_test(diff)
                 paired.append({"config": config, "pair": f"{a} - {b}", "mean": m, "std": s, "ci95": h, "n": n,
-                               "p": paired_p(diff), "width_ratio": ratio})
-    paired = pd.DataFrame(paired, columns=["config", "pair", "mean", "std", "ci95", "n", "p", "width_ratio"])
+                               "p": p, "test": test, "width_ratio": ratio})
+    paired = pd.DataFrame(paired, columns=["config", "pair", "mean", "std", "ci95", "n", "p", "test", "width_ratio"])
     paired.insert(7, "p_holm", holm(paired["p"]))
     return pd.DataFrame(rows), paired
 
@@ -194,11 +197,14 @@ def markdown(study: str, table: pd.DataFrame, paired: pd.DataFrame, trials: pd.D
                   "no PE-scale control; its differences are differences to the base init."]
     if len(paired):
         lines += ["", "Paired differences of final test top-1 (same configuration and seed), mean ± 95 % CI; p: "
-                  "two-sided paired t-test; p (Holm): adjusted for the "
+                  f"two-sided, of the row's test: t, the paired t-test, where n >= {EXACT_BELOW} and the differences "
+                  "vary; else exact, the exact sign-flip test over the 2^n sign vectors (its p is at least 2/2^n, "
+                  f"so with n < {EXACT_BELOW} never under 0.05); p (Holm): adjusted for the "
                   f"{int(paired['p'].notna().sum())} comparisons of this table at once (Holm's step-down; read a "
                   "difference as shown where p (Holm) < 0.05, which keeps the chance of any false one under 5 %):",
-                  "", "| configuration | difference | n | mean ± CI | p | p (Holm) |", "|---|---|---|---|---|---|"]
-        lines += [f"| {r.config} | {r.pair} | {r.n} | {_pm(r.mean, r.ci95)} | {_p(r.p)} | {_p(r.p_holm)} |"
+                  "", "| configuration | difference | n | mean ± CI | p | test | p (Holm) |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r.config} | {r.pair} | {r.n} | {_pm(r.mean, r.ci95)} | {_p(r.p)} | {r.test} | {_p(r.p_holm)} |"
                   for r in paired.itertuples()]
     lines += decomposition_lines(decomposition(trials, paired))
     lines += cell_lines(per_cell(trials, table, paired), paired)

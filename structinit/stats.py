@@ -1,8 +1,9 @@
 """The statistics a study's report rests on, as plain functions: of numbers (the 95 % t-interval
-of a mean over seeds, the paired t-test of per-seed differences, Holm's step-down adjustment for the
-many comparisons one study makes at once), and of a study's trials (the decomposition of a gain
-into PE scale and attention structure, the impulse setting each heads x dim cell's validation
-accuracy picks). report.py builds its tables from these and presents them."""
+of a mean over seeds, the paired test of per-seed differences: exact sign flips for few seeds or
+equal differences, else the t-test; Holm's step-down adjustment for the many comparisons one
+study makes at once), and of a study's trials (the decomposition of a gain into PE scale and
+attention structure, the impulse setting each heads x dim cell's validation accuracy picks).
+report.py builds its tables from these and presents them."""
 from __future__ import annotations
 
 import json
@@ -21,34 +22,80 @@ def finite(values) -> np.ndarray:
     return np.asarray([x for x in values if x is not None and not math.isnan(x)], dtype=float)
 
 
+# Below this many seeds the paired t-test is not used: its p rests on the differences being normal,
+# which nothing checks at n = 2..5, and an exact test exists that assumes only that the null makes
+# each difference's sign a fair coin. The exact sign-flip test enumerates the 2^n sign vectors, so
+# its p is a multiple of 1/2^n: at n = 5 the smallest two-sided p is 2/32 = 0.0625 (n = 3, 4:
+# 0.25, 0.125), and with fewer than 6 seeds no difference reaches p < 0.05, adjusted or not.
+EXACT_BELOW = 6
+# Differences whose spread is at most this fraction of their largest magnitude count as equal
+# (zero variance): per-seed differences of accuracies that moved by the same number of test
+# images differ in the last bits (100*814/900 - 100*804/900 != 100*813/900 - 100*803/900), and a
+# t-test on them gives t ~ 1e14, p ~ 1e-72. Test sets of up to 10^6 images move in steps far above it.
+EQUAL_RTOL = 1e-9
+# permutation_test holds every sign vector at once (2^n x n floats): up to n = 16 that is 8 MiB.
+# Equal non-zero differences at larger n have their exact p in closed form (see _sign_flip_p).
+ENUMERATE_UP_TO = 16
+
+
 def ci95(values) -> tuple[float, float, float, int]:
     """mean, std, half-width of the 95 % t-interval, n (NaN where n < 2):
-    mean ± t_{0.975, n-1} · s / √n, s the sample std (ddof 1)."""
+    mean ± t_{0.975, n-1} · s / √n, s the sample std (ddof 1), from scipy.stats.t.interval
+    (half-width 0 where every value is equal: scipy's interval is NaN at scale 0)."""
     v = finite(values)
     n = len(v)
     if n == 0:
         return math.nan, math.nan, math.nan, 0
     if n == 1:
         return float(v[0]), math.nan, math.nan, 1
-    std = float(v.std(ddof=1))
-    return float(v.mean()), std, float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)), n
+    mean, std = float(v.mean()), float(v.std(ddof=1))
+    if std == 0:
+        return mean, 0.0, 0.0, n
+    low, high = stats.t.interval(0.95, n - 1, loc=mean, scale=std / math.sqrt(n))
+    return mean, std, float(high - low) / 2, n
 
 
-def paired_p(diffs) -> float:
-    """Two-sided p of the paired t-test on per-seed differences d_1..d_n (a − b, same configuration
-    and seed): t = mean(d) / (s_d / √n) on n − 1 degrees of freedom, p = 2 P(T > |t|) (what
-    scipy.stats.ttest_rel(a, b) gives). NaN where n < 2. Where every d_i is equal (s_d = 0) the
-    t statistic is 0/0 or ±∞: p = 1 when they are all 0 (the arms agreed seed for seed, e.g. an
-    init bit-identical to another), 0 otherwise (the test's limit)."""
+def _sign_flip_p(d: np.ndarray) -> float:
+    """Two-sided p of the exact paired sign-flip permutation test of mean(d) = 0: under the null each
+    difference's sign is a fair coin, so the 2^n sign vectors are equally likely and p is the share
+    of them whose |mean| is at least the observed (scipy.stats.permutation_test with one sample and
+    permutation_type="samples" flips signs; with n_resamples >= 2^n it enumerates them all and is
+    exact; its two-sided p, 2·min of the one-sided, equals that share since the null is symmetric).
+    Equal non-zero differences beyond ENUMERATE_UP_TO: only the all-+ and all-− vectors reach the
+    observed |mean|, p = 2/2^n."""
+    n = len(d)
+    if n > ENUMERATE_UP_TO:
+        return 2.0 / 2 ** n
+    res = stats.permutation_test((d,), np.mean, permutation_type="samples", n_resamples=2 ** n,
+                                 alternative="two-sided", vectorized=True, axis=-1)
+    return float(res.pvalue)
+
+
+def paired_test(diffs) -> tuple[float, str]:
+    """(two-sided p, the test that gave it) for per-seed differences d_1..d_n (a − b, same
+    configuration and seed) under the null mean 0:
+    - "none", p NaN: n < 2, nothing to test;
+    - "exact": the exact sign-flip permutation test (_sign_flip_p) where n < EXACT_BELOW or the
+      differences are equal (zero variance, up to EQUAL_RTOL), where the t-test's p means nothing
+      (at zero variance t is ±∞ and its p 0). All-zero differences (arms that agree seed for seed,
+      e.g. an init bit-identical to another) give p = 1; equal non-zero ones 2/2^n, never 0;
+    - "t": the paired t-test otherwise, scipy.stats.ttest_1samp(d, 0) (= ttest_rel(a, b))."""
     d = finite(diffs)
     n = len(d)
     if n < 2:
-        return math.nan
-    sd = float(d.std(ddof=1))
-    if sd == 0:
-        return 1.0 if float(d.mean()) == 0 else 0.0
-    t = float(d.mean()) / (sd / math.sqrt(n))
-    return float(2 * stats.t.sf(abs(t), n - 1))
+        return math.nan, "none"
+    top = float(np.abs(d).max())
+    if top == 0:
+        return 1.0, "exact"
+    if n < EXACT_BELOW or float(np.ptp(d)) <= EQUAL_RTOL * top:
+        return _sign_flip_p(d), "exact"
+    return float(stats.ttest_1samp(d, 0.0).pvalue), "t"
+
+
+def paired_p(diffs) -> float:
+    """The two-sided p of paired_test (exact sign-flip test below EXACT_BELOW seeds or at zero
+    variance, paired t-test otherwise); NaN where n < 2."""
+    return paired_test(diffs)[0]
 
 
 def holm(p) -> np.ndarray:

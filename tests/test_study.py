@@ -13,7 +13,7 @@ from scipy import stats
 from structinit.config import make, with_overrides
 from structinit.config import config_key
 from structinit.report import ci95, markdown, summarize, summary_metrics
-from structinit.stats import decomposition, holm, paired_p, per_cell
+from structinit.stats import decomposition, holm, per_cell
 from structinit.runner import searcher
 from structinit.spaces import categorical, heads_and_dims
 from structinit.study import TRIAL_INDEX, Study, check_space, trial_config
@@ -135,18 +135,6 @@ def test_report_flags_near_chance_inits_and_an_unscaled_pe_control():
     assert "`pe_scaled` ran with a PE scale of 1" in text
     scaled = [dict(r, init_pe_scale=18.0) for r in rows]
     assert "PE scale of 1" not in markdown("s", *summarize(pd.DataFrame(scaled)), pd.DataFrame(scaled))
-
-
-def test_holm_and_the_paired_t_test_by_hand():
-    """Holm on four p-values worked by hand (a NaN is no comparison: m = 4), its clip at 1, and the
-    paired t-test against scipy's."""
-    # sorted 0.005 0.01 0.03 0.04, times m - i + 1 = 4 3 2 1: 0.02 0.03 0.06 0.04, running max 0.02 0.03 0.06 0.06
-    got = holm([0.01, 0.04, 0.03, 0.005, math.nan])
-    assert got[:4] == pytest.approx([0.03, 0.06, 0.06, 0.02]) and math.isnan(got[4])
-    assert holm([0.5, 0.6]).tolist() == [1.0, 1.0] and holm([]).size == 0
-    a, b = [90.0, 92.0, 88.0, 91.0], [85.0, 86.0, 87.0, 86.5]
-    assert paired_p([x - y for x, y in zip(a, b)]) == pytest.approx(stats.ttest_rel(a, b).pvalue)
-    assert paired_p([0.0, 0.0, 0.0]) == 1.0 and math.isnan(paired_p([2.0]))  # bit-identical arms; one seed
 
 
 def arm_rows(params: dict, accs: dict, seeds=range(5), **fields) -> list[dict]:
