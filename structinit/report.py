@@ -21,8 +21,8 @@ import pandas as pd
 from structinit import fidelity, results, tracking
 from structinit.config import label
 from structinit.paths import StudyPaths
-from structinit.stats import (EXACT_BELOW, by_seed, ci95, decomposition, finished, holm, paired_test, per_cell,
-                              varies_width, vit_conditions, whole_rank)
+from structinit.stats import (EXACT_BELOW, arms, by_seed, ci95, comparisons, decomposition, holm, lost_seeds,
+                              paired_test, per_cell, varies_width, vit_conditions, whole_rank)
 from structinit.validate import check, sqlite_path, sqlite_store
 
 IMPULSE_PAIRS = (("impulse", "mimetic"), ("impulse", "default"), ("impulse", "torch_default"),
@@ -33,20 +33,20 @@ PAIRS = IMPULSE_PAIRS + FILTER_PAIRS  # a study that declares none: each pair wh
 PLOTS = ("curves", "heads_vs_dim", "filter_gap", "param_importances")  # each drawn where the results allow
 
 
-def declare(paths: StudyPaths, pairs: tuple, plots: tuple) -> None:
-    """Record a study's pairs and plots in its folder, for `structinit report`."""
+def declare(paths: StudyPaths, pairs: tuple, plots: tuple, reference: dict | None = None) -> None:
+    """Record a study's pairs, plots and reference setting in its folder, for `structinit report`."""
     with open(paths.report_spec, "w") as f:
-        json.dump({"pairs": pairs, "plots": plots}, f)
+        json.dump({"pairs": pairs, "plots": plots, "reference": reference}, f)
 
 
-def declared(paths: StudyPaths) -> tuple[tuple, tuple]:
-    """(pairs, plots) a study recorded; PAIRS and PLOTS where it recorded none."""
+def declared(paths: StudyPaths) -> tuple[tuple, tuple, dict | None]:
+    """(pairs, plots, reference) a study recorded; PAIRS, PLOTS and none where it recorded none."""
     if not os.path.exists(paths.report_spec):
-        return PAIRS, PLOTS
+        return PAIRS, PLOTS, None
     with open(paths.report_spec) as f:
         try:
             spec = json.load(f)
-            return tuple(tuple(pair) for pair in spec["pairs"]), tuple(spec["plots"])
+            return tuple(tuple(pair) for pair in spec["pairs"]), tuple(spec["plots"]), spec.get("reference")
         except (ValueError, KeyError, TypeError) as err:  # not JSON, or not the pairs and plots `declare` writes
             check("report spec", paths.report_spec, f"the JSON {{\"pairs\": [...], \"plots\": [...]}} a study "
                   f"declares ({type(err).__name__}: {err})", False)
@@ -72,26 +72,43 @@ def theory(trial, k: float) -> str:
     return f"k={whole_rank(k)}, h≥f² {'✓' if heads else '✗'}, D/h≥k {'✓' if width else '✗'}"
 
 
-def once_per_seed(trials: pd.DataFrame, history: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One trial per (configuration, init, seed) over every execution of a study: the one of the
-    latest execution that finished it, else of the latest that ran it. A seed run in two
-    executions then counts once (pooled, it would count twice and shrink the CI falsely)."""
-    order = trials.assign(_done=trials["status"] == "TERMINATED").sort_values(["_done", "execution"], kind="stable")
-    kept = order.drop_duplicates(["config_key", "init", "seed"], keep="last").drop(columns="_done")
-    return kept.sort_index(), history[history["trial_id"].isin(kept["trial_id"])]
+def select(trials: pd.DataFrame, history: pd.DataFrame, execution: str | None = None):
+    """The trials of one base out of every execution under a study folder: the base of `execution`
+    (default: the latest with results), since executions of another base (another preset, epochs,
+    `--set`) train other models and would pair with nothing or, under one label, mislead. Returns
+    (its trials, their epochs, a note naming the executions left out and how to report them).
+    Within it a model counts once (stats.arms); its epochs are its trained trial's."""
+    executions = sorted(trials["execution"].dropna().unique())
+    check("execution", execution, f"one of this study's executions with results: {executions}",
+          execution is None or execution in executions)
+    chosen = execution or executions[-1]
+    base = trials.loc[trials["execution"] == chosen, "study_base"].iloc[0] if len(trials) else None
+    mine = trials[(trials["study_base"] == base) if base is not None else trials["execution"] == chosen]
+    others = sorted(set(executions) - set(mine["execution"]))
+    note = (f"{len(others)} execution(s) of another base left out ({', '.join(others)}): report one of them with "
+            "`structinit report STUDY --execution NAME`") if others else ""
+    sources = set(mine["trial_id"]) | set(mine["reused_from"].dropna()) if "reused_from" in mine else set(
+        mine["trial_id"])
+    return mine, history[history["trial_id"].isin(sources)], note
 
 
-def summarize(trials: pd.DataFrame, pairs: tuple = PAIRS) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(per configuration x init statistics, paired differences a - b for the `pairs` that ran).
-    n is the seeds with a final test top-1; `best_val_top1_mean` is what per_cell selects on.
-    Each paired row has its two-sided `p`, the `test` that gave it (stats.paired_test: "exact" sign
-    flips below stats.EXACT_BELOW seeds or at zero variance, else "t", the paired t-test) and
-    `p_holm`, Holm-adjusted over every row of this table with a p (stats.holm): the family is the
-    whole study's comparisons."""
-    done = finished(trials)
+def summarize(trials: pd.DataFrame, pairs: tuple = PAIRS, reference: dict | None = None):
+    """(per arm statistics, paired differences) of a study's trials (stats.arms: one init at one
+    setting on one base, each seed once). n is the seeds with a final test top-1;
+    `best_val_top1_mean` is what per_cell selects on. The paired rows are `stats.comparisons`:
+    each declared (a, b) between compatible arms of one base, and each setting against the
+    study's `reference` setting, same seeds; `lost` counts the seeds that ran but cannot pair (a
+    failed or early-stopped side). Each has its two-sided `p`, the `test` that gave it
+    (stats.paired_test: "exact" sign flips below stats.EXACT_BELOW seeds or at zero variance, else
+    "t", the paired t-test) and `p_holm`, Holm-adjusted over every row of this table with a p
+    (stats.holm): the family is the whole study's comparisons."""
+    done = arms(trials)
     rows = []
-    for (key, config, init), g in done.groupby(["config_key", "config", "init"], sort=True):
-        row = {"config": config, "init": init, "executions": ",".join(sorted(g["execution"].dropna().unique()))}
+    for arm, g in done.groupby("arm", sort=True):
+        row = {"config": g["config"].iloc[0], "init": g["init"].iloc[0], "arm": arm, "setting": g["label"].iloc[0],
+               "requested": g["requested"].iloc[0],
+               "executions": ",".join(sorted(g["execution"].dropna().unique())),
+               "reused": int(g["reused_from"].notna().sum())}
         for metric in ("final_test_top1", "test_top1_at_best_val", "best_val_top1"):
             m, s, h, n = ci95(g[metric])
             row.update({f"{metric}_mean": m, f"{metric}_std": s, f"{metric}_ci95": h})
@@ -99,24 +116,23 @@ def summarize(trials: pd.DataFrame, pairs: tuple = PAIRS) -> tuple[pd.DataFrame,
         for measure in ("init_mass_pseudo", "init_mass_data", "init_hit_data", "init_wq_norm"):
             row[measure] = g[measure].mean()
         row["near_chance"] = int(fidelity.near_chance(g["init_hit_data"], g["init_hit_chance"]).sum())
-        row["pe_unscaled"] = init == "pe_scaled" and bool((g["init_pe_scale"] == 1).all())
+        row["pe_unscaled"] = row["init"] == "pe_scaled" and bool((g["init_pe_scale"] == 1).all())
         row["init_rank_k"] = g["init_rank_k"].mean()
         row["theory"] = theory(g.iloc[0], row["init_rank_k"])
         rows.append(row)
+    table = pd.DataFrame(rows).sort_values(["config", "init"], kind="stable") if rows else pd.DataFrame(rows)
     paired = []
-    for (key, config), g in done.groupby(["config_key", "config"], sort=True):
-        by = by_seed(g)
-        ratio = width_ratio(g.iloc[0], g["init_rank_k"].mean())
-        for a, b in dict.fromkeys(tuple(pair) for pair in pairs):  # a pair declared twice: one row
-            if a in by and b in by:
-                diff = (by[a] - by[b]).dropna()
-                m, s, h, n = ci95(diff)
-                p, test = paired_test(diff)
-                paired.append({"config": config, "pair": f"{a} - {b}", "mean": m, "std": s, "ci95": h, "n": n,
-                               "p": p, "test": test, "width_ratio": ratio})
-    paired = pd.DataFrame(paired, columns=["config", "pair", "mean", "std", "ci95", "n", "p", "test", "width_ratio"])
+    for config, pair, a, b in comparisons(done, pairs, reference):
+        diff = (by_seed(a) - by_seed(b)).dropna()
+        m, s, h, n = ci95(diff)
+        p, test = paired_test(diff)
+        paired.append({"config": config, "pair": pair, "mean": m, "std": s, "ci95": h, "n": n, "p": p, "test": test,
+                       "lost": lost_seeds(trials, a, b),
+                       "width_ratio": width_ratio(a.iloc[0], a["init_rank_k"].mean())})
+    paired = pd.DataFrame(paired, columns=["config", "pair", "mean", "std", "ci95", "n", "p", "test", "lost",
+                                           "width_ratio"])
     paired.insert(7, "p_holm", holm(paired["p"]))
-    return pd.DataFrame(rows), paired
+    return table.reset_index(drop=True), paired
 
 
 def metric_segment(text: str) -> str:
@@ -125,18 +141,21 @@ def metric_segment(text: str) -> str:
     return re.sub(r"[^\w.\- :]", "_", text.replace("=", ":"))[:120]
 
 
-def summary_metrics(trials: pd.DataFrame, pairs: tuple = PAIRS) -> tuple[dict, dict]:
+def summary_metrics(trials: pd.DataFrame, pairs: tuple = PAIRS, reference: dict | None = None) -> tuple[dict, dict]:
     """A study's summary as (metrics, params) for its parent MLflow run, from `summarize`'s tables:
     per configuration x init the mean final test top-1 and test top-1 at best val
     (`<config>/<init>/final_test_top1`, `.../test_top1_at_best_val`, `.../n`), the paired
     differences with their 95 % CI bounds and p-values (`<config>/<a> - <b>/mean`, `.../ci95_low`,
     `.../ci95_high`, `.../n`, `.../p`, `.../p_holm`: Holm over the pairs of these `trials`), and
-    the trials finished and failed (`trials_finished`, `trials_failed`); params: each
+    the trials finished, failed, stopped early, trained and reused (`trials_*`); params: each
     configuration's segment and its params, and the pairs declared. NaN values (a CI or p of one
     seed) are left out."""
-    table, paired = summarize(trials, pairs)
+    table, paired = summarize(trials, pairs, reference)
     statuses = trials["status"].value_counts()
-    metrics = {"trials_finished": int(statuses.get("TERMINATED", 0)), "trials_failed": int(statuses.get("ERROR", 0))}
+    reused = int(trials["reused_from"].notna().sum()) if "reused_from" in trials else 0
+    metrics = {"trials_finished": int(statuses.get("TERMINATED", 0)), "trials_failed": int(statuses.get("ERROR", 0)),
+               "trials_stopped": int(statuses.get(results.STOPPED, 0)), "trials_trained": len(trials) - reused,
+               "trials_reused": reused}
     for r in table.itertuples():
         for key in ("final_test_top1", "test_top1_at_best_val"):
             metrics[f"{metric_segment(r.config)}/{r.init}/{key}"] = getattr(r, f"{key}_mean")
@@ -151,9 +170,9 @@ def summary_metrics(trials: pd.DataFrame, pairs: tuple = PAIRS) -> tuple[dict, d
     return {k: v for k, v in metrics.items() if not math.isnan(v)}, params
 
 
-def log_summary(run: tracking.Run, trials: list[dict], pairs: tuple) -> None:
+def log_summary(run: tracking.Run, trials: list[dict], pairs: tuple, reference: dict | None = None) -> None:
     """The summary of one study execution's `trials` (its Parquet rows) on its parent run."""
-    tracking.log_summary(run, *summary_metrics(pd.DataFrame(trials), pairs))
+    tracking.log_summary(run, *summary_metrics(pd.DataFrame(trials), pairs, reference))
 
 
 def _pm(m, h) -> str:
@@ -173,12 +192,15 @@ def _diff(r) -> str:
     return f"{_pm(r.mean, r.ci95)} (p_holm {_p(r.p_holm)})"
 
 
-def markdown(study: str, table: pd.DataFrame, paired: pd.DataFrame, trials: pd.DataFrame) -> str:
+def markdown(study: str, table: pd.DataFrame, paired: pd.DataFrame, trials: pd.DataFrame, note: str = "") -> str:
     executions = sorted(trials["execution"].dropna().unique()) if "execution" in trials else []
+    reused = int(trials["reused_from"].notna().sum()) if "reused_from" in trials else 0
     lines = [f"# {study}", "", f"{len(trials)} trials: " + ", ".join(
-        f"{n} {s.lower()}" for s, n in trials["status"].value_counts().items()) + f", from {len(executions)} "
-        f"execution(s) ({', '.join(executions)}; a configuration, init and seed run in several counts once, "
-        "from the latest; table.csv names each row's executions)", "",
+        f"{n} {s.lower()}" for s, n in trials["status"].value_counts().items()) + f"; {len(trials) - reused} trained, "
+        f"{reused} reused a model another trial had trained (same identity); from {len(executions)} execution(s) "
+        f"of one base ({', '.join(executions)}). A model counts once: an arm is one init at one setting, each "
+        "seed once, and settings that gave bit-identical initial weights are one arm (their settings joined by "
+        "|); table.csv names each row's executions." + (f" {note}." if note else ""), "",
         "Test top-1 (%), mean ± 95 % CI over seeds (t-interval), std in brackets: of the final model, and of "
         "the epoch with the best validation accuracy (the test set never selects).", "",
         "Init: forward-pass attention mass on the target (pseudo input / real images), argmax hit on real "
@@ -206,8 +228,14 @@ def markdown(study: str, table: pd.DataFrame, paired: pd.DataFrame, trials: pd.D
                   "|---|---|---|---|---|---|---|"]
         lines += [f"| {r.config} | {r.pair} | {r.n} | {_pm(r.mean, r.ci95)} | {_p(r.p)} | {r.test} | {_p(r.p_holm)} |"
                   for r in paired.itertuples()]
-    lines += decomposition_lines(decomposition(trials, paired))
-    lines += cell_lines(per_cell(trials, table, paired), paired)
+        lost = paired[paired["lost"] > 0]
+        if len(lost):
+            lines += ["", f"{int(lost['lost'].sum())} seed(s) in {len(lost)} comparison(s) ran but cannot pair (a side "
+                      "failed or was stopped early): those comparisons use their complete pairs only (n): "
+                      + "; ".join(f"{r.config} {r.pair}: {r.lost} lost" for r in lost.itertuples())]
+    done = arms(trials)
+    lines += decomposition_lines(decomposition(done, paired))
+    lines += cell_lines(per_cell(done, table, paired), paired)
     failed = trials[trials["status"] != "TERMINATED"]
     if len(failed):
         lines += ["", "Failed trials:", ""]
@@ -344,26 +372,29 @@ def _save(fig, path: str) -> str:
     return path
 
 
-def report(study: str, storage: str = "runs", tracking_uri: str | None = None, optuna_url: str | None = None) -> str:
-    """Build the report of a study's results: print-ready Markdown; also written as report.md,
+def report(study: str, storage: str = "runs", tracking_uri: str | None = None, optuna_url: str | None = None,
+           execution: str | None = None) -> str:
+    """Build the report of a study's results -- of the executions that share the base of
+    `execution` (default: the latest; `select`): print-ready Markdown; also written as report.md,
     table.csv, paired.csv, decomposition.csv, cells.csv and plots under <storage>/<study>/report/,
-    and logged to the MLflow run of the latest execution."""
+    and logged to the MLflow run of that execution."""
     paths = StudyPaths(storage, study, optuna_url=optuna_url)
     pooled, history = results.load(paths.folder)
-    trials, history = once_per_seed(pooled, history)
-    pairs, wanted = declared(paths)
+    trials, history, note = select(pooled, history, execution)
+    pairs, wanted, reference = declared(paths)
     sqlite_store("optuna storage", paths.optuna)  # every record it reads is checked before it writes
-    table, paired = summarize(trials, pairs)
-    text = markdown(study, table, paired, trials)
+    table, paired = summarize(trials, pairs, reference)
+    text = markdown(study, table, paired, trials, note)
     out = paths.report
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write(text)
     table.to_csv(os.path.join(out, "table.csv"), index=False)
     paired.to_csv(os.path.join(out, "paired.csv"), index=False)
-    decomposition(trials, paired).to_csv(os.path.join(out, "decomposition.csv"), index=False)
-    per_cell(trials, table, paired).to_csv(os.path.join(out, "cells.csv"), index=False)
-    execution = paths.execution()
+    done = arms(trials)
+    decomposition(done, paired).to_csv(os.path.join(out, "decomposition.csv"), index=False)
+    per_cell(done, table, paired).to_csv(os.path.join(out, "cells.csv"), index=False)
+    execution = execution or paths.execution()
     plots(out, trials, history, paired, paths.optuna, execution, wanted)
     run = execution and tracking.latest_run(tracking_uri or tracking.default_uri(), study, "execution", execution)
     if run:

@@ -157,7 +157,7 @@ def run(study: Study, resume: bool = False, address: str | None = None, data: di
                                 {"study": study.name, "execution": execution})
     paths.set_execution(execution)
     tracking.log_study_data(parent, data, study.trial.fraction, study.seeds)
-    report.declare(paths, study.pairs, study.plots)
+    report.declare(paths, study.pairs, study.plots, study.reference)
 
     shared = {key: ray.put(splits) for key, splits in data.items()}
     trainable = ray.tune.with_resources(
@@ -189,7 +189,7 @@ def run(study: Study, resume: bool = False, address: str | None = None, data: di
         raise
     ids = tracking.attempt(uri, "the study's records", lambda _: tracking.sync(uri, study.name, execution,
                                                                                 trials, history))
-    report.log_summary(parent, trials, study.pairs)
+    report.log_summary(parent, trials, study.pairs, study.reference)
     for t in trials:
         t["mlflow_run_id"] = (ids or {}).get(t["trial_id"])
     out = results.write(paths.folder, execution, trials, history)

@@ -120,10 +120,6 @@ def holm(p) -> np.ndarray:
 BASELINES = ("torch_default", "default")  # the unstructured init a decomposition starts from: the first that ran
 
 
-CELL = ("model.embed_dim", "model.num_heads")
-KNOBS = ("init.target_mass", "init.pe_scale", "init.pseudo_input")  # what an impulse setting names
-
-
 def whole_rank(k: float) -> int:
     """A mean measured rank as the integer the conditions use (its ceiling)."""
     return math.ceil(k - 1e-9)
@@ -145,15 +141,133 @@ def varies_width(done: pd.DataFrame) -> bool:
 
 
 def finished(trials: pd.DataFrame) -> pd.DataFrame:
-    """The TERMINATED trials with every schema column (NaN where absent) and their `config` label."""
+    """The TERMINATED trials with every schema column (NaN where absent); rows of tables written
+    before trials had identities stand for themselves (identity: the trial, base: the proposal)."""
     done = trials[trials["status"] == "TERMINATED"].reindex(columns=[*trials.columns, *(
         c for c in results.TRIALS.names if c not in trials.columns)])
-    return done.assign(config=done["params"].map(label))
+    return keyed(done)
 
 
-def by_seed(g: pd.DataFrame) -> pd.DataFrame:
-    """One configuration's final test top-1 as seed x init (the pairing every difference uses)."""
-    return g.pivot_table(index="seed", columns="init", values="final_test_top1", aggfunc="mean")
+def keyed(trials: pd.DataFrame) -> pd.DataFrame:
+    """`trials` with identity, base and setting keys where an older table lacks them."""
+    t = trials.reindex(columns=[*trials.columns, *(c for c in results.TRIALS.names if c not in trials.columns)])
+    return t.assign(identity=t["identity"].fillna(t["trial_id"]), base_key=t["base_key"].fillna(t["config_key"]),
+                    setting_key=t["setting_key"].fillna(t["config_key"]), setting=t["setting"].fillna("{}"))
+
+
+def _latest_trained_last(g: pd.DataFrame) -> pd.DataFrame:
+    """Rows ordered so that the last of each group is the trained one of the latest execution."""
+    return g.assign(_trained=g["reused_from"].isna()).sort_values(["_trained", "execution"], kind="stable")
+
+
+def arms(trials: pd.DataFrame) -> pd.DataFrame:
+    """The finished trials as arms: an arm is one init at one setting on one base (`base_key`:
+    everything but the init and the seed), each seed once. Requested settings whose trials are
+    the same models seed by seed (equal identities: bit-identical initial weights) are one arm.
+    Adds `arm` (its key), `requested` (the settings asked for, JSON, '|'-joined), `label` (the
+    init fields that vary in the study, as asked, and for impulse the mass it realised on real
+    images), `base_label` (the searched fields that are not the init's) and `config` (both)."""
+    done = _latest_trained_last(finished(trials)).drop_duplicates(
+        ["base_key", "init", "setting_key", "seed"], keep="last")
+    signature = {key: tuple(sorted(zip(g["seed"], g["identity"])))
+                 for key, g in done.groupby(["base_key", "init", "setting_key"], sort=True)}
+    first = {}
+    for key, sig in signature.items():  # the first setting of the same models names the arm
+        first.setdefault((key[0], key[1], sig), key[2])
+    done["arm"] = [f"{b}/{i}/{first[(b, i, signature[(b, i, k)])]}" for b, i, k in
+                   zip(done["base_key"], done["init"], done["setting_key"])]
+    requested = done.groupby("arm")["setting"].agg(lambda v: "|".join(sorted(set(v))))
+    done = _latest_trained_last(done).drop_duplicates(["arm", "seed"], keep="last").drop(columns="_trained")
+    done["requested"] = done["arm"].map(requested)
+    varying = {init: _varying(g["requested"]) for init, g in done.groupby("init")}
+    labels = {arm: _label(g, varying[g["init"].iloc[0]]) for arm, g in done.groupby("arm")}
+    done["label"] = done["arm"].map(labels)
+    done["base_label"] = done["params"].map(lambda p: label(json.dumps(
+        {k: v for k, v in json.loads(p or "{}").items() if not k.startswith("init.")})))
+    done["config"] = [" ".join(x for x in (b if b != "(base)" else "", s) if x) or "(base)"
+                      for b, s in zip(done["base_label"], done["label"])]
+    return done.sort_index()
+
+
+def _settings(requested: str) -> list[dict]:
+    return [json.loads(s) for s in requested.split("|")]
+
+
+def _varying(requested: pd.Series) -> list[str]:
+    """The fields of an init's settings that take more than one value in a study."""
+    values: dict[str, set] = {}
+    for text in requested:
+        for s in _settings(text):
+            for k, v in s.items():
+                values.setdefault(k, set()).add(json.dumps(v))
+    return sorted(k for k, v in values.items() if len(v) > 1)
+
+
+def _text(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _label(g: pd.DataFrame, varying: list[str]) -> str:
+    """An arm as a reader names it: each varying field as asked ('|' where settings coincide), and
+    for an arm with a target mass, the mass it realised on held-out real images, marked out of
+    reach where its solve fell short of the mass asked on its own pseudo input."""
+    settings = _settings(g["requested"].iloc[0])
+    parts = [f"{k}=" + "|".join(dict.fromkeys(_text(s.get(k)) for s in settings)) for k in varying]
+    asked = [s["target_mass"] for s in settings if s.get("target_mass") is not None]
+    realised, reached = g["init_mass_data"].mean(), g["init_mass_pseudo"].mean()
+    if parts and asked and not pd.isna(realised):
+        short = not pd.isna(reached) and max(asked) > reached + REACH_TOLERANCE
+        parts.append(f"→ mass {realised:.2f}" + (" (asked mass out of reach)" if short else ""))
+    return " ".join(parts)
+
+
+REACH_TOLERANCE = 0.02  # a solve whose mass on its pseudo input is this far under the asked one fell short
+
+
+def compatible(a: str, b: str) -> bool:
+    """Whether two arms' settings agree on every field both inits read (e.g. impulse and pe_scaled
+    on pe_scale; impulse and mimetic on the base and V/proj): only such arms are paired."""
+    sa, sb = _settings(a)[0], _settings(b)[0]
+    return all(sa[k] == sb[k] for k in sa.keys() & sb.keys())
+
+
+def by_seed(arm: pd.DataFrame) -> pd.Series:
+    """One arm's final test top-1 by seed (the pairing every difference uses)."""
+    return arm.set_index("seed")["final_test_top1"]
+
+
+def comparisons(done: pd.DataFrame, pairs: tuple, reference: dict | None = None):
+    """The paired comparisons a study's arms allow, as (config, pair, arm a, arm b): per base,
+    each declared (init a, init b) between compatible arms, and where the study names a
+    `reference` setting (dotted init fields, e.g. {"init.pseudo_input": "pe"}) every other arm of
+    an init against that init's reference arm. `config` names arm a; b shares its base."""
+    out = []
+    wanted = {k.partition(".")[2]: v for k, v in (reference or {}).items()}
+    for _, g in done.groupby("base_key", sort=True):
+        by_init = {init: [a for _, a in arms_.groupby("arm", sort=True)] for init, arms_ in g.groupby("init")}
+        for a, b in dict.fromkeys(tuple(pair) for pair in pairs):  # a pair declared twice: one row
+            for x in by_init.get(a, []):
+                out += [(x["config"].iloc[0], f"{a} - {b}", x, y) for y in by_init.get(b, [])
+                        if compatible(x["requested"].iloc[0], y["requested"].iloc[0])]
+        for init, group in by_init.items() if wanted else ():
+            refs = [x for x in group if all(_settings(x["requested"].iloc[0])[0].get(k) == v
+                                            for k, v in wanted.items())]
+            for ref in refs[:1]:
+                out += [(x["config"].iloc[0], f"{init} {x['label'].iloc[0]} - {ref['label'].iloc[0]}", x, ref)
+                        for x in group if x["arm"].iloc[0] != ref["arm"].iloc[0]]
+    return out
+
+
+def lost_seeds(trials: pd.DataFrame, a: pd.DataFrame, b: pd.DataFrame) -> int:
+    """Seeds a comparison of arms `a`, `b` ran (in any status) but cannot pair: one side failed
+    or was stopped early."""
+    t = keyed(trials)
+    seeds = set()
+    for arm in (a, b):
+        mine = t[(t["base_key"] == arm["base_key"].iloc[0]) & (t["init"] == arm["init"].iloc[0])
+                 & t["setting"].isin(arm["requested"].iloc[0].split("|"))]
+        seeds |= set(mine["seed"])
+    return len(seeds) - len((by_seed(a) - by_seed(b)).dropna())
 
 
 def baseline(inits) -> str | None:
@@ -161,72 +275,61 @@ def baseline(inits) -> str | None:
     return next((b for b in BASELINES if b in inits), None)
 
 
-def decomposition(trials: pd.DataFrame, paired: pd.DataFrame) -> pd.DataFrame:
-    """Per configuration where impulse, pe_scaled and a baseline b (`baseline`) finished, the gain
-    split seed by seed: impulse − b = (pe_scaled − b) + (impulse − pe_scaled), the part the PE
-    scale gives (pe_scaled is b's base with impulse's PE scale) plus the part the attention
-    structure gives on top of it. Means and 95 % CIs (ci95) over the seeds where all three
-    finished, so the parts' means sum to the total's exactly (their CIs do not add); `p_holm` and
-    `n_paired` are the paired table's row of the same pair (its seeds, its Holm family), NaN and 0
-    where the study did not declare that pair."""
+def decomposition(done: pd.DataFrame, paired: pd.DataFrame) -> pd.DataFrame:
+    """Per impulse arm whose base also ran a compatible pe_scaled arm and a baseline b
+    (`baseline`), the gain split seed by seed: impulse − b = (pe_scaled − b) + (impulse −
+    pe_scaled), the part the PE scale gives (pe_scaled is b's base with impulse's PE scale) plus
+    the part the attention structure gives on top of it. Means and 95 % CIs (ci95) over the seeds
+    where all three finished, so the parts' means sum to the total's exactly (their CIs do not
+    add); `p_holm` and `n_paired` are the paired table's row of the same pair (its seeds, its Holm
+    family), NaN and 0 where the study did not declare that pair. `done`: `arms`' rows."""
     rows = []
-    for (key, config), g in finished(trials).groupby(["config_key", "config"], sort=True):
-        by, base = by_seed(g), baseline(set(g["init"]))
-        if base is None or "impulse" not in by or "pe_scaled" not in by or base not in by:
-            continue
-        common = by[["impulse", "pe_scaled", base]].dropna()
-        for part, a, b in (("PE scale", "pe_scaled", base), ("structure", "impulse", "pe_scaled"),
-                           ("total", "impulse", base)):
-            m, s, h, n = ci95(common[a] - common[b])
-            row = paired[(paired["config"] == config) & (paired["pair"] == f"{a} - {b}")]
-            rows.append({"config": config, "baseline": base, "part": part, "pair": f"{a} - {b}", "mean": m,
-                         "ci95": h, "n": n, "p_holm": row["p_holm"].iloc[0] if len(row) else math.nan,
-                         "n_paired": int(row["n"].iloc[0]) if len(row) else 0})
+    for _, g in done.groupby("base_key", sort=True):
+        base = baseline(set(g["init"]))
+        for _, imp in g[g["init"] == "impulse"].groupby("arm", sort=True):
+            control = [c for _, c in g[g["init"] == "pe_scaled"].groupby("arm", sort=True)
+                       if compatible(imp["requested"].iloc[0], c["requested"].iloc[0])]
+            if base is None or not control:
+                continue
+            config = imp["config"].iloc[0]
+            common = pd.DataFrame({"impulse": by_seed(imp), "pe_scaled": by_seed(control[0]),
+                                   base: by_seed(g[g["init"] == base])}).dropna()
+            for part, a, b in (("PE scale", "pe_scaled", base), ("structure", "impulse", "pe_scaled"),
+                               ("total", "impulse", base)):
+                m, s, h, n = ci95(common[a] - common[b])
+                row = paired[(paired["config"] == config) & (paired["pair"] == f"{a} - {b}")]
+                rows.append({"config": config, "baseline": base, "part": part, "pair": f"{a} - {b}", "mean": m,
+                             "ci95": h, "n": n, "p_holm": row["p_holm"].iloc[0] if len(row) else math.nan,
+                             "n_paired": int(row["n"].iloc[0]) if len(row) else 0})
     return pd.DataFrame(rows, columns=["config", "baseline", "part", "pair", "mean", "ci95", "n", "p_holm",
                                        "n_paired"])
 
 
-def setting(trial) -> str:
-    """An impulse trial's setting: target_mass, pe_scale, pseudo_input as they applied, then any
-    other searched param besides the cell's. pe_scale is the configured factor; where it is
-    None (the model's default) the factor impulse applied (`init_pe_scale`), marked "(default)"."""
-    def text(v):
-        return "None" if v is None or (isinstance(v, float) and math.isnan(v)) else (
-            f"{v:.3g}" if isinstance(v, float) else str(v))
-
-    scale = text(trial.pe_scale) if not pd.isna(trial.pe_scale) else (
-        f"{text(trial.init_pe_scale)} (default)" if not pd.isna(trial.init_pe_scale) else "default")
-    shown = {"target_mass": text(trial.target_mass), "pe_scale": scale, "pseudo_input": text(trial.pseudo_input)}
-    params = json.loads(trial.params)
-    shown.update({k.split(".")[-1]: text(v) for k, v in sorted(params.items()) if k not in (*CELL, *KNOBS)})
-    return " ".join(f"{k}={v}" for k, v in shown.items())
-
-
-def per_cell(trials: pd.DataFrame, table: pd.DataFrame, paired: pd.DataFrame) -> pd.DataFrame:
+def per_cell(done: pd.DataFrame, table: pd.DataFrame, paired: pd.DataFrame) -> pd.DataFrame:
     """Per (embed_dim, num_heads) cell of a ViT study that varies them (`varies_width`; else an
     empty table): the width conditions h >= f² and D/h >= k (`vit_conditions`, `theory`, on the
-    picked impulse row's measured k) and the impulse setting (`setting`: the cell's
-    configurations differ in target_mass, pe_scale, pseudo_input) with the highest mean best
-    validation top-1 over seeds (ties: the first by label); the test set never selects. For the
+    picked impulse arm's measured k) and the impulse arm (its `label`: the settings asked and the
+    mass realised; settings that gave the same weights are one arm) with the highest mean best
+    validation top-1 over seeds (ties: the first by key); the test set never selects. For the
     pick: its final test top-1 mean ± 95 % CI; `config` names its rows in the paired table (its
-    differences impulse − b)."""
-    done = finished(trials)
+    differences impulse − b). `done`: `arms`' rows."""
     out = []
     if varies_width(done):
-        impulse = table[table["init"] == "impulse"].set_index("config")
+        impulse = table[table["init"] == "impulse"].set_index("arm")
         for (dim, heads), g in done[(done["init"] == "impulse") & done["num_heads"].notna()].groupby(
                 ["embed_dim", "num_heads"], sort=True):
-            rows = impulse.loc[sorted(g["config"].unique())]
+            rows = impulse.loc[sorted(g["arm"].unique())]
             scored = rows[rows["best_val_top1_mean"].notna()]
             if not len(scored):
                 continue
             best = scored["best_val_top1_mean"].idxmax()
-            r, trial = rows.loc[best], g[g["config"] == best].iloc[0]
+            r, trial = rows.loc[best], g[g["arm"] == best].iloc[0]
             met = vit_conditions(trial, r["init_rank_k"]) or (None, None)
             out.append({"embed_dim": int(dim), "num_heads": int(heads), "h_ge_f2": met[0], "head_dim_ge_k": met[1],
-                        "theory": r["theory"], "config": best, "setting": setting(trial), "settings": len(rows),
-                        "best_val_top1_mean": r["best_val_top1_mean"], "final_test_top1_mean":
-                        r["final_test_top1_mean"], "final_test_top1_ci95": r["final_test_top1_ci95"], "n": r["n"]})
+                        "theory": r["theory"], "config": r["config"], "setting": trial["label"],
+                        "settings": len(rows), "best_val_top1_mean": r["best_val_top1_mean"],
+                        "final_test_top1_mean": r["final_test_top1_mean"],
+                        "final_test_top1_ci95": r["final_test_top1_ci95"], "n": r["n"]})
     return pd.DataFrame(out, columns=["embed_dim", "num_heads", "h_ge_f2", "head_dim_ge_k", "theory", "config",
                                       "setting", "settings", "best_val_top1_mean", "final_test_top1_mean",
                                       "final_test_top1_ci95", "n"])

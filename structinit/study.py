@@ -49,6 +49,8 @@ class Study:
     tracking_uri: str | None = None
     pairs: tuple = PAIRS  # (a, b): the paired differences a - b its report shows, where both ran
     plots: tuple = PLOTS  # which of report.PLOTS its report draws, each where the results allow
+    reference: dict | None = None  # a setting of dotted init fields, e.g. {"init.pseudo_input": "pe"}: its report
+    # pairs every other setting of an init against this one (same base, same seed)
 
     def __post_init__(self):
         check("name", self.name, "a non-empty name of letters, digits, '_' or '-'",
@@ -58,6 +60,12 @@ class Study:
         check("pairs", self.pairs, "a tuple of (init, init) pairs", all(len(pair) == 2 for pair in self.pairs))
         for init in (*self.inits, *(i for pair in self.pairs for i in pair)):
             dataclasses.replace(self.trial.init, name=init)  # validates the name
+        if self.reference is not None:
+            fields = {f"init.{f.name}" for f in dataclasses.fields(self.trial.init)}
+            check("reference", self.reference, "a dict of dotted init fields and their values, e.g. "
+                  "{'init.pseudo_input': 'pe'}", isinstance(self.reference, dict) and bool(self.reference)
+                  and all(k in fields for k in self.reference))
+            dataclasses.replace(self.trial.init, **{k[len("init."):]: v for k, v in self.reference.items()})  # its values
         check("plots", self.plots, f"a tuple of names in {PLOTS}", all(p in PLOTS for p in self.plots))
         check("seeds", self.seeds, "a non-empty tuple of distinct integers >= 0",
               len(self.seeds) > 0 and len(set(self.seeds)) == len(self.seeds) and all(

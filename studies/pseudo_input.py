@@ -1,4 +1,5 @@
 """Pseudo input: which input the impulse Q/K are solved on (PE, uniform, Gaussian, PE + noise).
+Each input is paired with `pe`, the papers' choice, seed by seed.
 
     python studies/pseudo_input.py [--preset smoke|cpu|paper] ...
     structinit report pseudo_input
@@ -15,7 +16,7 @@ from structinit.study import Study
 def study(inputs, trial, seeds):
     grid = {"init.pseudo_input": list(inputs)}
     return Study("pseudo_input", trial, partial(categorical, **grid), grid=grid, inits=("impulse",), seeds=seeds,
-                 pairs=IMPULSE_PAIRS, plots=("curves", "param_importances"))
+                 pairs=IMPULSE_PAIRS, plots=("curves", "param_importances"), reference={"init.pseudo_input": "pe"})
 
 
 ALL = ["pe", "uniform", "gaussian", "pe+uniform", "pe+gaussian"]

@@ -3,6 +3,7 @@
 Each head's target is its impulse, a blob around its tap (box or Gaussian, `init.blob` wide), and
 each of these alone or blended with noise or with a mimetic map (`init.mix_ratio`, 0.3 here)
 before the solve; the attention mass is always calibrated on the structured target's keys.
+Each shape and mix is paired with the plain impulse (no mix), seed by seed.
 
     python studies/target_shape.py [--preset smoke|cpu|paper] [--set init.mix_ratio=0.5] ...
     structinit report target_shape
@@ -21,7 +22,8 @@ def study(shapes, mixes, trial, seeds, mix_ratio=0.3):
     grid = {"init.target_shape": list(shapes), "init.mix": list(mixes)}
     trial = dataclasses.replace(trial, init=dataclasses.replace(trial.init, mix_ratio=mix_ratio))
     return Study("target_shape", trial, partial(categorical, **grid), grid=grid, inits=("impulse",), seeds=seeds,
-                 pairs=IMPULSE_PAIRS, plots=("curves", "param_importances"))
+                 pairs=IMPULSE_PAIRS, plots=("curves", "param_importances"),
+                 reference={"init.target_shape": "impulse", "init.mix": None})
 
 
 SHAPES, MIXES = ["impulse", "box", "gaussian"], [None, "noise", "mimetic"]

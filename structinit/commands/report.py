@@ -11,6 +11,8 @@ HELP = "comparison table, paired differences and plots of a study's results"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_study(p)
     p.add_argument("--optuna-url", help="the study's Optuna storage URL (default sqlite in its folder)")
+    p.add_argument("--execution", help="report the executions of this one's base (default: the latest's); "
+                                       "executions of another base (preset, epochs, --set) are never pooled")
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -21,7 +23,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     uri = args.tracking_uri or tracking.default_uri()
     try:
         tracking.check(uri)
-        print(report(args.study, storage=args.storage, tracking_uri=uri, optuna_url=args.optuna_url))
+        print(report(args.study, storage=args.storage, tracking_uri=uri, optuna_url=args.optuna_url,
+                     execution=args.execution))
     except ValueError as err:
         parser.refuse(err)
     link = tracking.where(uri, args.study)
