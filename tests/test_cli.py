@@ -80,6 +80,7 @@ def test_train_end_to_end_with_mlflow_and_rank_on_its_checkpoint(tmp_path):
     assert ranked.returncode == 0, ranked.stderr[-2000:]
     m = json.loads(ranked.stdout)
     assert (m["model"], m["dataset"], m["D"], m["heads"]) == ("vit_nano_patch2_8", "digits", 32, 4)
+    assert (m["split"], m["images"]) == ("validation", 64)  # the run's held-out images, not its test set
 
 
 HEAVY = ("torch", "timm", "ray", "mlflow")
