@@ -235,9 +235,36 @@ def build(name: str, root: str | None, *, img_size: int | None, fraction: float,
                 num_classes=num_classes(name, pool), in_chans=spec.in_chans, img_size=size)
 
 
+def _order(size: int, seed: int) -> list[int]:
+    """A seeded permutation of range(size)."""
+    return torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def _plain(d: Data) -> Transformed:
+    """The training split under the evaluation transform (no augmentation)."""
+    return Transformed(d.train.base, d.train.indices, d.val.transform)
+
+
 def init_images(d: Data, n: int, seed: int) -> torch.Tensor:
     """(min(n, |train|), C, H, W): a seeded draw of training images under the evaluation transform
-    (no augmentation): the batch a data-aware init (pseudo_input `data`) solves on."""
-    plain = Transformed(d.train.base, d.train.indices, d.test.transform)
-    order = torch.randperm(len(plain), generator=torch.Generator().manual_seed(seed))[:n]
-    return torch.stack([plain[int(i)][0] for i in order])
+    (no augmentation): the batch a data-aware init (pseudo_input `data`) solves on, the head of
+    the seed's permutation of the training split."""
+    plain = _plain(d)
+    return torch.stack([plain[i][0] for i in _order(len(plain), seed)[:n]])
+
+
+def held_out(d: Data, n: int = 64, seed: int = 0) -> torch.Tensor:
+    """(min(n, |split|), C, H, W): the images measures outside training read (the epoch-0 rank k,
+    the attention's fidelity on real images and the near-chance warning, `inspect-init --dataset`,
+    `structinit rank`), never test images: the test set is read only at the end of a run.
+
+    A seeded draw of validation images (their evaluation transform), the same for every init at a
+    seed so that arms are compared on the same images; none of them is a training image, so none
+    is in the batch a data-aware init solves on. Without a validation split (val_fraction=0), the
+    tail of the seed's permutation of the training split (evaluation transform), whose head
+    `init_images` draws: the two are disjoint while data_images + n <= |train|."""
+    if len(d.val):
+        return torch.stack([d.val[i][0] for i in _order(len(d.val), seed)[:n]])
+    plain = _plain(d)
+    order = _order(len(plain), seed)
+    return torch.stack([plain[i][0] for i in order[max(len(order) - n, 0):]])

@@ -184,8 +184,8 @@ def optimizer_and_schedule(cfg: TrialConfig, model, steps_per_epoch: int):
 
 
 def initial_measures(model, cfg: TrialConfig, init, x: torch.Tensor) -> tuple[dict, dict]:
-    """Epoch-0 metrics on a batch of real images: the embedding rank k and the width the theory
-    asks for (rank.py), and, where the init has impulse targets, the attention's forward-pass
+    """Epoch-0 metrics on held-out real images (`data.held_out`): the embedding rank k and the width
+    the theory asks for (rank.py), and, where the init has impulse targets, the attention's forward-pass
     fidelity on the pseudo input and on the images, with the hit of a blind map (`chance`), the
     mean per-head ||W_q||_F, ||W_k||_F and the closed form's largest amplification (`gain`).
     Also the full per-block and per-head measures, for the run's artifacts."""
@@ -288,10 +288,12 @@ def train_loop(config: dict, session: Session) -> dict | None:
     this trial's identity to be (config.identity), or None}. Returns the last epoch's metrics;
     every epoch's carry the trial's `identity` and initial `weights` digest.
 
-    Every epoch trains, then evaluates the (capped) validation split, which feeds ASHA and model
-    selection; the weights of the best validation epoch are kept. The test set is evaluated where it
-    is read: at the end, on the final model (`final_test_top1`) and on the best-validation one
-    (`test_top1_at_best_val`); every epoch too with `test_every_epoch`. A checkpoint is written
+    The epoch-0 measures (rank k, the attention's fidelity on real images, the near-chance warning)
+    read `data.held_out`: a seeded batch of validation images (training images without a validation
+    split). Every epoch trains, then evaluates the (capped) validation split, which feeds ASHA and
+    model selection; the weights of the best validation epoch are kept. The test set is read only at
+    the end, in one pass that evaluates the final model (`final_test_top1`) and the best-validation
+    one (`test_top1_at_best_val`); every epoch too with `test_every_epoch`. A checkpoint is written
     every `checkpoint_every` epochs and at the end; a resume replays the epochs since the last one
     exactly (each epoch is seeded from seed, rank and epoch) and logs to MLflow only what it lacks."""
     import ray
@@ -305,7 +307,7 @@ def train_loop(config: dict, session: Session) -> dict | None:
     latest = session.get_checkpoint()
     shared = config.get("data")
     d, model, init, loaders, mixup = build(cfg, ctx, ray.get(shared) if shared is not None else None)
-    sample = torch.stack([d.test[i][0] for i in range(min(64, len(d.test)))])  # 64 images, not a loader's prefetch
+    sample = datasets.held_out(d, 64, cfg.seed)  # validation images (training without a split), never test ones
     fid, measured = initial_measures(model, cfg, init, sample)
     weights = weights_digest(model)
     fid.update(identity=identity(cfg, weights), weights=weights)  # reported with every epoch (not to MLflow)

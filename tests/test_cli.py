@@ -80,6 +80,7 @@ def test_train_end_to_end_with_mlflow_and_rank_on_its_checkpoint(tmp_path):
     assert ranked.returncode == 0, ranked.stderr[-2000:]
     m = json.loads(ranked.stdout)
     assert (m["model"], m["dataset"], m["D"], m["heads"]) == ("vit_nano_patch2_8", "digits", 32, 4)
+    assert (m["split"], m["images"]) == ("validation", 64)  # the run's held-out images, not its test set
 
 
 HEAVY = ("torch", "timm", "ray", "mlflow")
@@ -122,7 +123,8 @@ def test_inspect_init_on_a_dataset_reports_pseudo_and_real_image_fidelity():
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert data["dataset"] == "digits" and [b["block"] for b in data["data"]] == list(range(12))
-    for where in ("blocks", "data"):  # its training batch (the pseudo input), and held-out test images
+    assert (data["data_split"], data["data_images"]) == ("validation", 64)  # held out: never test images
+    for where in ("blocks", "data"):  # its training batch (the pseudo input), and held-out validation images
         masses = [h["target_mass"] for b in data[where] for h in b["heads"]]
         assert len(masses) == 36 and all(abs(m - 0.5) <= 0.05 for m in masses), (where, masses)
         assert all(0 <= h["argmax_hit"] <= 1 for b in data[where] for h in b["heads"])

@@ -103,3 +103,34 @@ def test_build_applies_timm_transforms_and_dataset_normalisation(tmp_path):
     expected = (torch.tensor(np.asarray(raw)).permute(2, 0, 1) / 255 - torch.tensor(data.DATASETS["cifar10"].mean)[:, None, None]) \
         / torch.tensor(data.DATASETS["cifar10"].std)[:, None, None]
     torch.testing.assert_close(d.test[0][0], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_held_out_images_are_validation_images_never_test_ones(tmp_path):
+    """`held_out` (what epoch-0 measures, inspect-init and rank read): a fixed seeded draw of
+    validation images, none of them a test image or a training image (so none in an init's batch);
+    without a validation split, training images from the tail of the permutation whose head
+    `init_images` draws. Compared pixel for pixel (the generated images are random: no duplicates)."""
+    WRITERS["cifar10"](tmp_path, np.random.default_rng(3))
+
+    def build(val_fraction):
+        return data.build("cifar10", str(tmp_path), img_size=None, fraction=1.0, val_fraction=val_fraction, seed=0,
+                          recipe=recipe("v1_small"), verify=False)
+
+    def rows(ds):
+        return torch.stack([ds[i][0] for i in range(len(ds))]).flatten(1)
+
+    def found(x, pool):  # which images of x are in pool
+        return [bool((pool == image.flatten()).all(1).any()) for image in x]
+
+    d = build(0.2)
+    x = data.held_out(d, 16, seed=0)
+    assert x.shape == (16, 3, 32, 32) and all(found(x, rows(d.val)))
+    assert not any(found(x, rows(d.test))) and not any(found(x, data.init_images(d, len(d.train), 0).flatten(1)))
+    assert torch.equal(x, data.held_out(d, 16, seed=0)) and not torch.equal(x, data.held_out(d, 16, seed=1))
+    assert len(data.held_out(d, 64, seed=0)) == len(d.val) == 30  # at most the split
+
+    d = build(0.0)
+    x = data.held_out(d, 16, seed=0)
+    train = rows(data.Transformed(d.train.base, d.train.indices, d.val.transform))  # no augmentation
+    assert x.shape == (16, 3, 32, 32) and all(found(x, train)) and not any(found(x, rows(d.test)))
+    assert not any(found(x, data.init_images(d, len(d.train) - 16, 0).flatten(1)))  # disjoint from an init's batch

@@ -61,3 +61,58 @@ def test_a_data_aware_run_solves_on_a_seeded_batch_of_its_training_images():
     d = build(with_overrides(cfg, {"seed": 3}), Context())[0]
     train = torch.stack([image for image, _ in Transformed(d.train.base, d.train.indices, d.test.transform)])
     assert all((train == image).flatten(1).all(1).any() for image in first.images)  # each a training image
+
+
+class Reads(torch.utils.data.Dataset):
+    """A split that records the index of every image read from it."""
+
+    def __init__(self, base):
+        self.base, self.reads = base, []
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        self.reads.append(i)
+        return self.base[i]
+
+
+@pytest.mark.parametrize("every_epoch", [False, True])
+def test_the_test_set_is_read_only_where_it_is_evaluated(monkeypatch, every_epoch):
+    """The real loop, in this process with a local Session, on digits whose test split records its
+    reads: the epoch-0 measures (rank k, fidelity on real images) and every epoch's validation read
+    no test image; the test set is read at the end, once, in the one pass that evaluates the final
+    and the best-validation model (with `test_every_epoch`, one pass every epoch)."""
+    from structinit import data, train
+
+    pool, test = data.load_splits("digits", None)
+    recorded = Reads(test)
+    monkeypatch.setattr(data, "load_splits", lambda *args, **kwargs: (pool, recorded))
+    cfg = make("digits", recipe_overrides=dict(epochs=3, warmup_epochs=0, batch_size=64), fraction=0.3,
+               model_overrides=dict(embed_dim=32, depth=1), test_every_epoch=every_epoch)
+    reports = []
+
+    class Checkpoint:
+        @staticmethod
+        def from_directory(folder):
+            return folder
+
+    def report(metrics, checkpoint=None):
+        reports.append((metrics, list(recorded.reads)))
+
+    threads = torch.get_num_threads()
+    try:
+        train.train_loop({"trial": cfg, "tracking": None, "data": None},
+                         train.Session(train.Context(), lambda: None, report, Checkpoint))
+    finally:
+        torch.set_num_threads(threads)  # the loop sets cpus_per_worker for its process
+    one_pass = list(range(len(test)))  # the evaluation loader reads the test set in order, unshuffled
+    assert [m["epoch"] for m, _ in reports] == [0, 1, 2]
+    assert "init_rank_k" in reports[0][0] and "init_hit_data" in reports[0][0]  # the epoch-0 measures ran
+    if every_epoch:
+        assert [reads for _, reads in reports] == [one_pass, one_pass * 2, one_pass * 3]
+    else:
+        assert [reads for _, reads in reports] == [[], [], one_pass]
+        assert all("test_top1" not in m for m, _ in reports[:-1])
+    last = reports[-1][0]
+    assert {"final_test_top1", "test_top1_at_best_val"} <= last.keys()
