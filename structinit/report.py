@@ -86,7 +86,7 @@ def select(trials: pd.DataFrame, history: pd.DataFrame, execution: str | None = 
     mine = trials[(trials["study_base"] == base) if base is not None else trials["execution"] == chosen]
     others = sorted(set(executions) - set(mine["execution"]))
     note = (f"{len(others)} execution(s) of another base left out ({', '.join(others)}): report one of them with "
-            "`structinit report STUDY --execution NAME`") if others else ""
+            f"`structinit report {trials['study'].iloc[0]} --execution NAME`") if others else ""
     sources = set(mine["trial_id"]) | set(mine["reused_from"].dropna()) if "reused_from" in mine else set(
         mine["trial_id"])
     return mine, history[history["trial_id"].isin(sources)], note

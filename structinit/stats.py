@@ -149,10 +149,13 @@ def finished(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def keyed(trials: pd.DataFrame) -> pd.DataFrame:
-    """`trials` with identity, base and setting keys where an older table lacks them."""
+    """`trials` with identity, base and setting keys where an older table lacks them: each trial its
+    own model, its proposal its base, the proposal's init fields its setting."""
     t = trials.reindex(columns=[*trials.columns, *(c for c in results.TRIALS.names if c not in trials.columns)])
+    asked = t["params"].map(lambda p: json.dumps({k.partition(".")[2]: v for k, v in json.loads(p or "{}").items()
+                                                  if k.startswith("init.")}, sort_keys=True))
     return t.assign(identity=t["identity"].fillna(t["trial_id"]), base_key=t["base_key"].fillna(t["config_key"]),
-                    setting_key=t["setting_key"].fillna(t["config_key"]), setting=t["setting"].fillna("{}"))
+                    setting_key=t["setting_key"].fillna(t["config_key"]), setting=t["setting"].fillna(asked))
 
 
 def _latest_trained_last(g: pd.DataFrame) -> pd.DataFrame:

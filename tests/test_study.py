@@ -13,7 +13,7 @@ from scipy import stats
 from structinit.config import make, with_overrides
 from structinit.config import config_key
 from structinit.report import ci95, markdown, summarize, summary_metrics
-from structinit.stats import decomposition, holm, per_cell
+from structinit.stats import arms, decomposition, holm, per_cell
 from structinit.runner import searcher
 from structinit.spaces import categorical, heads_and_dims
 from structinit.study import TRIAL_INDEX, Study, check_space, trial_config
@@ -154,11 +154,11 @@ def test_decomposition_splits_the_gain_into_pe_scale_and_structure():
     """All four arms over 5 seeds: (pe_scaled - base) + (impulse - pe_scaled) = impulse - base in
     the seed mean, base = torch_default where it ran (else default); on the seeds all three share
     when an arm lost one. Every pair is one row of the paired table, with its p and Holm p."""
-    arms = {"impulse": lambda s: (80.0 + s + 0.5 * s * s, 70.0), "pe_scaled": lambda s: (75.0 + 0.3 * s, 70.0),
+    scores = {"impulse": lambda s: (80.0 + s + 0.5 * s * s, 70.0), "pe_scaled": lambda s: (75.0 + 0.3 * s, 70.0),
             "mimetic": lambda s: (74.0 + s, 70.0), "torch_default": lambda s: (70.0 - 0.7 * s, 70.0),
             "default": lambda s: (60.0, 70.0)}
-    rows = arm_rows({"dataset": "digits"}, arms)
-    other = arm_rows({"dataset": "mnist"}, {k: v for k, v in arms.items() if k != "torch_default"})
+    rows = arm_rows({"dataset": "digits"}, scores)
+    other = arm_rows({"dataset": "mnist"}, {k: v for k, v in scores.items() if k != "torch_default"})
     other[next(i for i, r in enumerate(other) if r["init"] == "pe_scaled" and r["seed"] == 4)].update(
         status="ERROR", error="NonFiniteLossError", final_test_top1=None)  # pe_scaled lost seed 4 there
     trials = pd.DataFrame(rows + other)
@@ -167,13 +167,13 @@ def test_decomposition_splits_the_gain_into_pe_scale_and_structure():
     assert {"pe_scaled - torch_default", "pe_scaled - default", "impulse - pe_scaled"} <= set(paired.pair)
     assert paired.p_holm.tolist() == pytest.approx(holm(paired.p).tolist(), nan_ok=True)
     assert (paired.p_holm >= paired.p).all()
-    parts = decomposition(trials, paired)
+    parts = decomposition(arms(trials), paired)
     for config, base, n in (("dataset=digits", "torch_default", 5), ("dataset=mnist", "default", 4)):
         got = parts[parts.config == config].set_index("part")
         assert set(got.baseline) == {base} and set(got.n) == {n}
         assert got.loc["PE scale", "mean"] + got.loc["structure", "mean"] == pytest.approx(got.loc["total", "mean"])
         seeds = range(n)
-        imp, pe, b = ([arms[i](s)[0] for s in seeds] for i in ("impulse", "pe_scaled", base))
+        imp, pe, b = ([scores[i](s)[0] for s in seeds] for i in ("impulse", "pe_scaled", base))
         assert got.loc["total", "mean"] == pytest.approx(sum(x - y for x, y in zip(imp, b)) / n)
         assert got.loc["PE scale", "mean"] == pytest.approx(sum(x - y for x, y in zip(pe, b)) / n)
     mnist = parts[parts.config == "dataset=mnist"].set_index("part")
@@ -200,9 +200,9 @@ def test_per_cell_picks_the_impulse_setting_by_validation_not_test():
                              embed_dim=dim, num_heads=heads, target_mass=mass, **cell)
     trials = pd.DataFrame(rows)
     table, paired = summarize(trials)
-    cells = per_cell(trials, table, paired).set_index(["embed_dim", "num_heads"])
+    cells = per_cell(arms(trials), table, paired).set_index(["embed_dim", "num_heads"])
     first, second = cells.loc[(32, 2)], cells.loc[(144, 9)]
-    assert first.setting == "target_mass=0.3 pe_scale=18 (default) pseudo_input=pe"  # val 70 > 60, test 80 < 90
+    assert first.setting == "target_mass=0.3"  # val 70 > 60, test 80 < 90
     assert first.final_test_top1_mean == pytest.approx(82.0) and first.settings == 2
     assert second.setting.startswith("target_mass=0.9") and second.best_val_top1_mean == pytest.approx(82.0)
     assert (first.h_ge_f2, first.head_dim_ge_k) == (False, True)  # 2 < 9 heads; 32 / 2 = 16 >= 7
