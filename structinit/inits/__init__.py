@@ -187,4 +187,4 @@ def apply_init(model: VisionTransformer, cfg: InitConfig, seed: int = 0, images:
 
 
 # The strategies register themselves on import.
-from structinit.inits import default, filters, impulse, mimetic  # noqa: E402,F401
+from structinit.inits import attention_baselines, default, filters, impulse, mimetic  # noqa: E402,F401
