@@ -39,7 +39,7 @@ def orthogonal(dim: int) -> torch.Tensor:
     return torch.nn.init.orthogonal_(torch.empty(dim, dim, dtype=torch.float64))
 
 
-@register("conditioned")
+@register("conditioned", reads=("base",))
 def conditioned(model: VisionTransformer, cfg: InitConfig) -> InitResult:
     """Conditioned init (Saratchandran, Lucey et al., "Conditioned Initialization for Attention",
     ICLR 2026 submission, openreview.net/forum?id=cKNOCYPo2W; no arXiv id or code found): the
@@ -83,7 +83,7 @@ def dct_matrix(n: int) -> torch.Tensor:
     return c
 
 
-@register("dct")
+@register("dct", reads=("base",))
 def dct(model: VisionTransformer, cfg: InitConfig) -> InitResult:
     """DCT init (Pan, Hamdan, Zhu, Cetin, Bagci, "Discrete Cosine Transform Based Decorrelated
     Attention for Vision Transformers", arXiv 2405.13901, IJCAI 2026): one of W_Q, W_K, W_V set
@@ -111,7 +111,7 @@ def dct(model: VisionTransformer, cfg: InitConfig) -> InitResult:
     return reference(model, cfg)
 
 
-@register("mimetic_vo")
+@register("mimetic_vo", reads=("base", "alpha_vo", "beta_vo"))
 def mimetic_vo_alone(model: VisionTransformer, cfg: InitConfig) -> InitResult:
     """Mimetic V/proj alone: per block W_V W_O = alpha_vo Z - beta_vo I (0.4, 0.4; Z_ij ~
     U(+-sqrt(3/D))), written by mimetic's own V/proj writer (`mimetic.mimetic_vo`), with Q/K at the
