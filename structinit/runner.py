@@ -42,7 +42,7 @@ def run_trial(config: dict, study: Study, execution: str, parent: str, tracking_
     trial_id = ray.tune.get_context().get_trial_id()
     cfg, params = trial_config(study, config)
     shared = data.get(source(cfg))
-    identity, _ = trial_identity(cfg, None if shared is None else ray.get(shared))
+    identity, built = trial_identity(cfg, None if shared is None else ray.get(shared))
     record = ray.get(trials.lookup.remote(identity))
     name, tags = tracking.trial_run(study.name, {
         "init": cfg.init.name, "seed": cfg.seed, "dataset": cfg.dataset, "config_key": config_key(params),
@@ -58,7 +58,7 @@ def run_trial(config: dict, study: Study, execution: str, parent: str, tracking_
         return
     try:
         if cfg.workers == 1:
-            last = train_in_trial(cfg, run=run, data=shared, expected=identity)
+            last = train_in_trial(cfg, run=run, data=shared, expected=identity, built=built)
         else:
             from ray.tune.integration.ray_train import TuneReportCallback
 

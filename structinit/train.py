@@ -144,17 +144,17 @@ def initialised(cfg: TrialConfig, splits=None):
     return (d, *build_model(cfg.model, cfg.init, cfg.seed, images=images, **data_kwargs(cfg, d.num_classes)))
 
 
-def trial_identity(cfg: TrialConfig, splits=None) -> tuple[str, str]:
-    """(identity, initial weights' digest) of the trial `cfg` describes: its model is built and
-    initialised as its training would (config.identity)."""
-    _, model, _ = initialised(cfg, splits)
-    weights = weights_digest(model)
-    return identity(cfg, weights), weights
+def trial_identity(cfg: TrialConfig, splits=None) -> tuple[str, tuple]:
+    """The identity of the trial `cfg` describes (config.identity), and what `initialised` built
+    to know it, which the trial's training can start from instead of building it again."""
+    built = initialised(cfg, splits)
+    return identity(cfg, weights_digest(built[1])), built
 
 
-def build(cfg: TrialConfig, ctx: Context, splits=None):
-    """Data, model (initialised: `initialised`), its InitResult, loaders and mixup for one worker."""
-    d, model, init = initialised(cfg, splits)
+def build(cfg: TrialConfig, ctx: Context, splits=None, built=None):
+    """Data, model (initialised: `initialised`, unless `built` already holds what it gives), its
+    InitResult, loaders and mixup for one worker."""
+    d, model, init = built or initialised(cfg, splits)
     r = cfg.recipe
     per_worker = r.batch_size // ctx.world
     sampler = DistributedSampler(d.train, num_replicas=ctx.world, rank=ctx.rank, shuffle=True, seed=cfg.seed)
@@ -269,11 +269,13 @@ def train_loop_per_worker(config: dict) -> None:
     monitored(config, train_session())
 
 
-def train_in_trial(cfg: TrialConfig, run: tracking.Run | None = None, data=None, expected: str | None = None) -> dict:
+def train_in_trial(cfg: TrialConfig, run: tracking.Run | None = None, data=None, expected: str | None = None,
+                   built=None) -> dict:
     """Train in the calling Tune trial (one worker): metrics and checkpoints go to Tune, which
-    restarts the trial from its latest checkpoint after a failure (its FailureConfig). Returns
-    the last epoch's metrics."""
-    return monitored({"trial": cfg, "tracking": run, "data": data, "identity": expected}, tune_session())
+    restarts the trial from its latest checkpoint after a failure (its FailureConfig). `built`:
+    the data and initialised model `trial_identity` made for it. Returns the last epoch's metrics."""
+    return monitored({"trial": cfg, "tracking": run, "data": data, "identity": expected, "built": built},
+                     tune_session())
 
 
 def monitored(config: dict, session: Session) -> dict | None:
@@ -285,7 +287,8 @@ def monitored(config: dict, session: Session) -> dict | None:
 def train_loop(config: dict, session: Session) -> dict | None:
     """config = {"trial": TrialConfig, "tracking": tracking.Run | None, "data": an ObjectRef of the
     dataset the study read once, or None to read its files, "identity": what the study expects
-    this trial's identity to be (config.identity), or None}. Returns the last epoch's metrics;
+    this trial's identity to be (config.identity), or None, "built": the (data, model, InitResult)
+    `trial_identity` made for this trial in this process, or None}. Returns the last epoch's metrics;
     every epoch's carry the trial's `identity` and initial `weights` digest.
 
     The epoch-0 measures (rank k, the attention's fidelity on real images, the near-chance warning)
@@ -306,7 +309,8 @@ def train_loop(config: dict, session: Session) -> dict | None:
     ctx = session.ctx
     latest = session.get_checkpoint()
     shared = config.get("data")
-    d, model, init, loaders, mixup = build(cfg, ctx, ray.get(shared) if shared is not None else None)
+    d, model, init, loaders, mixup = build(cfg, ctx, ray.get(shared) if shared is not None else None,
+                                           config.get("built"))
     sample = datasets.held_out(d, 64, cfg.seed)  # validation images (training without a split), never test ones
     fid, measured = initial_measures(model, cfg, init, sample)
     weights = weights_digest(model)
