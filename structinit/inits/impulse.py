@@ -19,7 +19,7 @@ from timm.layers import Attention
 from timm.models.vision_transformer import VisionTransformer
 
 from structinit.inits import InitConfig, InitResult, register, uses_data
-from structinit.inits.default import base_init, scale_pos_embed
+from structinit.inits.default import base_init, reference, scale_pos_embed
 from structinit.inits.mimetic import mimetic_factors, mimetic_vo, set_qk
 from structinit.inits.targets import cover_offsets, mass_and_hit, random_offsets, target_maps
 from structinit.models import grid_size, image_tokens, patch_pos_embed, pseudo_tokens
@@ -248,6 +248,28 @@ def data_stream(model: VisionTransformer, kind: str, images: torch.Tensor | None
     return torch.cat([pe, x]), torch.tensor([n ** 0.5] + [1.0] * n, dtype=torch.float64), slice(1, None)
 
 
+def unstructured(model: VisionTransformer, cfg: InitConfig) -> None:
+    """Everything `impulse` writes besides the solved W_q, W_k (and its zeroed q/k biases): the base
+    init, the PE scale (`pe_scale`), and V and the output projection as `value_proj` says (the
+    base's, or mimetic's W_v W_o = alpha_vo Z - beta_vo I, drawn here in the same RNG order).
+    `pe_scaled` is exactly this, so impulse - pe_scaled differs in the Q/K solve alone."""
+    base_init(model, cfg.base)
+    scale_pos_embed(model, cfg)
+    if cfg.value_proj == "mimetic":  # before the solves: a layer-wise solve sees what V, proj make of its input
+        mimetic_vo(model, cfg)
+
+
+@register("pe_scaled")
+def pe_scaled(model: VisionTransformer, cfg: InitConfig) -> InitResult:
+    """Control for impulse: what impulse writes besides its Q/K solve (`unstructured`: the base init,
+    the PE scaled exactly as impulse scales it, s = 18 on a learned PE, and impulse's V/proj where
+    `value_proj` is mimetic), with W_q, W_k left at the base init. On small data a larger PE alone
+    gives much of the gain credited to structure; impulse - pe_scaled is the solved Q/K alone, and
+    pe_scaled - base the PE scale (plus the mimetic V/proj where value_proj is mimetic)."""
+    unstructured(model, cfg)
+    return reference(model, cfg)
+
+
 @register("impulse")
 def impulse(model: VisionTransformer, cfg: InitConfig, images: torch.Tensor | None = None) -> InitResult:
     """Impulse init. Base init; PE <- pe_scale * PE; per block (or once, `qk="shared"`, v1) each
@@ -266,10 +288,7 @@ def impulse(model: VisionTransformer, cfg: InitConfig, images: torch.Tensor | No
     `blob` x `blob` window around its tap (the mass is then calibrated on the whole blob), and
     `mix` / `mix_ratio` blends the target with noise or a mimetic map before the solve (the mass is
     still calibrated on the structured target's keys)."""
-    base_init(model, cfg.base)
-    scale_pos_embed(model, cfg)
-    if cfg.value_proj == "mimetic":  # before the solves: a layer-wise solve sees what V, proj make of its input
-        mimetic_vo(model, cfg)
+    unstructured(model, cfg)  # base, PE scale, V/proj: what pe_scaled writes too
     was_training = model.training
     model.eval()  # the stream passes blocks as a forward in eval mode does (no dropout, no drop path)
     stream = data_stream(model, cfg.pseudo_input, images)

@@ -1,0 +1,67 @@
+"""Controls that match: pe_scaled writes everything impulse writes besides the Q/K solve, so a
+difference between them is the solved Q/K alone (plain tensors, tiny digits models)."""
+import pytest
+import torch
+
+from structinit.config import build_model, data_kwargs, make
+
+
+def footing_pair(footing, a, b, **init):
+    """Two models of the footing's digits geometry, initialised by inits `a` and `b` at one seed."""
+    cfg = make("digits", footing=footing, init_overrides=init or None)
+    models = []
+    for name in (a, b):
+        model, _ = build_model(cfg.model, cfg.init.__class__(**{**cfg.init.to_dict(), "name": name}), seed=3,
+                               **data_kwargs(cfg, 10))
+        models.append(model)
+    return models
+
+
+def qkv_rows(model, block, part):
+    """Block `block`'s qkv weight rows and bias of `part` (0 query, 1 key, 2 value)."""
+    qkv = model.blocks[block].attn.qkv
+    inner = qkv.weight.shape[0] // 3
+    rows = slice(part * inner, (part + 1) * inner)
+    return qkv.weight[rows], qkv.bias[rows]
+
+
+def test_followup_pe_scaled_has_impulses_v_proj_and_pe_and_differs_only_in_q_k():
+    """On the follow-up footing (learned PE x18, mimetic V/proj) pe_scaled and impulse are bit
+    for bit the same model outside the Q/K rows of qkv: the same PE, the same V rows and biases,
+    the same output projection, the same everything else."""
+    pe_scaled, impulse = footing_pair("followup", "pe_scaled", "impulse")
+    assert torch.equal(pe_scaled.pos_embed, impulse.pos_embed)
+    for i in range(len(impulse.blocks)):
+        for part in (0, 1):  # Q/K: impulse's are solved, pe_scaled's the base's
+            assert not torch.equal(qkv_rows(pe_scaled, i, part)[0], qkv_rows(impulse, i, part)[0])
+        for got, want in zip(qkv_rows(pe_scaled, i, 2), qkv_rows(impulse, i, 2)):
+            assert torch.equal(got, want)
+        for name in ("weight", "bias"):
+            got, want = (getattr(m.blocks[i].attn.proj, name) for m in (pe_scaled, impulse))
+            assert torch.equal(got, want)
+    other = {k: v for k, v in impulse.state_dict().items() if not k.endswith("attn.qkv.weight")
+             and not k.endswith("attn.qkv.bias")}
+    for key, value in other.items():
+        assert torch.equal(pe_scaled.state_dict()[key], value), key
+    attn = pe_scaled.blocks[0].attn  # and that V/proj is mimetic's: W_v W_o = 0.4 Z - 0.4 I
+    vo = qkv_rows(pe_scaled, 0, 2)[0].T @ attn.proj.weight.T
+    assert torch.diagonal(vo).mean().item() == pytest.approx(-0.4, abs=0.03)
+
+
+@pytest.mark.parametrize("footing, pos_embed", [("v1", None), ("followup", "learn")], ids=["v1", "learned-pe"])
+def test_pe_scaled_keeps_the_baselines_v_proj_where_value_proj_is_default(footing, pos_embed):
+    """value_proj default (v1's): pe_scaled's V rows, V bias and output projection are the
+    baseline's (torch_default) bit for bit; on v1's fixed sin-cos PE of scale 1 the whole model is."""
+    init = dict(value_proj="default") if footing == "followup" else {}
+    pe_scaled, baseline = footing_pair(footing, "pe_scaled", "torch_default", **init)
+    for i in range(len(baseline.blocks)):
+        for got, want in zip(qkv_rows(pe_scaled, i, 2), qkv_rows(baseline, i, 2)):
+            assert torch.equal(got, want)
+        for name in ("weight", "bias"):
+            got, want = (getattr(m.blocks[i].attn.proj, name) for m in (pe_scaled, baseline))
+            assert torch.equal(got, want)
+    if footing == "v1":
+        for key, value in baseline.state_dict().items():
+            assert torch.equal(pe_scaled.state_dict()[key], value), key
+    else:
+        torch.testing.assert_close(pe_scaled.pos_embed, 18 * baseline.pos_embed)
