@@ -65,3 +65,27 @@ def test_pe_scaled_keeps_the_baselines_v_proj_where_value_proj_is_default(footin
             assert torch.equal(pe_scaled.state_dict()[key], value), key
     else:
         torch.testing.assert_close(pe_scaled.pos_embed, 18 * baseline.pos_embed)
+
+
+@pytest.mark.parametrize("value_proj, control", [("mimetic", "mimetic V/proj"),
+                                                 ("default", "nothing (pe_scaled is the baseline)")])
+def test_decomposition_names_what_pe_scaled_adds_on_a_fixed_pe(value_proj, control):
+    """A fixed PE of scale 1: pe_scaled - baseline is impulse's V/proj where value_proj is mimetic
+    (then pe_scaled is no base init bit for bit, and the report does not say it is), else nothing."""
+    import pandas as pd
+
+    from structinit.report import markdown, summarize
+    from structinit.stats import decomposition
+    from tests.test_study import arm_rows
+
+    arms = {"impulse": lambda s: (80.0 + s, 70.0), "pe_scaled": lambda s: (75.0 + s, 70.0),
+            "torch_default": lambda s: (70.0 - s, 70.0)}
+    trials = pd.DataFrame(arm_rows({"dataset": "digits"}, arms, value_proj=value_proj, init_pe_scale=1.0))
+    table, paired = summarize(trials)
+    parts = decomposition(trials, paired).set_index("pair")
+    assert parts.loc["pe_scaled - torch_default", "part"] == control
+    assert parts.loc["impulse - pe_scaled", "part"] == "Q/K structure"
+    assert set(parts.value_proj) == {value_proj}
+    text = markdown("s", table, paired, trials)
+    assert f"| {value_proj} | 5 | {control}: 9.00 ± " in text
+    assert ("`pe_scaled` ran with a PE scale of 1" in text) == (value_proj == "default")
