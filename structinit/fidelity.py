@@ -14,16 +14,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from structinit.inits import InitResult
 from structinit.inits.targets import mass_and_hit, target_maps
-from structinit.models import grid_size, pseudo_tokens
-
-
-@torch.no_grad()
-def attention_probs(attn: Attention, x: torch.Tensor) -> torch.Tensor:
-    """(B, heads, T, T) softmax attention of `attn` on its input x (B, T, D), as its forward computes it."""
-    b, t, _ = x.shape
-    q, k, _ = attn.qkv(x).reshape(b, t, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-    q, k = attn.q_norm(q), attn.k_norm(k)
-    return (attn.scale * q @ k.transpose(-2, -1)).float().softmax(-1)
+from structinit.models import attention_inputs, attention_probs, grid_size, pseudo_tokens
 
 
 def support(result: InitResult, index: int, grid) -> torch.Tensor:
@@ -39,24 +30,6 @@ def _block_entry(index: int, probs: torch.Tensor, result: InitResult, grid, pref
     return {"block": index, "heads": [
         {"head": h, "offset": list(o), "target_mass": round(float(m), 4), "argmax_hit": round(float(a), 4)}
         for h, (o, m, a) in enumerate(zip(offsets, mass, hit))]}
-
-
-@torch.no_grad()
-def attention_inputs(model: VisionTransformer, forward) -> list[torch.Tensor]:
-    """What each block's attention sees (its norm1 output, hooked) while `forward()` runs the model
-    in eval mode; the model's mode is left as found."""
-    seen: dict[int, torch.Tensor] = {}
-    hooks = [blk.attn.register_forward_pre_hook(lambda m, args, i=i: seen.__setitem__(i, args[0]))
-             for i, blk in enumerate(model.blocks)]
-    was_training = model.training
-    try:
-        model.eval()
-        forward()
-    finally:
-        model.train(was_training)
-        for hook in hooks:
-            hook.remove()
-    return [seen[i] for i in range(len(model.blocks))]
 
 
 def _fidelity(model: VisionTransformer, result: InitResult, inputs: list[torch.Tensor]) -> list[dict]:

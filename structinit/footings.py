@@ -12,9 +12,11 @@ study compares inits on one named footing instead of on a mix of defaults (metho
   Frobenius norm 7 (`factor_norm`).
 
 `baseline` is the init that plays "default" on the footing: the same base with no structure
-(the official codes' `skip`), so impulse - baseline differs only in the attention and PE scale.
-On a fixed PE, `pe_scaled` equals the baseline's base init bit for bit: no PE-scale control exists
-there.
+(the official codes' `skip`), so impulse - baseline differs only in the attention (Q/K, and V/proj
+where value_proj is mimetic) and PE scale. `pe_scaled` writes all of impulse's but the Q/K solve, so
+impulse - pe_scaled is the Q/K alone and pe_scaled - baseline the PE scale plus, on `followup`, the
+mimetic V/proj. On a fixed PE with value_proj default (`v1`), `pe_scaled` equals the baseline's base
+init bit for bit: no PE-scale control exists there.
 """
 from __future__ import annotations
 

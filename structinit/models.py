@@ -14,7 +14,7 @@ timm's ConvMixer, under the same keyword names, is the testbed of the random-fil
 from __future__ import annotations
 
 import torch
-from timm.layers import build_sincos2d_pos_embed
+from timm.layers import Attention, build_sincos2d_pos_embed
 from timm.models import register_model
 from timm.models.convmixer import ConvMixer
 from timm.models.vision_transformer import VisionTransformer
@@ -194,3 +194,30 @@ def create(name: str, **overrides) -> VisionTransformer | ConvMixer:
         raise ValueError(f"model={name!r} does not take {overrides}: {err}") from err
     check("model", name, "a timm VisionTransformer or ConvMixer", isinstance(model, (VisionTransformer, ConvMixer)))
     return model
+
+
+@torch.no_grad()
+def attention_probs(attn: Attention, x: torch.Tensor) -> torch.Tensor:
+    """(B, heads, T, T) softmax attention of `attn` on its input x (B, T, D), as its forward computes it."""
+    b, t, _ = x.shape
+    q, k, _ = attn.qkv(x).reshape(b, t, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    return (attn.scale * q @ k.transpose(-2, -1)).float().softmax(-1)
+
+
+@torch.no_grad()
+def attention_inputs(model: VisionTransformer, forward) -> list[torch.Tensor]:
+    """What each block's attention sees (its norm1 output, hooked) while `forward()` runs the model
+    in eval mode; the model's mode is left as found."""
+    seen: dict[int, torch.Tensor] = {}
+    hooks = [blk.attn.register_forward_pre_hook(lambda m, args, i=i: seen.__setitem__(i, args[0]))
+             for i, blk in enumerate(model.blocks)]
+    was_training = model.training
+    try:
+        model.eval()
+        forward()
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return [seen[i] for i in range(len(model.blocks))]

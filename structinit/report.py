@@ -2,8 +2,9 @@
 of the final and best test accuracy; the paired differences a study declares, e.g. impulse −
 mimetic and impulse − default (same configuration, same seed), with paired t-test p-values
 Holm-adjusted over the table; the decomposition impulse − baseline = (pe_scaled − baseline) +
-(impulse − pe_scaled); per (embed_dim, num_heads) cell the width conditions and the impulse
-setting the validation set picks; failed trials with their reasons; the plots it declares.
+(impulse − pe_scaled), each part named for what differs (PE scale, mimetic V/proj, Q/K); per
+(embed_dim, num_heads) cell the width conditions and the impulse setting the validation set picks;
+failed trials with their reasons; the plots it declares.
 
 A study declares its pairs and plots (Study.pairs, Study.plots); its runner records them in the
 study folder (`declare`), where `structinit report STUDY`, which knows the study by name only,
@@ -116,7 +117,8 @@ def summarize(trials: pd.DataFrame, pairs: tuple = PAIRS, reference: dict | None
         for measure in ("init_mass_pseudo", "init_mass_data", "init_hit_data", "init_wq_norm"):
             row[measure] = g[measure].mean()
         row["near_chance"] = int(fidelity.near_chance(g["init_hit_data"], g["init_hit_chance"]).sum())
-        row["pe_unscaled"] = row["init"] == "pe_scaled" and bool((g["init_pe_scale"] == 1).all())
+        row["pe_unscaled"] = row["init"] == "pe_scaled" and bool((g["init_pe_scale"] == 1).all()) and bool(
+            g["value_proj"].fillna("default").eq("default").all())  # unrecorded: pe_scaled kept the base's V/proj
         row["init_rank_k"] = g["init_rank_k"].mean()
         row["theory"] = theory(g.iloc[0], row["init_rank_k"])
         rows.append(row)
@@ -215,8 +217,8 @@ def markdown(study: str, table: pd.DataFrame, paired: pd.DataFrame, trials: pd.D
                      f"{_pm(r.init_mass_pseudo, math.nan)} / {_pm(r.init_mass_data, math.nan)} | "
                      f"{_pm(r.init_hit_data, math.nan)}{flag} | {_pm(r.init_wq_norm, math.nan)} | {r.theory} |")
     if len(table) and table["pe_unscaled"].any():
-        lines += ["", "`pe_scaled` ran with a PE scale of 1 (a fixed sin-cos PE): it is its base init bit for bit, "
-                  "no PE-scale control; its differences are differences to the base init."]
+        lines += ["", "`pe_scaled` ran with a PE scale of 1 (a fixed sin-cos PE) and value_proj default: it is its "
+                  "base init bit for bit, no PE-scale control; its differences are differences to the base init."]
     if len(paired):
         lines += ["", "Paired differences of final test top-1 (same configuration and seed), mean ± 95 % CI; p: "
                   f"two-sided, of the row's test: t, the paired t-test, where n >= {EXACT_BELOW} and the differences "
@@ -248,20 +250,24 @@ def decomposition_lines(parts: pd.DataFrame) -> list[str]:
     """The decomposition's Markdown section (`stats.decomposition`); none where no configuration ran its arms."""
     if not len(parts):
         return []
-    lines = ["", "## Decomposition: PE scale and attention structure", "",
+    lines = ["", "## Decomposition: PE scale, V/proj and Q/K structure", "",
              "impulse − baseline = (pe_scaled − baseline) + (impulse − pe_scaled), seed by seed (final test top-1, "
-             "pp). pe_scaled is the baseline's base init with impulse's PE scale and unstructured attention, so the "
-             "first part is what the PE scale alone gives and the second what the solved attention gives on top of "
-             "it. Means ± 95 % CI over the n seeds where all three finished: the two parts sum to the total exactly, "
-             "their CIs do not add. p_holm is the paired table's (its n seeds, its Holm family). A part whose CI "
-             "holds 0 is not shown to be non-zero; on a fixed PE of scale 1, pe_scaled is the baseline bit for bit "
-             "and everything is structure.", "",
-             "| configuration | baseline | n | PE scale: pe_scaled − baseline | structure: impulse − pe_scaled | "
-             "total: impulse − baseline |", "|---|---|---|---|---|---|"]
+             "pp). pe_scaled is everything impulse writes but its Q/K solve: the baseline's base init with impulse's "
+             "PE scale and, where value_proj is mimetic, impulse's mimetic V/proj. So impulse − pe_scaled is what "
+             "the solved Q/K give alone, and pe_scaled − baseline what the PE scale (and the mimetic V/proj) give; "
+             "each cell names what differs in its trials. Means ± 95 % CI over the n seeds where all three "
+             "finished: the two parts sum to the total exactly, their CIs do not add. p_holm is the paired table's "
+             "(its n seeds, its Holm family). A part whose CI holds 0 is not shown to be non-zero; on a fixed PE of "
+             "scale 1 with value_proj default, pe_scaled is the baseline bit for bit and everything is Q/K "
+             "structure.", "",
+             "| configuration | baseline | value_proj | n | pe_scaled − baseline | impulse − pe_scaled | "
+             "total: impulse − baseline |", "|---|---|---|---|---|---|---|"]
     for (config, base), g in parts.groupby(["config", "baseline"], sort=False):
-        by = {r.part: r for r in g.itertuples()}
-        lines.append(f"| {config} | {base} | {by['total'].n} | {_diff(by['PE scale'])} | {_diff(by['structure'])} "
-                     f"| {_diff(by['total'])} |")
+        by = {r.pair: r for r in g.itertuples()}
+        control, structure, total = by[f"pe_scaled - {base}"], by["impulse - pe_scaled"], by[f"impulse - {base}"]
+        value_proj = "unrecorded" if pd.isna(total.value_proj) else total.value_proj
+        lines.append(f"| {config} | {base} | {value_proj} | {total.n} | {control.part}: "
+                     f"{_diff(control)} | {structure.part}: {_diff(structure)} | {_diff(total)} |")
     uneven = parts[parts["n"] != parts["n_paired"]]
     if len(uneven):
         lines += ["", f"In {uneven['config'].nunique()} configuration(s) an arm lacks seeds the others have (a failed "

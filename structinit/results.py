@@ -18,11 +18,12 @@ from structinit.validate import check
 
 CONFIG = ("dataset", "fraction", "model.name", "model.embed_dim", "model.num_heads", "model.depth", "model.patch_size",
           "model.kernel_size", "init.filter_size", "init.pseudo_input", "init.solver", "init.target_mass",
-          "init.offsets", "init.distinct_filters", "init.pe_scale")  # TrialConfig.flat() keys a trial's row holds,
-# as `column`s. `pe_scale` is the configured factor, None (null) where the model's default applies (x18 on a
-# learned PE, x1 on a fixed sin-cos one); `init_pe_scale` is the factor that default resolves to, recorded for
-# every init although only impulse and pe_scaled multiply the PE by it. Tables written before the column
-# existed read it as null.
+          "init.offsets", "init.distinct_filters", "init.pe_scale", "init.value_proj")  # TrialConfig.flat() keys
+# a trial's row holds, as `column`s. `value_proj`: whether pe_scaled - baseline holds impulse's mimetic V/proj
+# besides the PE scale (stats.control_parts). `pe_scale` is the configured factor, None (null) where the model's
+# default applies (x18 on a learned PE, x1 on a fixed sin-cos one); `init_pe_scale` is the factor that default
+# resolves to, recorded for every init although only impulse and pe_scaled multiply the PE by it. Tables written
+# before a column existed read it as null.
 INIT = ("init_mass_pseudo", "init_hit_pseudo", "init_mass_data", "init_hit_data", "init_hit_chance", "init_wq_norm",
         "init_wk_norm", "init_gain", "init_pe_scale", "init_rank_k", "init_stable_rank", "init_width_ratio")  # measured at init, reported with every epoch
 ARROW = {int: pa.int64(), float: pa.float64(), str: pa.string(), bool: pa.bool_()}

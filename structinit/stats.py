@@ -1,9 +1,9 @@
 """The statistics a study's report rests on, as plain functions: of numbers (the 95 % t-interval
 of a mean over seeds, the paired test of per-seed differences: exact sign flips for few seeds or
 equal differences, else the t-test; Holm's step-down adjustment for the many comparisons one
-study makes at once), and of a study's trials (the decomposition of a gain into PE scale and
-attention structure, the impulse setting each heads x dim cell's validation accuracy picks).
-report.py builds its tables from these and presents them."""
+study makes at once), and of a study's trials (its arms and their pairs; the decomposition of a
+gain into what pe_scaled adds, PE scale and V/proj, and Q/K structure; the impulse setting each
+heads x dim cell's validation accuracy picks). report.py builds its tables from these and presents them."""
 from __future__ import annotations
 
 import json
@@ -278,11 +278,32 @@ def baseline(inits) -> str | None:
     return next((b for b in BASELINES if b in inits), None)
 
 
+def control_parts(g: pd.DataFrame) -> tuple[str | None, str, str]:
+    """(value_proj, what pe_scaled − baseline is, what impulse − pe_scaled is) in one configuration's
+    trials. pe_scaled writes what impulse writes but its Q/K solve: the PE scale, and V/proj as
+    value_proj says. So pe_scaled − baseline is "PE scale" where pe_scaled's recorded
+    init_pe_scale is not 1 (unrecorded counts as scaled), "+ mimetic V/proj" where value_proj is
+    mimetic, and impulse − pe_scaled is the Q/K structure. value_proj None: not recorded (tables
+    from before its column, when pe_scaled kept the base's V/proj) or differing between the arms:
+    where the V/proj went is then named as unknown."""
+    arms = g[g["init"].isin(["impulse", "pe_scaled"])]
+    recorded = set(arms["value_proj"].dropna())
+    value_proj = recorded.pop() if len(recorded) == 1 else None
+    scales = g.loc[g["init"] == "pe_scaled", "init_pe_scale"]
+    parts = [] if len(scales) and (scales == 1).all() else ["PE scale"]
+    if value_proj is None:
+        return None, " + ".join(parts) or "nothing", "structure (value_proj unrecorded: Q/K, maybe V/proj)"
+    if value_proj != "default":
+        parts.append(f"{value_proj} V/proj")
+    return value_proj, " + ".join(parts) or "nothing (pe_scaled is the baseline)", "Q/K structure"
+
+
 def decomposition(done: pd.DataFrame, paired: pd.DataFrame) -> pd.DataFrame:
     """Per impulse arm whose base also ran a compatible pe_scaled arm and a baseline b
     (`baseline`), the gain split seed by seed: impulse − b = (pe_scaled − b) + (impulse −
-    pe_scaled), the part the PE scale gives (pe_scaled is b's base with impulse's PE scale) plus
-    the part the attention structure gives on top of it. Means and 95 % CIs (ci95) over the seeds
+    pe_scaled), what pe_scaled adds to b (the PE scale, and impulse's V/proj where value_proj is
+    mimetic) plus what the solved Q/K add on top of it; `part` names each by what differs in its
+    trials (`control_parts`), `pair` is the stable key. Means and 95 % CIs (ci95) over the seeds
     where all three finished, so the parts' means sum to the total's exactly (their CIs do not
     add); `p_holm` and `n_paired` are the paired table's row of the same pair (its seeds, its Holm
     family), NaN and 0 where the study did not declare that pair. `done`: `arms`' rows."""
@@ -297,15 +318,17 @@ def decomposition(done: pd.DataFrame, paired: pd.DataFrame) -> pd.DataFrame:
             config = imp["config"].iloc[0]
             common = pd.DataFrame({"impulse": by_seed(imp), "pe_scaled": by_seed(control[0]),
                                    base: by_seed(g[g["init"] == base])}).dropna()
-            for part, a, b in (("PE scale", "pe_scaled", base), ("structure", "impulse", "pe_scaled"),
+            value_proj, added, structure = control_parts(pd.concat([imp, control[0]]))
+            for part, a, b in ((added, "pe_scaled", base), (structure, "impulse", "pe_scaled"),
                                ("total", "impulse", base)):
                 m, s, h, n = ci95(common[a] - common[b])
                 row = paired[(paired["config"] == config) & (paired["pair"] == f"{a} - {b}")]
-                rows.append({"config": config, "baseline": base, "part": part, "pair": f"{a} - {b}", "mean": m,
-                             "ci95": h, "n": n, "p_holm": row["p_holm"].iloc[0] if len(row) else math.nan,
+                rows.append({"config": config, "baseline": base, "value_proj": value_proj, "part": part,
+                             "pair": f"{a} - {b}", "mean": m, "ci95": h, "n": n,
+                             "p_holm": row["p_holm"].iloc[0] if len(row) else math.nan,
                              "n_paired": int(row["n"].iloc[0]) if len(row) else 0})
-    return pd.DataFrame(rows, columns=["config", "baseline", "part", "pair", "mean", "ci95", "n", "p_holm",
-                                       "n_paired"])
+    return pd.DataFrame(rows, columns=["config", "baseline", "value_proj", "part", "pair", "mean", "ci95", "n",
+                                       "p_holm", "n_paired"])
 
 
 def per_cell(done: pd.DataFrame, table: pd.DataFrame, paired: pd.DataFrame) -> pd.DataFrame:

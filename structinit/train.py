@@ -199,7 +199,7 @@ def initial_measures(model, cfg: TrialConfig, init, x: torch.Tensor) -> tuple[di
         out[f"init_mass_{where}"] = s["target_mass"]["mean"]
         out[f"init_hit_{where}"] = s["argmax_hit"]["mean"]
     out["init_hit_chance"] = measured["chance"]
-    out["init_pe_scale"] = pe_scale(model, cfg.init)  # 1: pe_scaled is its base init, bit for bit
+    out["init_pe_scale"] = pe_scale(model, cfg.init)  # 1 (and value_proj default): pe_scaled is its base
     for key in ("wq_norm", "wk_norm"):
         norms = [n for b in measured["weights"] for n in b[key]]
         out[f"init_{key}"] = sum(norms) / len(norms)

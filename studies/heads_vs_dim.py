@@ -5,14 +5,14 @@ Optuna proposes (embed_dim, heads) pairs, heads always dividing the dim, togethe
 init's own settings (spaces.impulse_settings): `init.target_mass` in [0.2, 0.999], the pseudo input,
 `pe` or `data` (solved layer by layer on real training images), and on a learned PE its scale in
 [1, 32] (log). Each proposal is trained with impulse, mimetic and the footing's baseline over the
-same seeds -- and, on a learned PE, pe_scaled (the same PE scale, unstructured attention) -- so the
+same seeds -- and, on a learned PE, pe_scaled (the same PE scale and V/proj, Q/K unsolved) -- so the
 report pairs them seed by seed and splits impulse - baseline into (pe_scaled - baseline), what the
-PE scale gives, and (impulse - pe_scaled), what the attention structure gives. A fixed sin-cos PE
-keeps its scale 1: it cannot shrink back in training (at x28 the digits trained at chance), and
-pe_scaled would be the baseline bit for bit. The cpu presets train on 25 % of digits, where
-the arms do not saturate; `cpu` stands on the `v1` footing (fixed sin-cos PE, average pooling,
-PyTorch-default base), `cpu_followup` on the `followup` one (learned PE, class token, mimetic
-V/proj); both with the closed form per block, whose sharpness is what is searched.
+PE scale (and on `followup` the mimetic V/proj) gives, and (impulse - pe_scaled), what the solved
+Q/K give. A fixed sin-cos PE keeps its scale 1: it cannot shrink back in training (at x28 the
+digits trained at chance), and pe_scaled would be the baseline bit for bit. The cpu presets train
+on 25 % of digits, where the arms do not saturate; `cpu` stands on the `v1` footing (fixed sin-cos
+PE, average pooling, PyTorch-default base), `cpu_followup` on the `followup` one (learned PE, class
+token, mimetic V/proj); both with the closed form per block, whose sharpness is what is searched.
 
     python studies/heads_vs_dim.py [--preset smoke|cpu|cpu_followup|paper] [--resume] [--seeds 0,1,2,3,4] ...
     ray submit cluster/gpu.yaml studies/heads_vs_dim.py -- --preset paper

@@ -153,11 +153,13 @@ def arm_rows(params: dict, accs: dict, seeds=range(5), **fields) -> list[dict]:
 def test_decomposition_splits_the_gain_into_pe_scale_and_structure():
     """All four arms over 5 seeds: (pe_scaled - base) + (impulse - pe_scaled) = impulse - base in
     the seed mean, base = torch_default where it ran (else default); on the seeds all three share
-    when an arm lost one. Every pair is one row of the paired table, with its p and Holm p."""
+    when an arm lost one. Every pair is one row of the paired table, with its p and Holm p. Each
+    part is named for what differs: the PE scale plus mimetic V/proj where value_proj is mimetic
+    (digits), value_proj unrecorded (mnist: a table from before its column)."""
     scores = {"impulse": lambda s: (80.0 + s + 0.5 * s * s, 70.0), "pe_scaled": lambda s: (75.0 + 0.3 * s, 70.0),
             "mimetic": lambda s: (74.0 + s, 70.0), "torch_default": lambda s: (70.0 - 0.7 * s, 70.0),
             "default": lambda s: (60.0, 70.0)}
-    rows = arm_rows({"dataset": "digits"}, scores)
+    rows = arm_rows({"dataset": "digits"}, scores, value_proj="mimetic", init_pe_scale=18.0)
     other = arm_rows({"dataset": "mnist"}, {k: v for k, v in scores.items() if k != "torch_default"})
     other[next(i for i, r in enumerate(other) if r["init"] == "pe_scaled" and r["seed"] == 4)].update(
         status="ERROR", error="NonFiniteLossError", final_test_top1=None)  # pe_scaled lost seed 4 there
@@ -168,20 +170,27 @@ def test_decomposition_splits_the_gain_into_pe_scale_and_structure():
     assert paired.p_holm.tolist() == pytest.approx(holm(paired.p).tolist(), nan_ok=True)
     assert (paired.p_holm >= paired.p).all()
     parts = decomposition(arms(trials), paired)
+    named = {"dataset=digits": ("PE scale + mimetic V/proj", "Q/K structure"),
+             "dataset=mnist": ("PE scale", "structure (value_proj unrecorded: Q/K, maybe V/proj)")}
     for config, base, n in (("dataset=digits", "torch_default", 5), ("dataset=mnist", "default", 4)):
-        got = parts[parts.config == config].set_index("part")
+        got = parts[parts.config == config].set_index("pair")
+        control, structure, total = f"pe_scaled - {base}", "impulse - pe_scaled", f"impulse - {base}"
         assert set(got.baseline) == {base} and set(got.n) == {n}
-        assert got.loc["PE scale", "mean"] + got.loc["structure", "mean"] == pytest.approx(got.loc["total", "mean"])
+        assert tuple(got.loc[[control, structure, total], "part"]) == (*named[config], "total")
+        assert got.loc[control, "mean"] + got.loc[structure, "mean"] == pytest.approx(got.loc[total, "mean"])
         seeds = range(n)
         imp, pe, b = ([scores[i](s)[0] for s in seeds] for i in ("impulse", "pe_scaled", base))
-        assert got.loc["total", "mean"] == pytest.approx(sum(x - y for x, y in zip(imp, b)) / n)
-        assert got.loc["PE scale", "mean"] == pytest.approx(sum(x - y for x, y in zip(pe, b)) / n)
-    mnist = parts[parts.config == "dataset=mnist"].set_index("part")
-    assert mnist.loc["total", "n_paired"] == 5 and mnist.loc["structure", "n_paired"] == 4  # the paired table's
+        assert got.loc[total, "mean"] == pytest.approx(sum(x - y for x, y in zip(imp, b)) / n)
+        assert got.loc[control, "mean"] == pytest.approx(sum(x - y for x, y in zip(pe, b)) / n)
+    mnist = parts[parts.config == "dataset=mnist"].set_index("pair")
+    assert mnist.loc["impulse - default", "n_paired"] == 5 and mnist.loc["impulse - pe_scaled", "n_paired"] == 4
     row = paired[(paired.config == "dataset=digits") & (paired.pair == "impulse - pe_scaled")].iloc[0]
-    assert parts[(parts.config == "dataset=digits") & (parts.part == "structure")].p_holm.iloc[0] == row.p_holm
+    structure = parts[(parts.config == "dataset=digits") & (parts.pair == "impulse - pe_scaled")]
+    assert structure.p_holm.iloc[0] == row.p_holm
     text = markdown("s", table, paired, trials)
-    assert "## Decomposition" in text and "| dataset=digits | torch_default | 5 |" in text
+    assert "## Decomposition" in text
+    assert "| dataset=digits | torch_default | mimetic | 5 | PE scale + mimetic V/proj: " in text
+    assert "| dataset=mnist | default | unrecorded | 4 | PE scale: " in text and "| Q/K structure: " in text
     assert "p (Holm)" in text and "## Per cell" not in text  # no embed_dim/num_heads varied
     metrics, _ = summary_metrics(trials)
     assert metrics["dataset:digits/impulse - pe_scaled/p_holm"] == pytest.approx(row.p_holm)
@@ -241,25 +250,6 @@ def test_smoke_study_end_to_end(smoke_study):
     assert (tmp_path / "runs" / "heads_vs_dim" / "report" / "table.csv").exists()
     parent_artifacts = {a.path for a in client.list_artifacts(summary["parent_run_id"], "report")}
     assert "report/report.md" in parent_artifacts and "report/curves.png" in parent_artifacts
-
-
-def test_report_counts_a_seed_once_over_executions():
-    """Two executions of one study ran the same (configuration, init, seed): the report counts it
-    once, from the latest execution that finished it, and names the executions each row came from."""
-    from structinit.report import once_per_seed
-
-    row = dict(config_key="k", params=json.dumps({"model.embed_dim": 64}), init="impulse", test_top1_at_best_val=1.0)
-    trials = pd.DataFrame([
-        dict(row, trial_id="a0", execution="s-1", seed=0, status="TERMINATED", final_test_top1=80.0),
-        dict(row, trial_id="b0", execution="s-2", seed=0, status="TERMINATED", final_test_top1=82.0),
-        dict(row, trial_id="a1", execution="s-1", seed=1, status="TERMINATED", final_test_top1=70.0),
-        dict(row, trial_id="b1", execution="s-2", seed=1, status="ERROR", final_test_top1=None)])
-    history = pd.DataFrame({"trial_id": ["a0", "b0", "a1", "b1"], "epoch": [0, 0, 0, 0]})
-    kept, epochs = once_per_seed(trials, history)
-    assert sorted(kept.trial_id) == ["a1", "b0"] and sorted(epochs.trial_id) == ["a1", "b0"]
-    table, _ = summarize(kept)
-    assert table.n.tolist() == [2] and table.final_test_top1_mean.tolist() == [76.0]
-    assert table.executions.tolist() == ["s-1,s-2"]
 
 
 STUDY_SCRIPTS = sorted((Path(__file__).parent.parent / "studies").glob("*.py"))

@@ -42,6 +42,8 @@ class InitConfig:
     offsets: str = "cover"
     pseudo_input: str = "pe"
     data_images: int = 64  # data, pe+data: the seeded batch of training images the layer-wise solve uses
+    match_pe_mass: bool = False  # data, pe+data: calibrate each block to the mass this init solved on `pe` (at
+    # its target_mass or factor_norm) realises there on the same images, so data - pe is matched in sharpness
     solver: str = "closed_form"
     target_mass: float | None = 0.9  # None: the gradient solver's raw v1 map, or `factor_norm` (the follow-up)
     factor_norm: float | None = None  # closed form, target_mass=None: each head's W_q, W_k to this Frobenius
@@ -82,6 +84,7 @@ class InitConfig:
               self.solver == "closed_form" or not uses_data(self.pseudo_input))
         check("data_images", self.data_images, "a positive integer",
               isinstance(self.data_images, int) and self.data_images > 0)
+        check("match_pe_mass", self.match_pe_mass, "true or false", isinstance(self.match_pe_mass, bool))
         if self.target_mass is None:
             check("target_mass", None, "a number in (0, 1) with solver='closed_form' and no factor_norm",
                   self.solver == "gradient" or self.factor_norm is not None)

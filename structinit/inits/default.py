@@ -1,4 +1,5 @@
-"""Baselines: timm's init, PyTorch's defaults, and the position-embedding-scale control."""
+"""Baselines: timm's init and PyTorch's defaults, and the PE scale the impulse init and its control
+(`pe_scaled`, impulse.py) share."""
 from __future__ import annotations
 
 import torch
@@ -74,12 +75,3 @@ def torch_default(model: VisionTransformer, cfg: InitConfig) -> InitResult:
     base_init(model, "torch")
     return reference(model, cfg)
 
-
-@register("pe_scaled", reads=("base", "pe_scale"))
-def pe_scaled(model: VisionTransformer, cfg: InitConfig) -> InitResult:
-    """Control: the base init with the position embedding scaled exactly as `impulse` scales it
-    (PE <- s * PE, s = 18 on a learned PE), attention left at the base init. On small data a
-    larger PE alone gives much of the gain credited to structure; compare impulse against this."""
-    base_init(model, cfg.base)
-    scale_pos_embed(model, cfg)
-    return reference(model, cfg)

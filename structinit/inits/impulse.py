@@ -12,6 +12,8 @@ that the structure holds on the images, not only on the pseudo input.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import warnings
 
 import torch
@@ -19,10 +21,11 @@ from timm.layers import Attention
 from timm.models.vision_transformer import VisionTransformer
 
 from structinit.inits import InitConfig, InitResult, register, uses_data
-from structinit.inits.default import base_init, scale_pos_embed
+from structinit.inits.default import base_init, reference, scale_pos_embed
 from structinit.inits.mimetic import mimetic_factors, mimetic_vo, set_qk
 from structinit.inits.targets import cover_offsets, mass_and_hit, random_offsets, target_maps
-from structinit.models import grid_size, image_tokens, patch_pos_embed, pseudo_tokens
+from structinit.models import (attention_inputs, attention_probs, grid_size, image_tokens, patch_pos_embed,
+                               pseudo_tokens)
 
 
 def pseudo_input(model: VisionTransformer, kind: str) -> torch.Tensor:
@@ -248,18 +251,67 @@ def data_stream(model: VisionTransformer, kind: str, images: torch.Tensor | None
     return torch.cat([pe, x]), torch.tensor([n ** 0.5] + [1.0] * n, dtype=torch.float64), slice(1, None)
 
 
+def pe_masses(model: VisionTransformer, cfg: InitConfig, images: torch.Tensor) -> list[float]:
+    """Per block, the mean attention mass on the target (over heads) that this init solved on `pe`
+    instead (with cfg's sharpness: target_mass or factor_norm) realises on `images` in a forward
+    pass, as fidelity.data_fidelity measures it (init_mass_data's measure: the patch queries' mass
+    on their targets, the class token a key that is never one). Solved on a copy of the model as
+    `apply_init` left it, in a forked RNG: the copy is the `pe` arm of the same seed, bit for bit,
+    and the caller's own draws are untouched."""
+    twin = copy.deepcopy(model)
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():  # the pe arm warns in its own runs
+        warnings.simplefilter("ignore")
+        result = impulse(twin, dataclasses.replace(cfg, pseudo_input="pe", match_pe_mass=False))
+    x = images.to(twin.blocks[0].norm1.weight)
+    prefix, masses = twin.num_prefix_tokens, []
+    for block, tokens, support in zip(twin.blocks, attention_inputs(twin, lambda: twin(x)), result.supports):
+        probs = attention_probs(block.attn, tokens)[..., prefix:, :]
+        mass, _ = mass_and_hit(probs, torch.nn.functional.pad(support, (prefix, 0)))
+        masses.append(min(max(float(mass.mean()), 1e-3), 0.999))
+    return masses
+
+
+def unstructured(model: VisionTransformer, cfg: InitConfig) -> None:
+    """Everything `impulse` writes besides the solved W_q, W_k (and its zeroed q/k biases): the base
+    init, the PE scale (`pe_scale`), and V and the output projection as `value_proj` says (the
+    base's, or mimetic's W_v W_o = alpha_vo Z - beta_vo I, drawn here in the same RNG order).
+    `pe_scaled` is exactly this, so impulse - pe_scaled differs in the Q/K solve alone."""
+    base_init(model, cfg.base)
+    scale_pos_embed(model, cfg)
+    if cfg.value_proj == "mimetic":  # before the solves: a layer-wise solve sees what V, proj make of its input
+        mimetic_vo(model, cfg)
+
+
+def pe_scaled_reads(cfg: InitConfig) -> tuple[str, ...]:
+    """What `unstructured` reads: the base, the PE scale, V/proj's kind and its mimetic alpha, beta."""
+    return ("base", "pe_scale", "value_proj", *(("alpha_vo", "beta_vo") if cfg.value_proj == "mimetic" else ()))
+
+
+@register("pe_scaled", reads=pe_scaled_reads)
+def pe_scaled(model: VisionTransformer, cfg: InitConfig) -> InitResult:
+    """Control for impulse: what impulse writes besides its Q/K solve (`unstructured`: the base init,
+    the PE scaled exactly as impulse scales it, s = 18 on a learned PE, and impulse's V/proj where
+    `value_proj` is mimetic), with W_q, W_k left at the base init. On small data a larger PE alone
+    gives much of the gain credited to structure; impulse - pe_scaled is the solved Q/K alone, and
+    pe_scaled - base the PE scale (plus the mimetic V/proj where value_proj is mimetic)."""
+    unstructured(model, cfg)
+    return reference(model, cfg)
+
+
 def impulse_reads(cfg: InitConfig) -> tuple[str, ...]:
     """The fields impulse reads: its solve's, and those of the options it takes (the gradient
     solver's steps, a data pseudo input's batch, mimetic V/proj, a blob, a mix)."""
     fields = ["base", "filter_size", "offsets", "pseudo_input", "solver", "target_mass", "factor_norm", "qk",
               "value_proj", "pe_scale", "target_shape", "mix"]
     fields += ["rank_rtol", "damping"] if cfg.solver == "closed_form" else ["solver_steps", "solver_lr"]
-    fields += ["data_images"] if uses_data(cfg.pseudo_input) else []
+    fields += ["data_images", "match_pe_mass"] if uses_data(cfg.pseudo_input) else []
     fields += ["alpha_vo", "beta_vo"] if cfg.value_proj == "mimetic" else []
     fields += ["blob", "blob_sigma"] if cfg.target_shape != "impulse" else []
     fields += ["mix_ratio"] if cfg.mix else []
     fields += ["alpha_qk", "beta_qk"] if cfg.mix == "mimetic" else []
     return tuple(fields)
+
+
 
 
 @register("impulse", reads=impulse_reads)
@@ -274,16 +326,16 @@ def impulse(model: VisionTransformer, cfg: InitConfig, images: torch.Tensor | No
     `data` / `pe+data` (`images`, closed form): block b is solved on its own normalised input
     tokens over the batch (`solve_closed_form`), after blocks 0..b-1 are initialised and have
     transformed them, and its mass is calibrated over the images with the class token among the
-    keys, as the model's forward computes it.
+    keys, as the model's forward computes it. With `match_pe_mass`, block b's mass is the one the
+    same init solved on `pe` realises in block b on these images (`pe_masses`), not target_mass:
+    a data - pe comparison then differs in what the solve fits, not in how sharp it is on images.
     V and the output projection keep the base init, or are mimetic (follow-up): W_v W_o = 0.4 Z - 0.4 I.
     Open questions of the paper: `target_shape` box / gaussian spreads each head's target over a
     `blob` x `blob` window around its tap (the mass is then calibrated on the whole blob), and
     `mix` / `mix_ratio` blends the target with noise or a mimetic map before the solve (the mass is
     still calibrated on the structured target's keys)."""
-    base_init(model, cfg.base)
-    scale_pos_embed(model, cfg)
-    if cfg.value_proj == "mimetic":  # before the solves: a layer-wise solve sees what V, proj make of its input
-        mimetic_vo(model, cfg)
+    matched = pe_masses(model, cfg, images) if cfg.match_pe_mass and uses_data(cfg.pseudo_input) else None
+    unstructured(model, cfg)  # base, PE scale, V/proj: what pe_scaled writes too
     was_training = model.training
     model.eval()  # the stream passes blocks as a forward in eval mode does (no dropout, no drop path)
     stream = data_stream(model, cfg.pseudo_input, images)
@@ -313,8 +365,11 @@ def impulse(model: VisionTransformer, cfg: InitConfig, images: torch.Tensor | No
                 keys = block.norm1(tokens)
                 pt = keys[:, prefix:]
                 p = tokens[rows][0, prefix:]  # the first image's patch tokens: what the plots draw
-                note = solve_block(block.attn, pt, hybrid(structured, pt[rows][0], block.attn, cfg), support, cfg,
+                solve = cfg if matched is None else dataclasses.replace(cfg, target_mass=matched[index],
+                                                                        factor_norm=None)
+                note = solve_block(block.attn, pt, hybrid(structured, pt[rows][0], block.attn, cfg), support, solve,
                                    keys=keys, weights=weights, measured=rows)
+                note["target_mass"] = solve.target_mass
         if stream is not None and cfg.qk == "per_block" and index < len(model.blocks) - 1:
             stream = (block(stream[0]), *stream[1:])
         offsets.append(offs)
@@ -322,12 +377,18 @@ def impulse(model: VisionTransformer, cfg: InitConfig, images: torch.Tensor | No
         supports.append(support)
         notes.append(note)
     model.train(was_training)
+
+    def target(note):  # what the block was calibrated to (a matched block: the pe solve's mass there)
+        return note.get("target_mass", cfg.target_mass)
+
     missed = {i: [round(m, 3) for m in note["mass"]] for i, note in enumerate(notes)
-              if cfg.target_mass is not None and max(abs(m - cfg.target_mass) for m in note["mass"]) > 0.05}
+              if target(note) is not None and max(abs(m - target(note)) for m in note["mass"]) > 0.05}
     if missed:
         where = "the images" if stream is not None else "the pseudo input"
-        warnings.warn(f"target_mass={cfg.target_mass} not reached on {where} in {len(missed)} of {len(notes)} blocks "
+        asked = f"{target(notes[min(missed)]):.3g}" + (" (the pe solve's there)" if matched else "")
+        warnings.warn(f"target_mass={asked} not reached on {where} in {len(missed)} of {len(notes)} blocks "
                       f"(per head, block {min(missed)}: {missed[min(missed)]}): it cannot express these offsets more "
                       "sharply there; each head gets the largest mass it reaches", stacklevel=3)
-    return InitResult(offsets=offsets, pseudo_inputs=inputs, supports=supports, notes={"blocks": notes},
+    return InitResult(offsets=offsets, pseudo_inputs=inputs, supports=supports,
+                      notes={"blocks": notes, **({"pe_masses": matched} if matched else {})},
                       images=None if stream is None else images)
