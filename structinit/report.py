@@ -83,13 +83,15 @@ def select(trials: pd.DataFrame, history: pd.DataFrame, execution: str | None = 
     check("execution", execution, f"one of this study's executions with results: {executions}",
           execution is None or execution in executions)
     chosen = execution or executions[-1]
+    trials = trials.reindex(columns=[*trials.columns, *(c for c in ("study_base", "reused_from")
+                                                         if c not in trials.columns)])
     base = trials.loc[trials["execution"] == chosen, "study_base"].iloc[0] if len(trials) else None
-    mine = trials[(trials["study_base"] == base) if base is not None else trials["execution"] == chosen]
+    mine = trials[trials["study_base"].isna() if pd.isna(base) else trials["study_base"] == base]  # null: tables
+    # from before bases were recorded, pooled as they were
     others = sorted(set(executions) - set(mine["execution"]))
     note = (f"{len(others)} execution(s) of another base left out ({', '.join(others)}): report one of them with "
             f"`structinit report {trials['study'].iloc[0]} --execution NAME`") if others else ""
-    sources = set(mine["trial_id"]) | set(mine["reused_from"].dropna()) if "reused_from" in mine else set(
-        mine["trial_id"])
+    sources = set(mine["trial_id"]) | set(mine["reused_from"].dropna())
     return mine, history[history["trial_id"].isin(sources)], note
 
 
