@@ -43,7 +43,10 @@ def run_trial(config: dict, study: Study, execution: str, parent: str, tracking_
     cfg, params = trial_config(study, config)
     shared = data.get(source(cfg))
     identity, built = trial_identity(cfg, None if shared is None else ray.get(shared))
-    record = ray.get(trials.lookup.remote(identity))
+    try:
+        record = ray.get(trials.lookup.remote(identity))
+    except ray.exceptions.RayActorError:  # the registry is gone (its node with the driver's): train
+        record = None
     name, tags = tracking.trial_run(study.name, {
         "init": cfg.init.name, "seed": cfg.seed, "dataset": cfg.dataset, "config_key": config_key(params),
         "params": canonical(params), "trial_id": trial_id, "identity": identity,
@@ -77,12 +80,17 @@ def run_trial(config: dict, study: Study, execution: str, parent: str, tracking_
 def registry(study: Study):
     """The execution's registry of trials by identity, knowing every identity a finished trial of
     an earlier execution trained (its last epoch's metrics, from the study's Parquet tables)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     from structinit.registry import Registry
 
     finished = {}
     for trial, last in results.trained(study.paths.folder):
         finished[trial["identity"]] = {"trial_id": trial["trial_id"], "execution": trial["execution"], "result": last}
-    return Registry.remote(finished)
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return Registry.options(scheduling_strategy=here).remote(finished)  # on the driver's node: it lives as
+    # long as the study does, whichever worker nodes come and go
 
 
 def searcher(study: Study, execution: str):
