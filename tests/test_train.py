@@ -70,17 +70,22 @@ def test_killed_worker_resumes_from_a_cadenced_checkpoint_to_the_same_result(ray
 
 def test_test_at_best_val_is_the_test_accuracy_of_the_best_validation_epoch(ray_local, tmp_path):
     """Per-epoch test curves on (test_every_epoch) so the epoch the validation split picks can be
-    read off; a high constant lr makes the last epoch not the best one (at this seed: the last
-    assertion checks that the run is one where they differ, and names it if a change of the
-    init's numerics moves the best epoch to the last, as float32 in the solve did for seed 0)."""
-    cfg = digits(recipe=dict(epochs=6, lr=2e-2, warmup_epochs=0, min_lr=2e-2), test_every_epoch=True, seed=1)
-    history = history_of(fit(cfg, storage_path=str(tmp_path)))
-    best = max(range(6), key=lambda e: (history[e]["val_top1"], -e))  # the first epoch of the best accuracy
+    read off; a high constant lr makes the last epoch often not the best one. Which seed gives such
+    a run moves with the numerics of the init and the libraries (seed 0 lost it to a float32 solve,
+    seed 1 to a later install), so the first of a few seeds where the best epoch is not the last is
+    the run checked; none of them: the test fails, naming it."""
+    for seed in range(1, 5):
+        cfg = digits(recipe=dict(epochs=6, lr=2e-2, warmup_epochs=0, min_lr=2e-2), test_every_epoch=True, seed=seed)
+        history = history_of(fit(cfg, storage_path=str(tmp_path / str(seed))))
+        best = max(range(6), key=lambda e: (history[e]["val_top1"], -e))  # the first epoch of the best accuracy
+        if best != 5:
+            break
     last = history[-1]
     assert last["best_val_epoch"] == best and last["best_val_top1"] == history[best]["val_top1"]
     assert last["test_top1_at_best_val"] == pytest.approx(history[best]["test_top1"], abs=1e-9)
     assert last["final_test_top1"] == pytest.approx(last["test_top1"], abs=1e-9)
-    assert best != 5 and last["test_top1_at_best_val"] != last["final_test_top1"]  # a run where they differ
+    assert best != 5 and last["test_top1_at_best_val"] != last["final_test_top1"], "no seed of 1-4 gave a run " \
+        "whose best validation epoch is not its last"
     assert all(h["test_top1"] is not None for h in history)
 
 
