@@ -1,0 +1,105 @@
+"""Attention through training (structinit/attention.py): the measures by hand on attention maps
+built as plain tensors, the same numbers on a real model as fidelity.py's, and the real loop
+logging them per measured epoch to a real MLflow store, its checkpoints and the Parquet table."""
+import math
+
+import pytest
+import torch
+
+from structinit.attention import block_metrics, grid_distances, head_measures
+from structinit.inits.targets import all_offsets, target_maps
+
+GRID = (5, 5)
+
+
+def mirrored_impulse(grid, offset) -> torch.Tensor:
+    """(N, N) an exact impulse head at `offset`: each query's whole attention on the key `offset`
+    away, mirrored on an axis where it would leave the grid (reflect padding), so every query
+    looks exactly |offset| patches away (a grid side > 2 |offset| on each axis)."""
+    h, w = grid
+    probs = torch.zeros(h * w, h * w, dtype=torch.float64)
+    for r in range(h):
+        for c in range(w):
+            dy = offset[0] if 0 <= r + offset[0] < h else -offset[0]
+            dx = offset[1] if 0 <= c + offset[1] < w else -offset[1]
+            probs[r * w + c, (r + dy) * w + c + dx] = 1.0
+    return probs
+
+
+def test_an_exact_impulse_head_looks_exactly_its_offset_away():
+    """distance = sqrt(dy^2 + dx^2) patches for every tap of a 3x3 and a 5x5 window (0 at the
+    centre), entropy 0 (one key per query), and all the mass on the tap for every query whose tap
+    is inside the grid (the zero-padded targets), each its argmax."""
+    offsets = all_offsets(5)  # the 25 taps of a 5x5 window, the 3x3 ones among them
+    probs = torch.stack([mirrored_impulse(GRID, o) for o in offsets])[None]  # (1, heads, N, N)
+    got = head_measures(probs, target_maps(GRID, offsets) > 0, GRID)
+    assert got["distance"].tolist() == pytest.approx([math.hypot(dy, dx) for dy, dx in offsets], abs=1e-12)
+    assert got["distance"][offsets.index((0, 0))] == 0
+    assert got["entropy"].tolist() == [0.0] * len(offsets)
+    assert got["mass"].tolist() == pytest.approx([1.0] * len(offsets)) and got["hit"].tolist() == [1.0] * len(offsets)
+
+
+def test_uniform_attention_and_a_split_row_by_hand():
+    """A 2x2 grid: uniform attention sees each query's 4 keys at 0, 1, 1, sqrt 2 patches: distance
+    (2 + sqrt 2) / 4, entropy ln 4, mass 1/4 on a one-key tap whose argmax (a tie) is the first key.
+    Half on itself, half on the key to its right or left: distance 1/2, entropy ln 2."""
+    grid = (2, 2)
+    uniform = torch.full((1, 4, 4), 0.25, dtype=torch.float64)
+    tap = target_maps(grid, [(0, 1)]) > 0  # queries in column 0 have a target, column 1 none
+    got = head_measures(uniform, tap, grid)
+    assert got["distance"].item() == pytest.approx((2 + math.sqrt(2)) / 4)
+    assert got["entropy"].item() == pytest.approx(math.log(4))
+    assert got["mass"].item() == pytest.approx(0.25) and got["hit"].item() == 0.0  # argmax: key 0, never the tap
+    half = 0.5 * (torch.eye(4, dtype=torch.float64) + mirrored_impulse(grid, (0, 1)))[None]
+    got = head_measures(half, tap, grid)
+    assert got["distance"].item() == pytest.approx(0.5) and got["entropy"].item() == pytest.approx(math.log(2))
+    assert got["mass"].item() == pytest.approx(0.5)
+
+
+def test_a_class_token_is_no_query_and_its_key_weight_is_left_out_of_the_distance():
+    """With a class token first: each patch query puts 0.4 on it and 0.6 on its tap. The distance
+    stays the tap's (the grid weights renormalised), the entropy counts the class token's share,
+    the mass is the tap's 0.6 and its argmax hits; the class token's own row is no query."""
+    offset = (1, -1)
+    n = GRID[0] * GRID[1]
+    probs = torch.zeros(1, n + 1, n + 1, dtype=torch.float64)
+    probs[0, 0] = 1.0  # the class token looks only at itself: were it a query, the distance would move
+    probs[0, 1:, 0] = 0.4
+    probs[0, 1:, 1:] = 0.6 * mirrored_impulse(GRID, offset)
+    batch = probs.expand(3, 1, n + 1, n + 1)  # leading batch dims average out
+    got = head_measures(batch, target_maps(GRID, [offset]) > 0, GRID, prefix=1)
+    assert got["distance"].item() == pytest.approx(math.sqrt(2))
+    assert got["entropy"].item() == pytest.approx(-(0.4 * math.log(0.4) + 0.6 * math.log(0.6)))
+    assert got["mass"].item() == pytest.approx(0.6) and got["hit"].item() == 1.0
+
+
+def test_grid_distances_and_block_metrics():
+    d = grid_distances((2, 3))
+    assert d[0, 5].item() == pytest.approx(math.hypot(1, 2)) and d.diagonal().abs().max() == 0
+    rows = [{"block": b, "head": h, "distance": b + h, "entropy": 1.0, "mass": 0.5, "hit": h}
+            for b in range(2) for h in range(2)]
+    assert block_metrics(rows) == {"attn_distance/b0": 0.5, "attn_entropy/b0": 1.0, "attn_mass/b0": 0.5,
+                                   "attn_hit/b0": 0.5, "attn_distance/b1": 1.5, "attn_entropy/b1": 1.0,
+                                   "attn_mass/b1": 0.5, "attn_hit/b1": 0.5}
+
+
+@pytest.mark.parametrize("init", ["impulse", "torch_default"])
+def test_on_a_model_the_mass_and_hit_are_fidelitys(init):
+    """On the nano model with a class token, the mass and hit per block and head are exactly what
+    fidelity.py measures on the same images (impulse: its solved taps; torch_default: the cover
+    taps of its reference), and every measure is in range."""
+    from structinit import attention, fidelity
+    from structinit.config import ModelConfig, build_model
+    from structinit.inits import InitConfig
+
+    model, result = build_model(ModelConfig("vit_nano_patch2_8", pos_embed="learn", global_pool="token"),
+                                InitConfig(name=init, pe_scale=18.0), seed=0, img_size=8, in_chans=1, num_classes=10)
+    images = torch.randn(16, 1, 8, 8)
+    rows = attention.measure(model, result, images)
+    assert len(rows) == len(model.blocks) * model.blocks[0].attn.num_heads
+    expected = fidelity.data_fidelity(model, result, images)
+    for r in rows:
+        head = expected[r["block"]]["heads"][r["head"]]
+        assert r["mass"] == pytest.approx(head["target_mass"], abs=6e-5)
+        assert r["hit"] == pytest.approx(head["argmax_hit"], abs=6e-5)
+        assert 0 <= r["distance"] <= math.hypot(3, 3) and 0 <= r["entropy"] <= math.log(17) + 1e-9
