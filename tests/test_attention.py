@@ -103,3 +103,77 @@ def test_on_a_model_the_mass_and_hit_are_fidelitys(init):
         assert r["mass"] == pytest.approx(head["target_mass"], abs=6e-5)
         assert r["hit"] == pytest.approx(head["argmax_hit"], abs=6e-5)
         assert 0 <= r["distance"] <= math.hypot(3, 3) and 0 <= r["entropy"] <= math.log(17) + 1e-9
+
+
+class Saved:
+    """A checkpoint as the loop's Session gives it back: a copy of the folder it wrote."""
+
+    def __init__(self, folder):
+        import shutil
+        import tempfile
+
+        self.folder = tempfile.mkdtemp()
+        shutil.copytree(folder, self.folder, dirs_exist_ok=True)
+
+    @classmethod
+    def from_directory(cls, folder):
+        return cls(folder)
+
+    def as_directory(self):
+        import contextlib
+
+        return contextlib.nullcontext(self.folder)
+
+
+def test_the_loop_records_attention_at_the_init_the_checkpoints_and_the_end(tmp_path, monkeypatch):
+    """The real loop, in this process with a local Session and a real MLflow store (SQLite): 3
+    epochs with a checkpoint every 2 measure at 0 (the init), 2 and 3 epochs trained; MLflow holds
+    each block's means at those steps, each checkpoint every row so far, the Parquet table the
+    last one's. A restart from the checkpoint at 2 measures again only at 3 and logs nothing twice."""
+    import types
+
+    import ray
+
+    from structinit import attention, results, tracking, train
+    from structinit.checkpoint import read_attention
+    from structinit.config import make
+
+    # no Ray cluster here: the node the loop tags its run with is this process's
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: types.SimpleNamespace(get_node_id=lambda: "here"))
+    cfg = make("digits", recipe_overrides=dict(epochs=3, warmup_epochs=0, batch_size=64), fraction=0.3,
+               model_overrides=dict(embed_dim=32, depth=2, pos_embed="learn", global_pool="token"), checkpoint_every=2)
+    uri = "sqlite:///" + str(tmp_path / "mlflow.db")
+    run = tracking.start_run(uri, "attention", "loop", cfg.flat(), {})
+    reports = []
+    session = train.Session(train.Context(), lambda: None, lambda m, checkpoint=None: reports.append((m, checkpoint)),
+                            Saved)
+    threads = torch.get_num_threads()
+    try:
+        train.train_loop({"trial": cfg, "tracking": run, "data": None}, session)
+        saved = [c for _, c in reports if c is not None]
+        assert [read_attention(c.folder)[-1]["epoch"] for c in saved] == [2, 3]
+        again = []
+        train.train_loop({"trial": cfg, "tracking": run, "data": None}, train.Session(
+            train.Context(), lambda: saved[0], lambda m, checkpoint=None: again.append((m, checkpoint)), Saved))
+    finally:
+        torch.set_num_threads(threads)  # the loop sets cpus_per_worker for its process
+
+    heads = 2 * 4  # depth 2, 4 heads
+    rows = read_attention(saved[-1].folder)
+    assert [r["epoch"] for r in rows] == [0] * heads + [2] * heads + [3] * heads
+    assert read_attention(saved[0].folder) == rows[:2 * heads]  # the checkpoint at 2 held what was measured by then
+    assert [m["epoch"] for m, _ in again] == [2] and read_attention(again[0][1].folder) == rows  # replayed exactly
+    for key in ("attn_distance/b0", "attn_entropy/b1", "attn_mass/b0", "attn_hit/b1"):
+        logged = tracking.history(run, key)
+        assert [step for step, _ in logged] == [0, 2, 3]  # once each, the restart logged nothing again
+        assert [v for _, v in logged] == pytest.approx(
+            [attention.block_metrics([r for r in rows if r["epoch"] == e])[key] for e in (0, 2, 3)])
+    assert all(m["attention_seconds"] > 0 for m, _ in reports)  # epoch 0's holds the init's measure
+    assert reports[1][0]["attention_seconds"] < reports[1][0]["eval_seconds"]
+
+    base = {"study": "s", "execution": "x", "trial_id": "t0", "init": cfg.init.name, "seed": cfg.seed}
+    results.write(str(tmp_path), "x", [], [], results.attention_rows(base, rows))
+    table = results.load_attention(str(tmp_path))
+    assert table.columns.tolist() == results.ATTENTION.names and len(table) == 3 * heads
+    assert table.groupby("epoch").size().to_dict() == {0: heads, 2: heads, 3: heads}
+    assert table[["block", "head"]].drop_duplicates().shape[0] == heads and (table["trial_id"] == "t0").all()
