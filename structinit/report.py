@@ -31,10 +31,26 @@ from structinit.validate import check, sqlite_path, sqlite_store
 
 IMPULSE_PAIRS = (("impulse", "mimetic"), ("impulse", "default"), ("impulse", "torch_default"),
                  ("impulse", "pe_scaled"),  # ViT inits (torch_default: the footings' baseline)
+                 ("impulse", "conditioned"), ("impulse", "dct"), ("impulse", "mimetic_vo"),  # the attention-init
+                 ("conditioned", "torch_default"), ("dct", "torch_default"),  # baselines a reviewer asks for, and
+                 ("mimetic_vo", "torch_default"),  # whether each beats the footing's unstructured init at all
                  ("pe_scaled", "torch_default"), ("pe_scaled", "default"))  # the decomposition's PE part
 FILTER_PAIRS = (("frozen_random", "learned"), ("frozen_impulse", "learned"), ("frozen_box", "learned"))  # ConvMixer
 PAIRS = IMPULSE_PAIRS + FILTER_PAIRS  # a study that declares none: each pair where both inits ran
 PLOTS = ("curves", "heads_vs_dim", "filter_gap", "param_importances", "attention")  # each where the results allow
+# What b is in a paired difference a - b, as the report names it
+BASELINES = {
+    "torch_default": "the unstructured init of PyTorch's defaults (the footings' baseline)",
+    "default": "timm's unstructured init",
+    "pe_scaled": "the control: all impulse writes but its Q/K solve (its PE scale; its V/proj where value_proj is "
+                 "mimetic)",
+    "mimetic": "mimetic init: Q/K and V/proj (Trockman & Kolter 2023)",
+    "mimetic_vo": "mimetic's V/proj alone, Q/K and PE at the base: on the followup footing impulse's V/proj init, "
+                  "so impulse - mimetic_vo is impulse's Q/K and PE scale on the same V/proj init",
+    "conditioned": "conditioned init: Q/K orthogonal, V = I, condition number 1 (Saratchandran, Lucey et al. 2026)",
+    "dct": "DCT init: W_K the orthonormal DCT-II (Pan et al. 2024, arXiv 2405.13901)",
+    "learned": "learned ConvMixer filters",
+}
 
 def declare(paths: StudyPaths, pairs: tuple, plots: tuple, reference: dict | None = None) -> None:
     """Record a study's pairs, plots and reference setting in its folder, for `structinit report`."""
@@ -237,6 +253,9 @@ def markdown(study: str, table: pd.DataFrame, paired: pd.DataFrame, trials: pd.D
                   "|---|---|---|---|---|---|---|"]
         lines += [f"| {r.config} | {r.pair} | {r.n} | {_pm(r.mean, r.ci95)} | {_p(r.p)} | {r.test} | {_p(r.p_holm)} |"
                   for r in paired.itertuples()]
+        against = dict.fromkeys(pair.partition(" - ")[2] for pair in paired["pair"])
+        lines += ["", "What each difference a − b is measured against (b):", ""]
+        lines += [f"- {b}: {BASELINES.get(b, 'another setting of the same init')}" for b in against]
         lost = paired[paired["lost"] > 0]
         if len(lost):
             lines += ["", f"{int(lost['lost'].sum())} seed(s) in {len(lost)} comparison(s) ran but cannot pair (a side "

@@ -236,6 +236,7 @@ def test_the_report_pairs_each_fraction_with_the_smallest_and_says_whether_impul
     assert "| default | (base) | 1 − 0.1 | 3 | 2.00 → 2.00 | 0.00 ± 0.00 |" in text
     assert ("impulse at fraction 1 against 0.1: with more data its attention reaches further (final mean distance "
             "over all blocks 1.66 → 2.65 patches" in text and "keeps less on its initial taps (mass -0.40" in text)
+    assert "- default: timm's unstructured init" in text  # what impulse - default is measured against
     assert "## Attention" not in markdown("s", table, paired, trials)  # no rows, no sections
     made = plots(str(tmp_path), trials, rows.iloc[:0], paired, "sqlite:///none.db", None, ("attention",), rows)
     assert [p.rsplit("/", 1)[1] for p in made] == ["attention.png"]

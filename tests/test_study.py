@@ -290,3 +290,30 @@ def test_heads_vs_dim_searches_the_impulse_settings_and_pairs_pe_scaled_on_a_lea
         assert ("init.pe_scale" in trial.params) == learned
         cfg, _ = trial_config(study, {**trial.params, "model.num_heads": 2, TRIAL_INDEX: 0})
         assert cfg.init.solver == "closed_form" and cfg.init.factor_norm is None
+
+
+def test_init_comparison_pairs_the_attention_init_baselines_by_seed():
+    """init_comparison's cpu and paper presets train conditioned, dct and mimetic_vo beside the
+    footing's baseline; each is paired by seed with impulse and with torch_default, and the report
+    names what each difference is measured against."""
+    import importlib.util
+
+    script = Path(__file__).parent.parent / "studies" / "init_comparison.py"
+    spec = importlib.util.spec_from_file_location("study_init_comparison", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for preset in ("cpu", "paper"):
+        study = module.PRESETS[preset]()
+        assert {"conditioned", "dct", "mimetic_vo", "torch_default"} <= set(study.inits)
+        assert "attention" in study.plots
+    inits = ("impulse", "pe_scaled", "torch_default", "conditioned", "dct", "mimetic_vo")
+    rows = arm_rows({"dataset": "digits"}, {i: (lambda s, k=k: (70.0 + k + s * (k % 2), 70.0)) for k, i in
+                                           enumerate(inits)})
+    trials = pd.DataFrame(rows)
+    table, paired = summarize(trials, module.IMPULSE_PAIRS)
+    got = set(paired.pair)
+    assert {f"impulse - {b}" for b in ("conditioned", "dct", "mimetic_vo")} <= got
+    assert {f"{a} - torch_default" for a in ("conditioned", "dct", "mimetic_vo")} <= got
+    assert (paired.n == 5).all()
+    text = markdown("s", table, paired, trials)
+    assert "- conditioned: conditioned init" in text and "- mimetic_vo: mimetic's V/proj alone" in text
