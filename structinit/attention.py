@@ -32,7 +32,7 @@ from timm.models.vision_transformer import VisionTransformer
 from structinit import fidelity
 from structinit.inits import InitResult
 from structinit.inits.targets import mass_and_hit
-from structinit.models import grid_size
+from structinit.models import attention_inputs, attention_probs, grid_size
 
 MEASURES = ("distance", "entropy", "mass", "hit")
 
@@ -67,10 +67,10 @@ def measure(model: VisionTransformer, init: InitResult, images: torch.Tensor) ->
     (eval mode; the model's mode is left as found): rows {"block", "head", "distance", "entropy",
     "mass", "hit"}, the taps those of `init` (fidelity.support)."""
     grid, prefix = grid_size(model), model.num_prefix_tokens
-    inputs = fidelity.attention_inputs(model, lambda: model(images))
+    inputs = attention_inputs(model, lambda: model(images))
     rows = []
     for index, (block, x) in enumerate(zip(model.blocks, inputs)):
-        got = head_measures(fidelity.attention_probs(block.attn, x), fidelity.support(init, index, grid), grid, prefix)
+        got = head_measures(attention_probs(block.attn, x), fidelity.support(init, index, grid), grid, prefix)
         rows += [{"block": index, "head": h, **{k: float(got[k][h]) for k in MEASURES}}
                  for h in range(len(got["distance"]))]
     return rows
