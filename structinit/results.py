@@ -92,9 +92,9 @@ def train_history(paths: StudyPaths, trial) -> tuple[list[dict], list[dict]]:
         return history_of(trial), attention_of(trial)
     try:
         result = ray.train.Result.from_path(f"{paths.train}/{paths.train_name(trial.trial_id)}")
+        return history_of(result), attention_of(result)
     except RuntimeError:  # the trial never reached a checkpoint
         return [], []
-    return history_of(result), attention_of(result)
 
 
 def attention_rows(base: dict, measured: list[dict]) -> list[dict]:

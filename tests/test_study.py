@@ -244,12 +244,17 @@ def test_smoke_study_end_to_end(smoke_study):
     assert all(len(client.get_metric_history(r.info.run_id, "test_top1")) == 1 for r in children)  # at the end only
     assert summary["dataset_reads"] == 1 and (history.data_from_store == 1).all()  # read once, shared by 3 trials
     assert trials.test_top1_at_best_val.notna().all() and trials.final_test_top1.notna().all()
+    attention = pd.read_parquet(summary["attention"])  # measured at the init and the last epoch (no checkpoint between)
+    assert attention.groupby("trial_id")["epoch"].unique().map(sorted).to_dict() == {t: [0, 2] for t in trials.trial_id}
+    assert all(sorted(m.step for m in client.get_metric_history(r.info.run_id, "attn_distance/b0")) == [0, 2]
+               for r in children)  # each block's means, the epochs trained as the step
 
     rep = smoke_study["report"]
     assert "| embed_dim=" in rep and "impulse - mimetic" in rep and "impulse - default" in rep
     assert (tmp_path / "runs" / "heads_vs_dim" / "report" / "table.csv").exists()
     parent_artifacts = {a.path for a in client.list_artifacts(summary["parent_run_id"], "report")}
     assert "report/report.md" in parent_artifacts and "report/curves.png" in parent_artifacts
+    assert "## Attention through training" in rep and "report/attention.png" in parent_artifacts
 
 
 STUDY_SCRIPTS = sorted((Path(__file__).parent.parent / "studies").glob("*.py"))
