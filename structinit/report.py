@@ -349,11 +349,12 @@ def fraction_lines(fractions: pd.DataFrame) -> list[str]:
         return []
     lines = ["", "## Attention across training fractions", "",
              "Does an init's attention leave its initial taps more when it trains on more data? Each fraction "
-             "against the smallest, seed by seed: same init, setting and seed, so the same initial weights, trained "
-             "on more data. Differences (this fraction − the smallest) of the final mean attention distance over "
-             "all blocks (patches; > 0: it reaches further), in block 0 and in the last block, and of the final "
-             "mass on the init's taps over all blocks (< 0: less of it stays there); mean ± 95 % CI; p of the "
-             "all-block distance from its test (as in the paired table), p (Holm) over this table's rows.", "",
+             "against the smallest, seed by seed: same init, setting and seed, so the same initial weights (but a "
+             "data-aware impulse's, solved on its own split's images), trained on more data. Differences (this "
+             "fraction − the smallest) of the final mean attention distance over all blocks (patches; > 0: it "
+             "reaches further), in block 0 and in the last block, and of the final mass on the init's taps over all "
+             "blocks (< 0: less of it stays there); mean ± 95 % CI; p of the all-block distance from its test (as "
+             "in the paired table), p (Holm) over this table's rows.", "",
              "| init | setting | fraction − smallest | n | final distance (smallest → this) | "
              "Δ distance, all blocks | p (Holm) | Δ block 0 | Δ last block | Δ tap mass |",
              "|---|---|---|---|---|---|---|---|---|---|"]

@@ -422,11 +422,12 @@ ACROSS = ("distance_all_final", "distance_b0_final", "distance_last_final", "mas
 def across_fractions(seeds: pd.DataFrame) -> pd.DataFrame:
     """For a study whose arms differ in `fraction` (a new kind of pairing, across bases): per init,
     setting and the rest of the configuration, each fraction against the smallest, seed by seed
-    (same init, setting and seed; the bases differ in the fraction only, so the init's weights are
-    the same): the differences of the final mean attention distance over all blocks, in block 0
-    and in the last block, and of the final mass on the init's taps over all blocks (`ACROSS`:
-    `<key>_mean`, `<key>_ci95`); `p` and `test` (paired_test) of the all-block distance, `p_holm`
-    Holm's over these rows; the all-block distance at the init and at the end at both fractions.
+    (same init, setting and seed; the bases differ in the fraction only, so the initial weights are
+    the same, but for a data-aware impulse's, solved on its own split's images): the differences of
+    the final mean attention distance over all blocks, in block 0 and in the last block, and of the
+    final mass on the init's taps over all blocks (`ACROSS`: `<key>_mean`, `<key>_ci95`); `p` and
+    `test` (paired_test) of the all-block distance, `p_holm` Holm's over these rows; the all-block
+    distance at the init and at the end at both fractions.
     `seeds`: `attention_by_seed`'s rows. Empty where no fraction varies."""
     columns = ["init", "setting", "fraction", "against", "n", *(f"{k}_{x}" for k in ACROSS for x in ("mean", "ci95")),
                "p", "test", "distance_init", "distance_final", "against_distance_final"]
@@ -445,7 +446,7 @@ def across_fractions(seeds: pd.DataFrame) -> pd.DataFrame:
                    "distance_final": high["distance_all_final"].mean(),
                    "against_distance_final": low["distance_all_final"].mean()}
             for key in ACROSS:
-                m, _, h, n = ci95((high[key] - low[key]).dropna())
+                m, _, h, _ = ci95((high[key] - low[key]).dropna())
                 row.update({f"{key}_mean": m, f"{key}_ci95": h})
             diff = (high["distance_all_final"] - low["distance_all_final"]).dropna()
             row["n"] = len(diff)
