@@ -1,7 +1,8 @@
 """A run's checkpoint folder, the record of one training run: `state.pt` (weights, optimizer,
 scheduler and scaler state, the epoch, and the TrialConfig that made them, as nanoGPT keeps its
-model_args with the weights) and `history.json` (every epoch's metrics so far). The Train loop
-writes and resumes from it; the study's tables and `structinit rank` read it."""
+model_args with the weights), `history.json` (every epoch's metrics so far) and `attention.json`
+(the attention measures per block and head at each measured epoch so far, attention.py). The Train
+loop writes and resumes from it; the study's tables and `structinit rank` read it."""
 from __future__ import annotations
 
 import json
@@ -11,13 +12,15 @@ import torch
 
 from structinit.validate import check
 
-STATE, HISTORY = "state.pt", "history.json"
+STATE, HISTORY, ATTENTION = "state.pt", "history.json", "attention.json"
 
 
-def write(folder: str, state: dict, history: list[dict]) -> None:
+def write(folder: str, state: dict, history: list[dict], attention: list[dict] | None = None) -> None:
     torch.save(state, os.path.join(folder, STATE))
-    with open(os.path.join(folder, HISTORY), "w") as f:
-        json.dump(history, f)
+    for name, records in ((HISTORY, history), (ATTENTION, attention)):
+        if records is not None:
+            with open(os.path.join(folder, name), "w") as f:
+                json.dump(records, f)
 
 
 def read(folder: str, device) -> tuple[dict, list[dict]]:
@@ -71,6 +74,16 @@ def load_weights(model, weights: dict, path: str) -> None:
     model.load_state_dict(weights)
 
 
+def read_attention(folder: str) -> list[dict]:
+    """The attention rows of a checkpoint folder; none in one without them (a ConvMixer's, or a
+    checkpoint written before runs measured attention)."""
+    path = os.path.join(folder, ATTENTION)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return json.load(f)
+
+
 def history_of(result) -> list[dict]:
     """Every epoch's metrics of a Ray Train Result or a Tune trial, from its latest checkpoint
     (complete across restarts)."""
@@ -79,3 +92,12 @@ def history_of(result) -> list[dict]:
     with result.checkpoint.as_directory() as folder:
         with open(os.path.join(folder, HISTORY)) as f:
             return json.load(f)
+
+
+def attention_of(result) -> list[dict]:
+    """Every measured epoch's attention rows of a Ray Train Result or a Tune trial, from its
+    latest checkpoint (complete across restarts, as `history_of`)."""
+    if result.checkpoint is None:
+        return []
+    with result.checkpoint.as_directory() as folder:
+        return read_attention(folder)

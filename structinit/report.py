@@ -4,7 +4,9 @@ mimetic and impulse − default (same configuration, same seed), with paired t-t
 Holm-adjusted over the table; the decomposition impulse − baseline = (pe_scaled − baseline) +
 (impulse − pe_scaled), each part named for what differs (PE scale, mimetic V/proj, Q/K); per
 (embed_dim, num_heads) cell the width conditions and the impulse setting the validation set picks;
-failed trials with their reasons; the plots it declares.
+the attention through training per arm (mean distance and the mass on the init's taps, at the init
+and at the end) and, for a study across training fractions, how much further it moves with more
+data; failed trials with their reasons; the plots it declares.
 
 A study declares its pairs and plots (Study.pairs, Study.plots); its runner records them in the
 study folder (`declare`), where `structinit report STUDY`, which knows the study by name only,
@@ -22,17 +24,33 @@ import pandas as pd
 from structinit import fidelity, results, tracking
 from structinit.config import label
 from structinit.paths import StudyPaths
-from structinit.stats import (EXACT_BELOW, arms, by_seed, ci95, comparisons, decomposition, holm, lost_seeds,
+from structinit.stats import (EXACT_BELOW, across_fractions, arms, attention_by_seed, attention_curves,
+                              attention_summary, by_seed, ci95, comparisons, decomposition, holm, lost_seeds,
                               paired_test, per_cell, varies_width, vit_conditions, whole_rank)
 from structinit.validate import check, sqlite_path, sqlite_store
 
 IMPULSE_PAIRS = (("impulse", "mimetic"), ("impulse", "default"), ("impulse", "torch_default"),
                  ("impulse", "pe_scaled"),  # ViT inits (torch_default: the footings' baseline)
+                 ("impulse", "conditioned"), ("impulse", "dct"), ("impulse", "mimetic_vo"),  # the attention-init
+                 ("conditioned", "torch_default"), ("dct", "torch_default"),  # baselines a reviewer asks for, and
+                 ("mimetic_vo", "torch_default"),  # whether each beats the footing's unstructured init at all
                  ("pe_scaled", "torch_default"), ("pe_scaled", "default"))  # the decomposition's PE part
 FILTER_PAIRS = (("frozen_random", "learned"), ("frozen_impulse", "learned"), ("frozen_box", "learned"))  # ConvMixer
 PAIRS = IMPULSE_PAIRS + FILTER_PAIRS  # a study that declares none: each pair where both inits ran
-PLOTS = ("curves", "heads_vs_dim", "filter_gap", "param_importances")  # each drawn where the results allow
-
+PLOTS = ("curves", "heads_vs_dim", "filter_gap", "param_importances", "attention")  # each where the results allow
+# What b is in a paired difference a - b, as the report names it
+BASELINES = {
+    "torch_default": "the unstructured init of PyTorch's defaults (the footings' baseline)",
+    "default": "timm's unstructured init",
+    "pe_scaled": "the control: all impulse writes but its Q/K solve (its PE scale; its V/proj where value_proj is "
+                 "mimetic)",
+    "mimetic": "mimetic init: Q/K and V/proj (Trockman & Kolter 2023)",
+    "mimetic_vo": "mimetic's V/proj alone, Q/K and PE at the base: on the followup footing impulse's V/proj init, "
+                  "so impulse - mimetic_vo is impulse's Q/K and PE scale on the same V/proj init",
+    "conditioned": "conditioned init: Q/K orthogonal, V = I, condition number 1 (Saratchandran, Lucey et al. 2026)",
+    "dct": "DCT init: W_K the orthonormal DCT-II (Pan et al. 2024, arXiv 2405.13901)",
+    "learned": "learned ConvMixer filters",
+}
 
 def declare(paths: StudyPaths, pairs: tuple, plots: tuple, reference: dict | None = None) -> None:
     """Record a study's pairs, plots and reference setting in its folder, for `structinit report`."""
@@ -196,7 +214,10 @@ def _diff(r) -> str:
     return f"{_pm(r.mean, r.ci95)} (p_holm {_p(r.p_holm)})"
 
 
-def markdown(study: str, table: pd.DataFrame, paired: pd.DataFrame, trials: pd.DataFrame, note: str = "") -> str:
+def markdown(study: str, table: pd.DataFrame, paired: pd.DataFrame, trials: pd.DataFrame, note: str = "",
+             attention: pd.DataFrame | None = None) -> str:
+    """The report's Markdown; `attention`: the attention rows (results.ATTENTION) of `trials`' models,
+    for its sections on the attention through training (none where it is None or empty)."""
     executions = sorted(trials["execution"].dropna().unique()) if "execution" in trials else []
     reused = int(trials["reused_from"].notna().sum()) if "reused_from" in trials else 0
     lines = [f"# {study}", "", f"{len(trials)} trials: " + ", ".join(
@@ -232,6 +253,9 @@ def markdown(study: str, table: pd.DataFrame, paired: pd.DataFrame, trials: pd.D
                   "|---|---|---|---|---|---|---|"]
         lines += [f"| {r.config} | {r.pair} | {r.n} | {_pm(r.mean, r.ci95)} | {_p(r.p)} | {r.test} | {_p(r.p_holm)} |"
                   for r in paired.itertuples()]
+        against = dict.fromkeys(pair.partition(" - ")[2] for pair in paired["pair"])
+        lines += ["", "What each difference a − b is measured against (b):", ""]
+        lines += [f"- {b}: {BASELINES.get(b, 'another setting of the same init')}" for b in against]
         lost = paired[paired["lost"] > 0]
         if len(lost):
             lines += ["", f"{int(lost['lost'].sum())} seed(s) in {len(lost)} comparison(s) ran but cannot pair (a side "
@@ -240,6 +264,8 @@ def markdown(study: str, table: pd.DataFrame, paired: pd.DataFrame, trials: pd.D
     done = arms(trials)
     lines += decomposition_lines(decomposition(done, paired))
     lines += cell_lines(per_cell(done, table, paired), paired)
+    _, summary, fractions = attention_tables(done, attention)
+    lines += attention_lines(summary) + fraction_lines(fractions)
     failed = trials[trials["status"] != "TERMINATED"]
     if len(failed):
         lines += ["", "Failed trials:", ""]
@@ -277,6 +303,82 @@ def decomposition_lines(parts: pd.DataFrame) -> list[str]:
     return lines
 
 
+def attention_tables(done: pd.DataFrame, attention: pd.DataFrame | None):
+    """(curves, per-arm summary, across fractions) of the attention through training of the arms
+    `done` (stats.attention_curves, attention_summary, across_fractions); empty without attention rows."""
+    curves = attention_curves(done, attention if attention is not None else pd.DataFrame())
+    seeds = attention_by_seed(curves)
+    return curves, attention_summary(seeds), across_fractions(seeds)
+
+
+def _span(r, key: str) -> str:
+    """A measure at the init and at the end, mean ± CI each."""
+    return (f"{_pm(getattr(r, f'{key}_init_mean'), getattr(r, f'{key}_init_ci95'))} → "
+            f"{_pm(getattr(r, f'{key}_final_mean'), getattr(r, f'{key}_final_ci95'))}")
+
+
+def attention_lines(summary: pd.DataFrame) -> list[str]:
+    """The Markdown section of the attention through training per arm; none without measures."""
+    if not len(summary):
+        return []
+    lines = ["", "## Attention through training", "",
+             "Each run's attention on its fixed batch of 64 held-out validation images, at the init (0 epochs) and "
+             "at the end: the mean attention distance in patches (over the patch queries, the attention-weighted "
+             "grid distance to the keys; a class token's share left out and the rest renormalised) and the mass on "
+             "the init's taps (impulse's solved taps; for every other init those an impulse head would have had, "
+             "the `cover` offsets), block means over heads; mean ± 95 % CI over seeds. A head at one tap of a 3×3 "
+             "window looks 0 (centre), 1 or √2 patches away; uniform attention 2.0 on a 4×4 grid, 8.3 on 16×16. "
+             "attention.png draws the distance at every checkpoint; attention.csv adds entropy and argmax hit.", "",
+             "| configuration | init | n | distance, block 0 | distance, last block | tap mass, all blocks |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r.config} | {r.init} | {r.n} | {_span(r, 'distance_b0')} | {_span(r, 'distance_last')} | "
+              f"{_span(r, 'mass_all')} |" for r in summary.itertuples()]
+    return lines
+
+
+def _moved(mean: float, ci: float, more: str, less: str, none: str) -> str:
+    """What a difference's 95 % CI shows: `more` (all above 0), `less` (all below), else `none`."""
+    if math.isnan(ci):
+        return "one seed: no CI"
+    return more if mean - ci > 0 else less if mean + ci < 0 else none
+
+
+def fraction_lines(fractions: pd.DataFrame) -> list[str]:
+    """The Markdown section on the attention across training fractions; none where no fraction varies."""
+    if not len(fractions):
+        return []
+    lines = ["", "## Attention across training fractions", "",
+             "Does an init's attention leave its initial taps more when it trains on more data? Each fraction "
+             "against the smallest, seed by seed: same init, setting and seed, so the same initial weights (but a "
+             "data-aware impulse's, solved on its own split's images), trained on more data. Differences (this "
+             "fraction − the smallest) of the final mean attention distance over all blocks (patches; > 0: it "
+             "reaches further), in block 0 and in the last block, and of the final mass on the init's taps over all "
+             "blocks (< 0: less of it stays there); mean ± 95 % CI; p of the all-block distance from its test (as "
+             "in the paired table), p (Holm) over this table's rows.", "",
+             "| init | setting | fraction − smallest | n | final distance (smallest → this) | "
+             "Δ distance, all blocks | p (Holm) | Δ block 0 | Δ last block | Δ tap mass |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in fractions.itertuples():
+        lines.append(f"| {r.init} | {r.setting} | {r.fraction:g} − {r.against:g} | {r.n} | "
+                     f"{r.against_distance_final:.2f} → {r.distance_final:.2f} | "
+                     f"{_pm(r.distance_all_final_mean, r.distance_all_final_ci95)} | {_p(r.p_holm)} | "
+                     f"{_pm(r.distance_b0_final_mean, r.distance_b0_final_ci95)} | "
+                     f"{_pm(r.distance_last_final_mean, r.distance_last_final_ci95)} | "
+                     f"{_pm(r.mass_all_final_mean, r.mass_all_final_ci95)} |")
+    largest = fractions[fractions["fraction"] == fractions.groupby(["init", "setting"])["fraction"].transform("max")]
+    for r in largest[largest["init"] == "impulse"].itertuples():
+        reach = _moved(r.distance_all_final_mean, r.distance_all_final_ci95, "reaches further",
+                       "stays closer", "shows no difference in reach (the CI holds 0)")
+        taps = _moved(r.mass_all_final_mean, r.mass_all_final_ci95, "keeps more on its initial taps",
+                      "keeps less on its initial taps", "shows no difference in its tap mass")
+        lines += ["", f"impulse{f' ({r.setting})' if r.setting != '(base)' else ''} at fraction {r.fraction:g} "
+                  f"against {r.against:g}: with more data its attention {reach} (final mean distance over all blocks "
+                  f"{r.against_distance_final:.2f} → {r.distance_final:.2f} patches, {r.distance_init:.2f} at the "
+                  f"init; difference {_pm(r.distance_all_final_mean, r.distance_all_final_ci95)}, p (Holm) "
+                  f"{_p(r.p_holm)}) and {taps} (mass {_pm(r.mass_all_final_mean, r.mass_all_final_ci95)})."]
+    return lines
+
+
 def cell_lines(cells: pd.DataFrame, paired: pd.DataFrame) -> list[str]:
     """The per-cell Markdown section (`stats.per_cell`); none for a study that does not vary embed_dim/num_heads."""
     if not len(cells):
@@ -300,8 +402,9 @@ def cell_lines(cells: pd.DataFrame, paired: pd.DataFrame) -> list[str]:
 
 
 def plots(folder: str, trials: pd.DataFrame, history: pd.DataFrame, paired: pd.DataFrame, optuna_url: str,
-          execution: str | None, wanted: tuple = PLOTS) -> list:
-    """The `wanted` plots (of PLOTS) the results allow, as PNGs in `folder`; returns their paths."""
+          execution: str | None, wanted: tuple = PLOTS, attention: pd.DataFrame | None = None) -> list:
+    """The `wanted` plots (of PLOTS) the results allow, as PNGs in `folder`; returns their paths.
+    `attention`: the attention rows of the trials' models (results.ATTENTION), for `attention`."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -353,6 +456,9 @@ def plots(folder: str, trials: pd.DataFrame, history: pd.DataFrame, paired: pd.D
                title="frozen minus learned filters (theory: gap closes at D ≥ k f²)")
         ax.legend(fontsize=8)
         made.append(_save(fig, os.path.join(folder, "filter_gap.png")))
+    curves = attention_tables(arms(trials), attention)[0] if "attention" in wanted else []
+    if len(curves):
+        made.append(attention_plot(curves, os.path.join(folder, "attention.png")))
     store = sqlite_path(optuna_url)
     if "param_importances" in wanted and execution and (store is None or os.path.exists(store)):  # read, not made
         import optuna
@@ -371,6 +477,31 @@ def plots(folder: str, trials: pd.DataFrame, history: pd.DataFrame, paired: pd.D
     return made
 
 
+def attention_plot(curves: pd.DataFrame, path: str) -> str:
+    """The mean attention distance against the epochs trained, per arm (mean ± std over seeds),
+    in block 0 (top) and the last block (bottom), one column per base configuration (e.g. each
+    training fraction); `curves`: stats.attention_curves' rows."""
+    import matplotlib.pyplot as plt
+
+    names = {arm: " ".join(x for x in (g["init"].iloc[0], g["label"].iloc[0]) if x) for arm, g in curves.groupby("arm")}
+    colors = {name: f"C{i % 10}" for i, name in enumerate(sorted(set(names.values())))}
+    bases = sorted(curves["base_label"].unique())
+    fig, axes = plt.subplots(2, len(bases), figsize=(5 * len(bases), 7), squeeze=False, sharey="row")
+    for col, base in enumerate(bases):
+        for row, (where, pick) in enumerate((("block 0", curves["block"] == 0), ("last block", curves["last"]))):
+            ax = axes[row][col]
+            for arm, g in curves[(curves["base_label"] == base) & pick].groupby("arm", sort=True):
+                c = g.groupby("epoch")["distance"].agg(["mean", "std"]).fillna(0)
+                ax.plot(c.index, c["mean"], marker="o", ms=3, color=colors[names[arm]], label=names[arm])
+                ax.fill_between(c.index, c["mean"] - c["std"], c["mean"] + c["std"], color=colors[names[arm]],
+                                alpha=0.15)
+            ax.set(xlabel="epochs trained (0: the init)", ylabel="mean attention distance (patches)",
+                   title=f"{base}: {where}" if base != "(base)" else where)
+        axes[0][col].legend(fontsize=7)
+    fig.suptitle("attention distance on held-out images per init (mean ± std over seeds)")
+    return _save(fig, path)
+
+
 def _save(fig, path: str) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -384,15 +515,17 @@ def report(study: str, storage: str = "runs", tracking_uri: str | None = None, o
            execution: str | None = None) -> str:
     """Build the report of a study's results -- of the executions that share the base of
     `execution` (default: the latest; `select`): print-ready Markdown; also written as report.md,
-    table.csv, paired.csv, decomposition.csv, cells.csv and plots under <storage>/<study>/report/,
-    and logged to the MLflow run of that execution."""
+    table.csv, paired.csv, decomposition.csv, cells.csv, attention.csv, fractions.csv and plots
+    under <storage>/<study>/report/, and logged to the MLflow run of that execution."""
     paths = StudyPaths(storage, study, optuna_url=optuna_url)
     pooled, history = results.load(paths.folder)
     trials, history, note = select(pooled, history, execution)
+    attention = results.load_attention(paths.folder)
+    attention = attention[attention["trial_id"].isin(set(history["trial_id"]))]  # the selected models' own
     pairs, wanted, reference = declared(paths)
     sqlite_store("optuna storage", paths.optuna)  # every record it reads is checked before it writes
     table, paired = summarize(trials, pairs, reference)
-    text = markdown(study, table, paired, trials, note)
+    text = markdown(study, table, paired, trials, note, attention)
     out = paths.report
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "report.md"), "w") as f:
@@ -402,8 +535,11 @@ def report(study: str, storage: str = "runs", tracking_uri: str | None = None, o
     done = arms(trials)
     decomposition(done, paired).to_csv(os.path.join(out, "decomposition.csv"), index=False)
     per_cell(done, table, paired).to_csv(os.path.join(out, "cells.csv"), index=False)
+    _, summary, fractions = attention_tables(done, attention)
+    summary.to_csv(os.path.join(out, "attention.csv"), index=False)
+    fractions.to_csv(os.path.join(out, "fractions.csv"), index=False)
     execution = execution or paths.execution()
-    plots(out, trials, history, paired, paths.optuna, execution, wanted)
+    plots(out, trials, history, paired, paths.optuna, execution, wanted, attention)
     run = execution and tracking.latest_run(tracking_uri or tracking.default_uri(), study, "execution", execution)
     if run:
         tracking.log_folder(run, out, "report")

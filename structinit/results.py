@@ -1,7 +1,9 @@
-"""Study results as Parquet: one row per trial, one row per trial-epoch, under explicit schemas.
+"""Study results as Parquet: one row per trial, one row per trial-epoch, one row per trial,
+measured epoch, block and head of its attention, under explicit schemas.
 
-Each study execution writes its own part (`<study>/results/{trials,history}/<execution>.parquet`),
-so executions append and a resumed execution rewrites only its own part; `load` reads them all.
+Each study execution writes its own part (`<study>/results/{trials,history,attention}/<execution>.parquet`),
+so executions append and a resumed execution rewrites only its own part; `load` and
+`load_attention` read them all.
 """
 from __future__ import annotations
 
@@ -55,11 +57,17 @@ HISTORY = pa.schema([
     ("val_top1", pa.float64()), ("val_loss", pa.float64()), ("test_top1", pa.float64()),
     ("test_loss", pa.float64()), ("lr", pa.float64()), ("images_per_s", pa.float64()),
     ("epoch_seconds", pa.float64()), ("val_top5", pa.float64()), ("test_top5", pa.float64()),
-    ("train_seconds", pa.float64()), ("eval_seconds", pa.float64()), ("setup_seconds", pa.float64()),
+    ("train_seconds", pa.float64()), ("eval_seconds", pa.float64()), ("attention_seconds", pa.float64()),
+    ("setup_seconds", pa.float64()),
     ("startup_seconds", pa.float64()), ("data_from_store", pa.float64()), ("final_test_top1", pa.float64()),
     ("test_top1_at_best_val", pa.float64()), ("best_val_top1", pa.float64()), ("best_val_epoch", pa.float64()),
     *((k, pa.float64()) for k in INIT),
 ])  # every metric a worker logs per epoch: `structinit sync` replays MLflow from these tables
+ATTENTION = pa.schema([
+    ("study", pa.string()), ("execution", pa.string()), ("trial_id", pa.string()), ("init", pa.string()),
+    ("seed", pa.int64()), ("epoch", pa.int64()), ("block", pa.int64()), ("head", pa.int64()),
+    ("distance", pa.float64()), ("entropy", pa.float64()), ("mass", pa.float64()), ("hit", pa.float64()),
+])  # attention.py's measures per block and head; `epoch`: the epochs trained when measured (0: the init)
 
 
 def _error(trial) -> str | None:
@@ -72,36 +80,45 @@ def _error(trial) -> str | None:
     return (reasons[-1] if reasons else lines[-1])[:2000] if lines else None
 
 
-def train_history(paths: StudyPaths, trial) -> list[dict]:
-    """Every epoch a Tune trial trained, from its latest checkpoint: its own (a trial that trained
-    itself) or its Ray Train run's; complete across restarts, unlike Tune's per-trial log, which
-    starts over when a trial restarts."""
+def train_history(paths: StudyPaths, trial) -> tuple[list[dict], list[dict]]:
+    """(every epoch, every attention measure) a Tune trial trained, from its latest checkpoint: its
+    own (a trial that trained itself) or its Ray Train run's; complete across restarts, unlike
+    Tune's per-trial log, which starts over when a trial restarts."""
     import ray.train
 
-    from structinit.checkpoint import history_of
+    from structinit.checkpoint import attention_of, history_of
 
     if trial.checkpoint is not None:
-        return history_of(trial)
+        return history_of(trial), attention_of(trial)
     try:
-        return history_of(ray.train.Result.from_path(f"{paths.train}/{paths.train_name(trial.trial_id)}"))
+        result = ray.train.Result.from_path(f"{paths.train}/{paths.train_name(trial.trial_id)}")
+        return history_of(result), attention_of(result)
     except RuntimeError:  # the trial never reached a checkpoint
-        return []
+        return [], []
+
+
+def attention_rows(base: dict, measured: list[dict]) -> list[dict]:
+    """A trial's rows of the attention table: its measures (train.watch_attention's rows) with the
+    trial's study, execution, id, init and seed (`base`)."""
+    return [{**base, **{k: m.get(k) for k in ATTENTION.names if k not in base}} for m in measured]
 
 
 STOPPED = "STOPPED"  # a trial a scheduler stopped before its last epoch (Tune says TERMINATED)
 
 
-def collect(study: str, execution: str, paths: StudyPaths, configure, study_base: str) -> tuple[list[dict], list[dict]]:
-    """Rows for every trial of one execution, from Tune's experiment state and each trial's latest
-    checkpoint (no cluster needed); `configure(config)` is a Tune trial's (TrialConfig, params).
-    A trial that reused another's result (runner.run_trial) has that result and no epochs."""
+def collect(study: str, execution: str, paths: StudyPaths, configure,
+            study_base: str) -> tuple[list[dict], list[dict], list[dict]]:
+    """Rows (trials, history, attention) of every trial of one execution, from Tune's experiment
+    state and each trial's latest checkpoint (no cluster needed); `configure(config)` is a Tune
+    trial's (TrialConfig, params). A trial that reused another's result (runner.run_trial) has
+    that result and no epochs or attention measures."""
     from ray.tune import ExperimentAnalysis
 
     analysis = ExperimentAnalysis(f"{paths.tune}/{execution}")
-    trials, history = [], []
+    trials, history, attention = [], [], []
     for t in analysis.trials:
         cfg, params = configure(t.config)
-        epochs = train_history(paths, t)
+        epochs, measured = train_history(paths, t)
         reused_from = (t.last_result or {}).get("reused_from")
         last = epochs[-1] if epochs else (t.last_result if reused_from else {})
         base = {"study": study, "execution": execution, "trial_id": t.trial_id, "config_key": config_key(params),
@@ -127,7 +144,8 @@ def collect(study: str, execution: str, paths: StudyPaths, configure, study_base
                        "params": canonical(params), "trial_config": canonical(flat)})
         history += [{**base, **{k: e.get(k) for k in HISTORY.names if k not in base and k != "study"}}
                     for e in epochs]
-    return trials, history
+        attention += attention_rows({k: base[k] for k in ("study", "execution", "trial_id", "init", "seed")}, measured)
+    return trials, history, attention
 
 
 def _write(rows: list[dict], schema: pa.Schema, path: str) -> str:
@@ -137,15 +155,19 @@ def _write(rows: list[dict], schema: pa.Schema, path: str) -> str:
     return path
 
 
-def write(folder: str, execution: str, trials: list[dict], history: list[dict]) -> dict:
-    """Write one execution's parts under a study folder; returns their paths and how many trials
-    ended in each status."""
+def write(folder: str, execution: str, trials: list[dict], history: list[dict],
+          attention: list[dict] | None = None) -> dict:
+    """Write one execution's parts under a study folder (its attention part where given: `sync`
+    rewrites only the trials and history it holds); returns their paths and how many trials ended
+    in each status."""
     from collections import Counter
 
     folder = os.path.join(folder, "results")
-    return {"trials": _write(trials, TRIALS, os.path.join(folder, "trials", f"{execution}.parquet")),
-            "history": _write(history, HISTORY, os.path.join(folder, "history", f"{execution}.parquet")),
-            "statuses": dict(Counter(t["status"] for t in trials))}
+    out = {"trials": _write(trials, TRIALS, os.path.join(folder, "trials", f"{execution}.parquet")),
+           "history": _write(history, HISTORY, os.path.join(folder, "history", f"{execution}.parquet"))}
+    if attention is not None:
+        out["attention"] = _write(attention, ATTENTION, os.path.join(folder, "attention", f"{execution}.parquet"))
+    return {**out, "statuses": dict(Counter(t["status"] for t in trials))}
 
 
 def _table(path: str, schema: pa.Schema) -> pa.Table:
@@ -168,6 +190,22 @@ def load(folder: str):
         tables = [_table(os.path.join(path, f), schema) for f in sorted(os.listdir(path)) if f.endswith(".parquet")]
         out.append((pa.concat_tables(tables) if tables else schema.empty_table()).to_pandas())
     return tuple(out)
+
+
+def load_attention(folder: str):
+    """The attention table of every execution under a study folder, as a pandas DataFrame (empty,
+    with its columns, for a study whose executions measured none: written before runs measured
+    attention, or of ConvMixers)."""
+    path = os.path.join(folder, "results", "attention")
+    files = sorted(f for f in os.listdir(path) if f.endswith(".parquet")) if os.path.isdir(path) else []
+    tables = [_table(os.path.join(path, f), ATTENTION) for f in files]
+    return (pa.concat_tables(tables) if tables else ATTENTION.empty_table()).to_pandas()
+
+
+def read_attention(folder: str, execution: str) -> list[dict]:
+    """The attention rows of one execution (none where it has no attention part)."""
+    path = os.path.join(folder, "results", "attention", f"{execution}.parquet")
+    return _table(path, ATTENTION).to_pylist() if os.path.exists(path) else []
 
 
 def trained(folder: str) -> list[tuple[dict, dict]]:

@@ -191,16 +191,17 @@ def run(study: Study, resume: bool = False, address: str | None = None, data: di
                     checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=2),  # of one-worker trials
                     failure_config=ray.tune.FailureConfig(max_failures=max(1, study.trial.max_failures))))
         tuner.fit()
-        trials, history = results.collect(study.name, execution, paths, partial(trial_config, study), study.base)
+        trials, history, attention = results.collect(study.name, execution, paths, partial(trial_config, study),
+                                                     study.base)
     except BaseException:
         tracking.finish(parent, "KILLED")
         raise
     ids = tracking.attempt(uri, "the study's records", lambda _: tracking.sync(uri, study.name, execution,
-                                                                                trials, history))
+                                                                                trials, history, attention))
     report.log_summary(parent, trials, study.pairs, study.reference)
     for t in trials:
         t["mlflow_run_id"] = (ids or {}).get(t["trial_id"])
-    out = results.write(paths.folder, execution, trials, history)
+    out = results.write(paths.folder, execution, trials, history, attention)
     if ids is None:
         warnings.warn(f"MLflow at {tracking.shown(uri)} was unreachable when study {study.name} ended: the MLflow "
                       f"records of its {len(trials)} trials ({len(history)} epochs) may be incomplete; the Parquet tables are "

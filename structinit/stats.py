@@ -3,7 +3,8 @@ of a mean over seeds, the paired test of per-seed differences: exact sign flips 
 equal differences, else the t-test; Holm's step-down adjustment for the many comparisons one
 study makes at once), and of a study's trials (its arms and their pairs; the decomposition of a
 gain into what pe_scaled adds, PE scale and V/proj, and Q/K structure; the impulse setting each
-heads x dim cell's validation accuracy picks). report.py builds its tables from these and presents them."""
+heads x dim cell's validation accuracy picks; the attention through training per arm, and across
+training fractions). report.py builds its tables from these and presents them."""
 from __future__ import annotations
 
 import json
@@ -14,6 +15,7 @@ import pandas as pd
 from scipy import stats
 
 from structinit import results
+from structinit.attention import MEASURES
 from structinit.config import label
 
 
@@ -359,3 +361,97 @@ def per_cell(done: pd.DataFrame, table: pd.DataFrame, paired: pd.DataFrame) -> p
     return pd.DataFrame(out, columns=["embed_dim", "num_heads", "h_ge_f2", "head_dim_ge_k", "theory", "config",
                                       "setting", "settings", "best_val_top1_mean", "final_test_top1_mean",
                                       "final_test_top1_ci95", "n"])
+
+
+# ---- attention through training (attention.py) ---------------------------------------------
+
+SCOPES = ("b0", "last", "all")  # block 0, the model's last block, the mean over every block
+
+
+def attention_curves(done: pd.DataFrame, attention: pd.DataFrame) -> pd.DataFrame:
+    """Per arm, seed, measured epoch and block of `done` (`arms`' rows): each measure's mean over
+    the block's heads, from the attention rows (results.ATTENTION) of the trial that trained the
+    model (a reused trial's: the one it reused); `last` marks the model's last block."""
+    columns = ["arm", "init", "config", "base_label", "label", "seed", "fraction", "requested", "params", "epoch",
+               "block", "last", *MEASURES]
+    if not len(done) or not len(attention):
+        return pd.DataFrame(columns=columns)
+    blocks = attention.groupby(["trial_id", "epoch", "block"], as_index=False)[list(MEASURES)].mean()
+    blocks["last"] = blocks["block"] == blocks.groupby("trial_id")["block"].transform("max")
+    source = done.assign(source=done["reused_from"].fillna(done["trial_id"]))
+    return source.merge(blocks, left_on="source", right_on="trial_id")[columns]
+
+
+def attention_by_seed(curves: pd.DataFrame) -> pd.DataFrame:
+    """One row per arm and seed (`attention_curves`' rows): each measure at the init (`_init`, 0
+    epochs trained) and at the end (`_final`, the trial's last measured epoch), in block 0
+    (`_b0_`), the last block (`_last_`) and over all blocks (`_all_`), e.g. `distance_b0_final`."""
+    rows = []
+    for (arm, seed), g in curves.groupby(["arm", "seed"], sort=True):
+        row = {"arm": arm, "seed": seed, **{c: g[c].iloc[0] for c in ("init", "config", "base_label", "label",
+                                                                       "fraction", "requested", "params")}}
+        for at, epoch in (("init", 0), ("final", g["epoch"].max())):
+            e = g[g["epoch"] == epoch]
+            for m in MEASURES:
+                for scope, values in zip(SCOPES, (e.loc[e["block"] == 0, m], e.loc[e["last"], m], e[m])):
+                    row[f"{m}_{scope}_{at}"] = values.mean() if len(values) else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def attention_summary(seeds: pd.DataFrame) -> pd.DataFrame:
+    """Per arm (`attention_by_seed`'s rows): the mean and 95 % CI half-width over seeds of every
+    measure at the init and at the end, in block 0, the last block and over all blocks
+    (`distance_b0_final_mean`, `..._ci95`), and n, the seeds."""
+    rows = []
+    keys = [f"{m}_{s}_{at}" for m in MEASURES for s in SCOPES for at in ("init", "final")]
+    for arm, g in seeds.groupby("arm", sort=True) if len(seeds) else ():
+        row = {"config": g["config"].iloc[0], "init": g["init"].iloc[0], "arm": arm, "n": len(g)}
+        for key in keys:
+            m, _, h, _ = ci95(g[key])
+            row.update({f"{key}_mean": m, f"{key}_ci95": h})
+        rows.append(row)
+    out = pd.DataFrame(rows, columns=["config", "init", "arm", "n",
+                                      *(f"{k}_{x}" for k in keys for x in ("mean", "ci95"))])
+    return out.sort_values(["config", "init"], kind="stable").reset_index(drop=True)
+
+
+ACROSS = ("distance_all_final", "distance_b0_final", "distance_last_final", "mass_all_final")  # what moves
+
+
+def across_fractions(seeds: pd.DataFrame) -> pd.DataFrame:
+    """For a study whose arms differ in `fraction` (a new kind of pairing, across bases): per init,
+    setting and the rest of the configuration, each fraction against the smallest, seed by seed
+    (same init, setting and seed; the bases differ in the fraction only, so the initial weights are
+    the same, but for a data-aware impulse's, solved on its own split's images): the differences of
+    the final mean attention distance over all blocks, in block 0 and in the last block, and of the
+    final mass on the init's taps over all blocks (`ACROSS`: `<key>_mean`, `<key>_ci95`); `p` and
+    `test` (paired_test) of the all-block distance, `p_holm` Holm's over these rows; the all-block
+    distance at the init and at the end at both fractions.
+    `seeds`: `attention_by_seed`'s rows. Empty where no fraction varies."""
+    columns = ["init", "setting", "fraction", "against", "n", *(f"{k}_{x}" for k in ACROSS for x in ("mean", "ci95")),
+               "p", "test", "distance_init", "distance_final", "against_distance_final"]
+    if not len(seeds) or seeds["fraction"].nunique() < 2:
+        return pd.DataFrame(columns=[*columns, "p_holm"])
+    rest = seeds["params"].map(lambda p: json.dumps({k: v for k, v in json.loads(p or "{}").items()
+                                                     if k != "fraction"}, sort_keys=True))
+    rows = []
+    for (init, _, other), g in seeds.assign(rest=rest).groupby(["init", "requested", "rest"], sort=True):
+        fractions = sorted(g["fraction"].unique())
+        low = g[g["fraction"] == fractions[0]].set_index("seed")
+        for fraction in fractions[1:]:
+            high = g[g["fraction"] == fraction].set_index("seed")
+            row = {"init": init, "setting": label(other), "fraction": fraction, "against": fractions[0],
+                   "distance_init": high["distance_all_init"].mean(),
+                   "distance_final": high["distance_all_final"].mean(),
+                   "against_distance_final": low["distance_all_final"].mean()}
+            for key in ACROSS:
+                m, _, h, _ = ci95((high[key] - low[key]).dropna())
+                row.update({f"{key}_mean": m, f"{key}_ci95": h})
+            diff = (high["distance_all_final"] - low["distance_all_final"]).dropna()
+            row["n"] = len(diff)
+            row["p"], row["test"] = paired_test(diff)
+            rows.append(row)
+    out = pd.DataFrame(rows, columns=columns)
+    out["p_holm"] = holm(out["p"])
+    return out

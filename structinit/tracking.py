@@ -27,6 +27,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT, MLFLOW_GIT_DIRTY, MLFLOW_PARENT_RUN_ID
 
 from structinit import provenance
+from structinit.attention import block_metrics
 from structinit.config import label
 from structinit.validate import check as check_value, sqlite_path, sqlite_store
 
@@ -319,10 +320,12 @@ STATUS = {"TERMINATED": "FINISHED", "STOPPED": "FINISHED", "ERROR": "FAILED"}  #
 # results.STOPPED: stopped by the scheduler) -> MLflow's; others KILLED
 
 
-def sync(uri: str, study: str, execution: str, trials: list[dict], history: list[dict]) -> dict[str, str]:
+def sync(uri: str, study: str, execution: str, trials: list[dict], history: list[dict],
+         attention: list[dict] = ()) -> dict[str, str]:
     """Make MLflow hold one study execution as its Parquet rows do, writing only what it lacks:
-    the parent run; one child run per trial (params, tags); every epoch's metrics; each run's
-    final status and a failed trial's error. Child runs of trials that Tune no longer has (a study
+    the parent run; one child run per trial (params, tags); every epoch's metrics and every
+    measured epoch's attention (per block, attention.block_metrics, at the epochs trained); each
+    run's final status and a failed trial's error. Child runs of trials that Tune no longer has (a study
     driver killed before Tune saved them; their configurations ran again as new trials) are
     deleted (recoverable: `mlflow runs restore`). Idempotent. Returns {trial_id: run id}."""
     client = MlflowClient(uri)
@@ -335,6 +338,9 @@ def sync(uri: str, study: str, execution: str, trials: list[dict], history: list
     epochs: dict[str, list[dict]] = {}
     for h in history:
         epochs.setdefault(h["trial_id"], []).append(h)
+    measured: dict[str, dict[int, list[dict]]] = {}
+    for a in attention:
+        measured.setdefault(a["trial_id"], {}).setdefault(a["epoch"], []).append(a)
     ids = {}
     for t in trials:
         found = existing.get(t["trial_id"])
@@ -348,6 +354,10 @@ def sync(uri: str, study: str, execution: str, trials: list[dict], history: list
         ts = int(time.time() * 1000)
         batch = [m for e in epochs.get(t["trial_id"], []) if e["epoch"] not in logged
                  for m in _metrics({k: v for k, v in e.items() if k not in ("seed",)}, e["epoch"], ts)]
+        if t["trial_id"] in measured:
+            seen = {m.step for m in client.get_metric_history(run_id, "attn_distance/b0")}
+            batch += [m for step, rows in sorted(measured[t["trial_id"]].items()) if step not in seen
+                      for m in _metrics(block_metrics(rows), step, ts)]
         for i in range(0, len(batch), 1000):  # MLflow takes at most 1000 metrics per batch
             client.log_batch(run_id, metrics=batch[i:i + 1000])
         if t.get("error"):

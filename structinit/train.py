@@ -30,7 +30,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from structinit import checkpoint, cluster, fidelity, rank, tracking
+from structinit import attention, checkpoint, cluster, fidelity, rank, tracking
 from structinit import data as datasets
 from structinit.config import TrialConfig, build_model, data_kwargs, identity, weights_digest
 from structinit.inits import needs_images
@@ -219,6 +219,16 @@ def log_init(run: tracking.Run, model, init, measured: dict) -> None:
         tracking.log_init(run, folder, init.solve_seconds)
 
 
+def watch_attention(model, init, images: torch.Tensor, trained: int, rows: list[dict]) -> tuple[dict, float]:
+    """Measure the model's attention on `images` (attention.measure) after `trained` epochs (0: the
+    init), adding its rows, each with `epoch` = trained, to `rows`; returns (each block's head
+    means as MLflow metrics, the seconds it took)."""
+    start = time.perf_counter()
+    measured = attention.measure(model, init, images)
+    rows += [{"epoch": trained, **r} for r in measured]
+    return attention.block_metrics(measured), time.perf_counter() - start
+
+
 def usable(device: torch.device) -> torch.device:
     """The accelerator Ray gave this process, or the CPU where torch cannot use it (a node that
     advertises a GPU without a driver: the fake-GPU nodes of the cluster tests). The fallback
@@ -298,7 +308,14 @@ def train_loop(config: dict, session: Session) -> dict | None:
     the end, in one pass that evaluates the final model (`final_test_top1`) and the best-validation
     one (`test_top1_at_best_val`); every epoch too with `test_every_epoch`. A checkpoint is written
     every `checkpoint_every` epochs and at the end; a resume replays the epochs since the last one
-    exactly (each epoch is seeded from seed, rank and epoch) and logs to MLflow only what it lacks."""
+    exactly (each epoch is seeded from seed, rank and epoch) and logs to MLflow only what it lacks.
+
+    A ViT's attention is measured on the same held-out images at the init and wherever a checkpoint
+    is written (attention.py), on rank 0: per block and head in the checkpoint (`attention.json`),
+    per block to MLflow (`attn_distance/b0`, ...) with the epochs trained as the step (0: the init;
+    the measure after epoch e is step e + 1). `attention_seconds` is the time those measures took
+    since the previous epoch's report: part of its `eval_seconds`, and the first epoch's also holds
+    the init's (in `setup_seconds`)."""
     import ray
 
     entered = time.perf_counter()
@@ -313,6 +330,7 @@ def train_loop(config: dict, session: Session) -> dict | None:
                                            config.get("built"))
     sample = datasets.held_out(d, 64, cfg.seed)  # validation images (training without a split), never test ones
     fid, measured = initial_measures(model, cfg, init, sample)
+    watch = ctx.rank == 0 and bool(init.offsets)  # a ViT (a ConvMixer has no attention); rank 0 checkpoints
     weights = weights_digest(model)
     fid.update(identity=identity(cfg, weights), weights=weights)  # reported with every epoch (not to MLflow)
     if config.get("identity") not in (None, fid["identity"]):
@@ -348,14 +366,22 @@ def train_loop(config: dict, session: Session) -> dict | None:
     evaluation = dict(device=ctx.device, dtype=dtype, world=ctx.world)
 
     start, updates, history, best, logged = 0, 0, [], {"epoch": None, "val_top1": -math.inf, "model": None}, -1
+    held_out, attention_rows, spent, logged_attention = sample.to(ctx.device), [], 0.0, -1
+    if ctx.rank == 0 and run is not None and watch:
+        logged_attention = tracking.last_step(run, "attn_distance/b0")
     if latest is not None:
         with latest.as_directory() as folder:
             state, history = checkpoint.read(folder, ctx.device)
+            attention_rows = checkpoint.read_attention(folder)
         raw.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         start, updates, best = state["epoch"] + 1, state["updates"], state.get("best", best)  # older: none kept
+    elif watch:  # the init's attention, before any training
+        means, spent = watch_attention(raw, init, held_out, 0, attention_rows)
+        if run is not None and logged_attention < 0:
+            tracking.log_epoch(run, means, step=0)
     if ctx.rank == 0 and run is not None:  # epochs an interrupted attempt logged after the checkpoint (or
         logged = tracking.last_step(run, "train_loss")  # before the first): replayed exactly, logged once
     if start >= r.epochs and history:  # finished before a restart (its study driver was killed): report, train nothing
@@ -378,6 +404,7 @@ def train_loop(config: dict, session: Session) -> dict | None:
                                 updates=updates)
         updates = stats["updates"]
         t1, last = time.perf_counter(), epoch == r.epochs - 1
+        saved = ctx.rank == 0 and (last or (epoch + 1) % cfg.checkpoint_every == 0)  # a checkpoint, attention measured
         val = evaluate([raw], loaders["val"], **evaluation)[0] if len(d.val) else {}
         if val and val["top1"] > best["val_top1"]:  # every rank sees the same (all-reduced) accuracy
             best = {"epoch": epoch, "val_top1": val["top1"],
@@ -392,6 +419,12 @@ def train_loop(config: dict, session: Session) -> dict | None:
                    "data_from_store": float(shared is not None), **fid}
         if last:
             metrics.update(final_summary(test, at_best[0] if at_best else test, best, epoch))
+        if watch and saved:
+            means, seconds = watch_attention(raw, init, held_out, epoch + 1, attention_rows)
+            spent += seconds
+            if run is not None and epoch + 1 > logged_attention:
+                tracking.log_epoch(run, means, step=epoch + 1)
+        metrics["attention_seconds"], spent = spent, 0.0
         metrics["eval_seconds"] = time.perf_counter() - t1
         metrics["epoch_seconds"] = time.perf_counter() - t0
         history.append(metrics)
@@ -399,11 +432,11 @@ def train_loop(config: dict, session: Session) -> dict | None:
             tracking.log_epoch(run, metrics, step=epoch)
         with tempfile.TemporaryDirectory() as folder:
             ckpt = None
-            if ctx.rank == 0 and (last or (epoch + 1) % cfg.checkpoint_every == 0):
+            if saved:
                 checkpoint.write(folder, {"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
                                           "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                                           "epoch": epoch, "updates": updates, "best": best,
-                                          "config": cfg.to_dict()}, history)
+                                          "config": cfg.to_dict()}, history, attention_rows if watch else None)
                 ckpt = session.Checkpoint.from_directory(folder)
             session.report(metrics, checkpoint=ckpt)
         if bar is not None:

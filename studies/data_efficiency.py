@@ -1,4 +1,8 @@
-"""Data efficiency: accuracy against the share of training data, per init (with the PE-scale control).
+"""Data efficiency: accuracy against the share of training data, per init (with the PE-scale control),
+and the papers' flexibility question: does impulse's attention leave its initial taps more when it
+trains on more data? Every run records its attention through training (attention.py); the report
+draws the mean attention distance per fraction (`attention`) and pairs each fraction's final
+distance with the smallest's, seed by seed (stats.across_fractions).
 
     python studies/data_efficiency.py [--preset smoke|cpu|paper] ...
     structinit report data_efficiency
@@ -16,7 +20,7 @@ def study(fractions, trial, seeds):
     grid = {"fraction": list(fractions)}
     return Study("data_efficiency", trial, partial(categorical, **grid), grid=grid,
                  inits=("impulse", "pe_scaled", "mimetic", "default"), seeds=seeds, pairs=IMPULSE_PAIRS,
-                 plots=("curves", "param_importances"))
+                 plots=("curves", "attention", "param_importances"))
 
 
 PRESETS = {

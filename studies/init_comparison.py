@@ -21,6 +21,12 @@ vs 1.0 on `cpu`) and ||W_q|| (7 vs 3.4); the report's table shows both arms' mas
 The paper preset matches the same way on each dataset. `--set init.match_pe_mass=false` runs the
 unmatched `data` arm.
 
+The `cpu` and paper presets also train the attention-init baselines a reviewer asks for (issue
+29): `conditioned`, `dct` and `mimetic_vo` (mimetic's V/proj alone: on this footing impulse's own
+V/proj init, so impulse - mimetic_vo is impulse's Q/K and PE scale on the same V/proj init), paired
+by seed like every arm, each against impulse and against the footing's baseline
+(report.IMPULSE_PAIRS).
+
     python studies/init_comparison.py [--preset smoke|cpu|cpu_v1|paper] [--seeds 0,1,2,3,4] ...
     structinit report init_comparison         (cpu_v1: init_comparison_v1)
 """
@@ -35,6 +41,7 @@ from structinit.study import Study
 
 INITS = ("impulse", "pe_scaled", "mimetic", "default")
 FOLLOWUP = ("impulse", "pe_scaled", "mimetic", FOOTINGS["followup"].baseline)
+ATTENTION_BASELINES = ("conditioned", "dct", "mimetic_vo")  # closed-form attention inits of other papers
 V1 = ("impulse", "mimetic", FOOTINGS["v1"].baseline)  # a fixed PE keeps scale 1: pe_scaled would be the baseline
 BOTH = ("pe", "data")  # impulse solved on the PE, and layer by layer on training images
 MATCHED = dict(match_pe_mass=True)  # the data arm at the pe arm's realised mass on the images
@@ -43,14 +50,15 @@ MATCHED = dict(match_pe_mass=True)  # the data arm at the pe arm's realised mass
 def study(datasets, trial, seeds, inits=INITS, pseudo_inputs=("pe",), name="init_comparison"):
     grid = {"dataset": list(datasets), "init.pseudo_input": list(pseudo_inputs)}
     return Study(name, trial, partial(categorical, **grid), grid=grid, inits=inits, seeds=seeds,
-                 pairs=IMPULSE_PAIRS, plots=("curves", "param_importances"))
+                 pairs=IMPULSE_PAIRS, plots=("curves", "attention", "param_importances"))
 
 
 PRESETS = {
     "smoke": lambda: study(["digits"], make("digits", recipe_overrides=dict(epochs=2, warmup_epochs=0),
                                             model_overrides=dict(depth=2, pos_embed="learn")), (0,)),
     "cpu": lambda: study(["digits"], make("digits", recipe_overrides=dict(epochs=30), footing="followup",
-                                          fraction=0.25, init_overrides=MATCHED), (0, 1, 2, 3, 4), FOLLOWUP, BOTH),
+                                          fraction=0.25, init_overrides=MATCHED), (0, 1, 2, 3, 4),
+                         FOLLOWUP + ATTENTION_BASELINES, BOTH),
     "cpu_v1": lambda: study(["digits"], make("digits", recipe_overrides=dict(epochs=30), footing="v1", fraction=0.25,
                                              init_overrides=dict(solver="closed_form", target_mass=0.5,
                                                                  qk="per_block", offsets="cover", **MATCHED)),
@@ -58,7 +66,7 @@ PRESETS = {
     # CIFAR-10/100 and SVHN share one root in torchvision's layout; ViT-T/2 at 32 px
     "paper": lambda: study(["cifar10", "cifar100", "svhn"],
                            make("cifar10", data_root="/data", gpu=True, cpus_per_worker=4, footing="followup",
-                                init_overrides=MATCHED), (0, 1, 2, 3, 4), FOLLOWUP, BOTH),
+                                init_overrides=MATCHED), (0, 1, 2, 3, 4), FOLLOWUP + ATTENTION_BASELINES, BOTH),
 }
 
 if __name__ == "__main__":

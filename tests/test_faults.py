@@ -274,12 +274,15 @@ def test_mlflow_down_mid_study_training_goes_on_and_sync_writes_the_rest(tmp_pat
         counts = {}
         for r in runs:
             assert epochs_logged(uri, r.info.run_id) == list(range(6))  # every epoch, once
+            attention = sorted(m.step for m in client.get_metric_history(r.info.run_id, "attn_distance/b0"))
+            assert attention == [0, 5, 6]  # the init, the checkpoint, the end: what Parquet holds, once each
             counts[r.info.run_id] = len(client.get_metric_history(r.info.run_id, "test_top1"))
         assert client.get_run(out["parent_run_id"]).info.status == "FINISHED"
         assert set(pd.read_parquet(out["trials"]).mlflow_run_id) == {r.info.run_id for r in runs}
         again = subprocess.run(sync, cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert again.returncode == 0
         assert all(len(client.get_metric_history(i, "test_top1")) == n for i, n in counts.items())  # idempotent
+        assert all(len(client.get_metric_history(i, "attn_distance/b0")) == 3 for i in counts)
     finally:
         stop(server)
         log.close()

@@ -10,7 +10,7 @@ LAYERS = [  # bottom to top
     ["validate", "paths", "footings", "provenance"],
     ["recipes", "data", "models", "spaces", "structinit"],  # structinit: the package's __init__
     ["inits", "rank"],
-    ["fidelity", "config"],
+    ["fidelity", "config", "attention"],
     ["checkpoint", "cluster", "registry"],
     ["tracking"],
     ["train", "results", "report", "stats"],

@@ -244,12 +244,17 @@ def test_smoke_study_end_to_end(smoke_study):
     assert all(len(client.get_metric_history(r.info.run_id, "test_top1")) == 1 for r in children)  # at the end only
     assert summary["dataset_reads"] == 1 and (history.data_from_store == 1).all()  # read once, shared by 3 trials
     assert trials.test_top1_at_best_val.notna().all() and trials.final_test_top1.notna().all()
+    attention = pd.read_parquet(summary["attention"])  # measured at the init and the last epoch (no checkpoint between)
+    assert attention.groupby("trial_id")["epoch"].unique().map(sorted).to_dict() == {t: [0, 2] for t in trials.trial_id}
+    assert all(sorted(m.step for m in client.get_metric_history(r.info.run_id, "attn_distance/b0")) == [0, 2]
+               for r in children)  # each block's means, the epochs trained as the step
 
     rep = smoke_study["report"]
     assert "| embed_dim=" in rep and "impulse - mimetic" in rep and "impulse - default" in rep
     assert (tmp_path / "runs" / "heads_vs_dim" / "report" / "table.csv").exists()
     parent_artifacts = {a.path for a in client.list_artifacts(summary["parent_run_id"], "report")}
     assert "report/report.md" in parent_artifacts and "report/curves.png" in parent_artifacts
+    assert "## Attention through training" in rep and "report/attention.png" in parent_artifacts
 
 
 STUDY_SCRIPTS = sorted((Path(__file__).parent.parent / "studies").glob("*.py"))
@@ -290,3 +295,30 @@ def test_heads_vs_dim_searches_the_impulse_settings_and_pairs_pe_scaled_on_a_lea
         assert ("init.pe_scale" in trial.params) == learned
         cfg, _ = trial_config(study, {**trial.params, "model.num_heads": 2, TRIAL_INDEX: 0})
         assert cfg.init.solver == "closed_form" and cfg.init.factor_norm is None
+
+
+def test_init_comparison_pairs_the_attention_init_baselines_by_seed():
+    """init_comparison's cpu and paper presets train conditioned, dct and mimetic_vo beside the
+    footing's baseline; each is paired by seed with impulse and with torch_default, and the report
+    names what each difference is measured against."""
+    import importlib.util
+
+    script = Path(__file__).parent.parent / "studies" / "init_comparison.py"
+    spec = importlib.util.spec_from_file_location("study_init_comparison", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for preset in ("cpu", "paper"):
+        study = module.PRESETS[preset]()
+        assert {"conditioned", "dct", "mimetic_vo", "torch_default"} <= set(study.inits)
+        assert "attention" in study.plots
+    inits = ("impulse", "pe_scaled", "torch_default", "conditioned", "dct", "mimetic_vo")
+    rows = arm_rows({"dataset": "digits"}, {i: (lambda s, k=k: (70.0 + k + s * (k % 2), 70.0)) for k, i in
+                                           enumerate(inits)})
+    trials = pd.DataFrame(rows)
+    table, paired = summarize(trials, module.IMPULSE_PAIRS)
+    got = set(paired.pair)
+    assert {f"impulse - {b}" for b in ("conditioned", "dct", "mimetic_vo")} <= got
+    assert {f"{a} - torch_default" for a in ("conditioned", "dct", "mimetic_vo")} <= got
+    assert (paired.n == 5).all()
+    text = markdown("s", table, paired, trials)
+    assert "- conditioned: conditioned init" in text and "- mimetic_vo: mimetic's V/proj alone" in text

@@ -8,7 +8,7 @@ import pytest
 from ray.train import TrainingFailedError
 
 from structinit import tracking
-from structinit.checkpoint import history_of
+from structinit.checkpoint import attention_of, history_of
 from structinit.config import make
 from structinit.train import fit
 
@@ -30,6 +30,8 @@ def test_digits_beats_chance_with_two_ddp_workers(ray_local, tmp_path):
     assert all("test_top1" not in h for h in history[:-1])
     assert history[0]["init_mass_pseudo"] == pytest.approx(0.9, abs=0.05)
     assert all(h["images_per_s"] > 0 for h in history)
+    measured = attention_of(result)  # rank 0's, at the init, the epoch-5 checkpoint and the end
+    assert sorted({m["epoch"] for m in measured}) == [0, 5, 8] and len(measured) == 3 * 4 * 4  # nano: 4 x 4 heads
 
 
 def test_killed_worker_resumes_from_a_cadenced_checkpoint_to_the_same_result(ray_local, tmp_path):

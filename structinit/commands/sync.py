@@ -29,13 +29,14 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if args.execution:
             check("execution", args.execution, f"one of {names}", args.execution in names)
             names = [args.execution]
-        tables = {execution: results.read(folder, execution) for execution in names}  # all read before any write
+        tables = {execution: (*results.read(folder, execution), results.read_attention(folder, execution))
+                  for execution in names}  # all read before any write
         pairs = report.declared(paths)[0]
         tracking.check(uri)
     except ValueError as err:
         parser.refuse(err)
-    for execution, (trials, history) in tables.items():
-        ids = tracking.sync(uri, args.study, execution, trials, history)
+    for execution, (trials, history, attention) in tables.items():
+        ids = tracking.sync(uri, args.study, execution, trials, history, attention)
         report.log_summary(tracking.latest_run(uri, args.study, "execution", execution), trials, pairs)
         for t in trials:
             t["mlflow_run_id"] = ids.get(t["trial_id"])
