@@ -321,10 +321,10 @@ def decomposition(done: pd.DataFrame, paired: pd.DataFrame) -> pd.DataFrame:
             common = pd.DataFrame({"impulse": by_seed(imp), "pe_scaled": by_seed(control[0]),
                                    base: by_seed(g[g["init"] == base])}).dropna()
             value_proj, added, structure = control_parts(pd.concat([imp, control[0]]))
-            for part, a, b in ((added, "pe_scaled", base), (structure, "impulse", "pe_scaled"),
-                               ("total", "impulse", base)):
+            for part, a, b, named in ((added, "pe_scaled", base, control[0]["config"].iloc[0]),
+                                      (structure, "impulse", "pe_scaled", config), ("total", "impulse", base, config)):
                 m, s, h, n = ci95(common[a] - common[b])
-                row = paired[(paired["config"] == config) & (paired["pair"] == f"{a} - {b}")]
+                row = paired[(paired["config"] == named) & (paired["pair"] == f"{a} - {b}")]  # its arm a's row
                 rows.append({"config": config, "baseline": base, "value_proj": value_proj, "part": part,
                              "pair": f"{a} - {b}", "mean": m, "ci95": h, "n": n,
                              "p_holm": row["p_holm"].iloc[0] if len(row) else math.nan,

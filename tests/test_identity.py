@@ -14,7 +14,7 @@ from structinit.config import make, trained, weights_digest, with_overrides
 from structinit.inits import INITS, READS, InitConfig, apply_init, setting
 from structinit.models import create
 from structinit.report import select, summarize
-from structinit.stats import arms, per_cell
+from structinit.stats import arms, decomposition, per_cell
 
 # A valid other value for every InitConfig field an init might not read (on a model with an 8x8 grid).
 OTHER = dict(base="torch", filter_size=5, offsets="random", pseudo_input="uniform", data_images=32,
@@ -183,3 +183,18 @@ def test_a_study_trains_each_model_once(ray_local, tmp_path):
     assert "2 trained, 2 reused" in text and summaries[1]["execution"] in text.split("left out")[1]
     table = pd.read_csv(first.paths.report + "/table.csv")
     assert (table.n == 1).all() and len(table) == 2  # each model once, the other base's not among them
+
+
+def test_the_decomposition_reads_each_part_from_its_own_arms_row():
+    """impulse at two settings and one pe_scaled arm (it reads none of impulse's knobs): the
+    decomposition's first part is the paired table's pe_scaled − baseline row, whose label is
+    pe_scaled's, not impulse's."""
+    scores = {("impulse", '{"pseudo_input": "pe"}'): ("p", lambda s: 87.0 + s),
+              ("impulse", '{"pseudo_input": "data"}'): ("d", lambda s: 91.0 - s),
+              ("pe_scaled", "{}"): ("c", lambda s: 90.0 + s * s), ("torch_default", "{}"): ("b", lambda s: 60.0 + s)}
+    trials = pd.DataFrame(rows("B", "S", "e", scores, seeds=range(6), init_pe_scale=18.0, value_proj="mimetic"))
+    table, paired = summarize(trials, (("impulse", "pe_scaled"), ("pe_scaled", "torch_default")))
+    parts = decomposition(arms(trials), paired)
+    control = paired[paired.pair == "pe_scaled - torch_default"].iloc[0]
+    first = parts[parts.pair == "pe_scaled - torch_default"]
+    assert len(first) == 2 and (first.n_paired == 6).all() and (first.p_holm == control.p_holm).all()
