@@ -27,7 +27,8 @@ CONFIG = ("dataset", "fraction", "model.name", "model.embed_dim", "model.num_hea
 # resolves to, recorded for every init although only impulse and pe_scaled multiply the PE by it. Tables written
 # before a column existed read it as null.
 INIT = ("init_mass_pseudo", "init_hit_pseudo", "init_mass_data", "init_hit_data", "init_hit_chance", "init_wq_norm",
-        "init_wk_norm", "init_gain", "init_pe_scale", "init_rank_k", "init_stable_rank", "init_width_ratio")  # measured at init, reported with every epoch
+        "init_wk_norm", "init_gain", "init_pe_scale", "init_rank_k", "init_stable_rank", "init_width_ratio",
+        "init_mass_solved")  # measured at init, reported with every epoch
 ARROW = {int: pa.int64(), float: pa.float64(), str: pa.string(), bool: pa.bool_()}
 
 

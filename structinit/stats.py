@@ -215,11 +215,14 @@ def _text(v) -> str:
 def _label(g: pd.DataFrame, varying: list[str]) -> str:
     """An arm as a reader names it: each varying field as asked ('|' where settings coincide), and
     for an arm with a target mass, the mass it realised on held-out real images, marked out of
-    reach where its solve fell short of the mass asked on its own pseudo input."""
+    reach where its solves fell short of the mass asked on their own inputs (`init_mass_solved`,
+    each block's solve on what it was solved on; tables from before it: the forward pass on the
+    pseudo input, which later blocks see transformed)."""
     settings = _settings(g["requested"].iloc[0])
     parts = [f"{k}=" + "|".join(dict.fromkeys(_text(s.get(k)) for s in settings)) for k in varying]
     asked = [s["target_mass"] for s in settings if s.get("target_mass") is not None]
-    realised, reached = g["init_mass_data"].mean(), g["init_mass_pseudo"].mean()
+    realised = g["init_mass_data"].mean()
+    reached = g["init_mass_solved"].mean() if g["init_mass_solved"].notna().any() else g["init_mass_pseudo"].mean()
     if parts and asked and not pd.isna(realised):
         short = not pd.isna(reached) and max(asked) > reached + REACH_TOLERANCE
         parts.append(f"→ mass {realised:.2f}" + (" (asked mass out of reach)" if short else ""))

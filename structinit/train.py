@@ -206,6 +206,9 @@ def initial_measures(model, cfg: TrialConfig, init, x: torch.Tensor) -> tuple[di
     gains = [b["gain"] for b in init.notes.get("blocks", []) if b.get("gain") is not None]
     if gains:
         out["init_gain"] = max(gains)
+    solved = [m for b in init.notes.get("blocks", []) for m in b.get("mass") or []]
+    if solved:  # what each block's solve reached on its own input: whether an asked mass was in reach
+        out["init_mass_solved"] = sum(solved) / len(solved)
     return out, measured
 
 
