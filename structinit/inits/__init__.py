@@ -6,6 +6,10 @@ Every strategy is a small function `fn(model, cfg) -> InitResult` registered wit
 `@register("name")`; its docstring holds its math. `apply_init` validates the config
 against the model, seeds torch in a forked RNG (same seed, bit-identical weights, the
 caller's RNG untouched) and times the call.
+
+Importing this package loads nothing heavy: the command line derives its flags from InitConfig's
+fields before torch loads. The strategies (torch, timm) are imported on first use (`strategies`:
+validating a config, applying an init, reading `INITS` or `READS`).
 """
 from __future__ import annotations
 
@@ -13,11 +17,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-import torch
-from timm.models.convmixer import ConvMixer
-from timm.models.vision_transformer import VisionTransformer
-
-from structinit.models import grid_size
 from structinit.validate import check, choice, finite
 
 BASES = ("timm", "torch")
@@ -35,44 +34,45 @@ FILTER_INITS = ("learned", "frozen_random", "frozen_impulse", "frozen_box")  # C
 class InitConfig:
     """Everything an init strategy reads. Fields a strategy does not use are ignored by it."""
 
-    name: str = "impulse"
+    name: str = "impulse"  # a registered init (ViT: impulse, mimetic, default, ...; ConvMixer: learned, frozen_*)
     base: str = "timm"  # what every weight the strategy does not set gets: timm trunc-normal or PyTorch defaults
     # impulse
-    filter_size: int = 3
-    offsets: str = "cover"
-    pseudo_input: str = "pe"
+    filter_size: int = 3  # the impulse filter's side f (odd, >= 3, at most the patch grid's side)
+    offsets: str = "cover"  # which tap each head takes: cover (every tap once before repeats) | random
+    pseudo_input: str = "pe"  # what the solve reads: pe | uniform | gaussian | pe+uniform | pe+gaussian | data
+    # | pe+data (data: solved layer by layer on a seeded batch of training images)
     data_images: int = 64  # data, pe+data: the seeded batch of training images the layer-wise solve uses
     match_pe_mass: bool = False  # data, pe+data: calibrate each block to the mass this init solved on `pe` (at
     # its target_mass or factor_norm) realises there on the same images, so data - pe is matched in sharpness
-    solver: str = "closed_form"
+    solver: str = "closed_form"  # closed_form | gradient (v1's Adam solve)
     target_mass: float | None = 0.9  # None: the gradient solver's raw v1 map, or `factor_norm` (the follow-up)
     factor_norm: float | None = None  # closed form, target_mass=None: each head's W_q, W_k to this Frobenius
     # norm (the follow-up's sharpness: 7)
-    qk: str = "per_block"
-    value_proj: str = "default"
+    qk: str = "per_block"  # per_block | shared (one Q/K solve for every block: v1)
+    value_proj: str = "default"  # default | mimetic (the follow-up's V/proj)
     pe_scale: float | None = None  # None: 18 on a learned PE (the follow-up), 1 on a fixed sin-cos PE
     rank_rtol: float = 1e-2  # closed form: keep singular values of the pseudo input >= rank_rtol * largest
     damping: float = 0.1  # closed form: Tikhonov damping lambda = damping * largest singular value (0: none)
     solver_steps: int = 10_000  # gradient solver (v1): Adam steps, lr, norm constraint every 100 steps
-    solver_lr: float = 1e-4
+    solver_lr: float = 1e-4  # gradient solver (v1): Adam's learning rate
     # mimetic (also the follow-up's value/projection init)
-    alpha_qk: float = 0.7
+    alpha_qk: float = 0.7  # W_q W_k^T ~ alpha_qk Z + beta_qk I
     beta_qk: float = 0.7
-    alpha_vo: float = 0.4
+    alpha_vo: float = 0.4  # W_v W_o ~ alpha_vo Z - beta_vo I
     beta_vo: float = 0.4
     # impulse targets beyond one tap (the paper's open questions): a blob around each head's tap,
     # and a blend with noise or a mimetic map
-    target_shape: str = "impulse"
-    blob: int = 3
-    blob_sigma: float = 1.0
-    mix: str | None = None
-    mix_ratio: float = 0.0
-    # ConvMixer filters (filters.py): m distinct filters shared across the channels; None: one per channel
-    distinct_filters: int | None = None
+    target_shape: str = "impulse"  # impulse | box | gaussian (a blob around each head's tap)
+    blob: int = 3  # box, gaussian: the blob's side (odd)
+    blob_sigma: float = 1.0  # gaussian: the blob's width
+    mix: str | None = None  # None | noise | mimetic: blend the target with it before the solve
+    mix_ratio: float = 0.0  # the blend's share r: (1 - r) target + r mix
+    distinct_filters: int | None = None  # ConvMixer (filters.py): m distinct filters shared across the channels;
+    # None: one per channel
 
     def __post_init__(self):
         finite(self)
-        choice("init", self.name, sorted(INITS))
+        choice("init", self.name, sorted(strategies()))
         choice("base", self.base, BASES)
         check("filter_size", self.filter_size, "an odd integer >= 3",
               isinstance(self.filter_size, int) and self.filter_size >= 3 and self.filter_size % 2 == 1)
@@ -110,6 +110,11 @@ class InitConfig:
             check(name, getattr(self, name), "a number >= 0", getattr(self, name) >= 0)
 
     def check_model(self, model) -> None:
+        from timm.models.convmixer import ConvMixer
+        from timm.models.vision_transformer import VisionTransformer
+
+        from structinit.models import grid_size
+
         if self.name in FILTER_INITS:
             check("model", type(model).__name__, f"a timm ConvMixer for init={self.name!r}", isinstance(model, ConvMixer))
             dim = model.num_features
@@ -142,8 +147,23 @@ class InitResult:
     notes: dict = field(default_factory=dict)
 
 
-INITS: dict[str, Callable[[VisionTransformer, InitConfig], InitResult]] = {}
-READS: dict[str, Callable[[InitConfig], tuple[str, ...]]] = {}  # by init: the InitConfig fields it reads
+_INITS: dict[str, Callable[[VisionTransformer, InitConfig], InitResult]] = {}  # INITS: by name, the strategy
+_READS: dict[str, Callable[[InitConfig], tuple[str, ...]]] = {}  # READS: by init, the InitConfig fields it reads
+
+
+def strategies() -> dict[str, Callable]:
+    """The registered strategies by name, imported (with torch and timm) on the first call."""
+    from structinit.inits import attention_baselines, default, filters, impulse, mimetic  # noqa: F401 (they register)
+
+    return _INITS
+
+
+def __getattr__(name: str):
+    """`INITS` and `READS`, the registries, with every strategy registered."""
+    if name in ("INITS", "READS"):
+        strategies()
+        return _INITS if name == "INITS" else _READS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def register(name: str, reads: tuple[str, ...] | Callable[[InitConfig], tuple[str, ...]] = ()):
@@ -151,8 +171,8 @@ def register(name: str, reads: tuple[str, ...] | Callable[[InitConfig], tuple[st
     or a function of the config where what it reads depends on other fields): the fields that make
     its setting (`setting`); every other field leaves its weights as they are."""
     def wrap(fn):
-        INITS[name] = fn
-        READS[name] = reads if callable(reads) else (lambda cfg, fields=tuple(reads): fields)
+        _INITS[name] = fn
+        _READS[name] = reads if callable(reads) else (lambda cfg, fields=tuple(reads): fields)
         return fn
     return wrap
 
@@ -160,7 +180,8 @@ def register(name: str, reads: tuple[str, ...] | Callable[[InitConfig], tuple[st
 def setting(cfg: InitConfig) -> dict:
     """The fields `cfg`'s init reads, with their values: what two configs of one init must share
     to give the same weights (at the same seed, on the same model). The rest are normalised away."""
-    return {name: getattr(cfg, name) for name in sorted(READS[cfg.name](cfg))}
+    strategies()
+    return {name: getattr(cfg, name) for name in sorted(_READS[cfg.name](cfg))}
 
 
 def uses_data(kind: str) -> bool:
@@ -176,6 +197,8 @@ def needs_images(cfg: InitConfig) -> bool:
 def apply_init(model: VisionTransformer, cfg: InitConfig, seed: int = 0, images: torch.Tensor | None = None) -> InitResult:
     """Initialise `model` in place by `cfg.name`; deterministic in `seed` (and `images`, the batch
     of training images a data-aware init solves on: `data.init_images`)."""
+    import torch
+
     check("seed", seed, "a non-negative integer", isinstance(seed, int) and seed >= 0)
     cfg.check_model(model)
     if needs_images(cfg):
@@ -184,10 +207,8 @@ def apply_init(model: VisionTransformer, cfg: InitConfig, seed: int = 0, images:
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
         start = time.perf_counter()
-        result = INITS[cfg.name](model, cfg, images) if needs_images(cfg) else INITS[cfg.name](model, cfg)
+        fn = strategies()[cfg.name]
+        result = fn(model, cfg, images) if needs_images(cfg) else fn(model, cfg)
         result.solve_seconds = time.perf_counter() - start
     return result
 
-
-# The strategies register themselves on import.
-from structinit.inits import attention_baselines, default, filters, impulse, mimetic  # noqa: E402,F401
