@@ -1,59 +1,77 @@
 """`TrialConfig`: everything one training run needs, validated once, then passed unchanged
-from the CLI or a study to the Train driver, each worker's loop, and the model + init."""
+from the CLI or a study to the Train driver, each worker's loop, and the model + init.
+
+Its fields are the one vocabulary of every command line (`vocabulary`): `structinit train`,
+`inspect-init` and `rank` take each as a flag (`--init.target_mass 0.6`), the study scripts as
+`--set init.target_mass=0.6`, study grids and spaces as a key; the text is read as the field's type
+reads it (`parse`). Importing this module loads nothing heavy (the command line builds its flags
+from it before torch loads); validating a config imports what it checks against."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
 import typing
 from dataclasses import asdict, dataclass, field
 
-from structinit.data import DATASETS
 from structinit.inits import InitConfig, apply_init, setting
-from structinit.models import create
 from structinit.recipes import DEFAULT_RECIPE, Recipe, replaced
-from structinit.validate import check, choice, finite
+from structinit.validate import check, choice, finite, nearest
 
 # A model that suits each dataset when none is named (a recipe: recipes.DEFAULT_RECIPE).
 DEFAULT_MODEL = {"digits": "vit_nano_patch2_8", "cifar10": "vit_tiny_patch2_32", "cifar100": "vit_tiny_patch2_32",
                  "svhn": "vit_tiny_patch2_32", "mnist": "vit_tiny_patch2_32", "fashion_mnist": "vit_tiny_patch2_32",
                  "stl10": "vit_tiny_patch16_224", "flowers102": "vit_tiny_patch16_224", "pets": "vit_tiny_patch16_224",
                  "food101": "vit_tiny_patch16_224", "imagefolder": "vit_base_patch16_224"}
-MODEL_FIELDS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "pos_embed", "global_pool",
-                "kernel_size")
+SEEDS = 2 ** 32  # seeds are in [0, 2^32): NumPy's (scikit-learn's splits, Optuna's samplers) and torch's ranges
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """A timm ViT (or ConvMixer) name and geometry overrides (None keeps the named model's value)."""
 
-    name: str
-    img_size: int | None = None
-    patch_size: int | None = None
-    embed_dim: int | None = None
-    depth: int | None = None
-    num_heads: int | None = None
-    mlp_ratio: float | None = None
-    pos_embed: str | None = None
-    global_pool: str | None = None
+    name: str  # a timm ViT or ConvMixer name, e.g. vit_nano_patch2_8, vit_tiny_patch2_32, convmixer_64_4_p1
+    img_size: int | None = None  # the input side in pixels; None: the dataset's
+    patch_size: int | None = None  # a ViT's patch side (it divides img_size)
+    embed_dim: int | None = None  # the width D
+    depth: int | None = None  # blocks
+    num_heads: int | None = None  # attention heads (they divide embed_dim)
+    mlp_ratio: float | None = None  # MLP hidden width over embed_dim
+    pos_embed: str | None = None  # structinit ViTs: learn | sincos
+    global_pool: str | None = None  # avg | token (a class token)
     kernel_size: int | None = None  # ConvMixer: the depthwise filters' f
 
     def __post_init__(self):
         finite(self)
+        check("model", self.name, "a timm model name", isinstance(self.name, str) and bool(self.name))
+        for name, hint in typing.get_type_hints(ModelConfig).items():
+            value = getattr(self, name)
+            if value is None or name == "name":
+                continue
+            if int in typing.get_args(hint):
+                check(name, value, "a positive integer or None (the named model's)",
+                      isinstance(value, int) and not isinstance(value, bool) and value > 0)
+            elif float in typing.get_args(hint):
+                check(name, value, "a positive number or None (the named model's)", value > 0)
 
     def kwargs(self) -> dict:
-        return {k: getattr(self, k) for k in MODEL_FIELDS if getattr(self, k) is not None}
+        """The geometry overrides given (None keeps the named model's value)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)[1:] if getattr(self, f.name) is not None}
 
 
 @dataclass(frozen=True)
 class TrialConfig:
+    """One training run: the model, its recipe and init, the data it trains on, the seed, and
+    where and how fast it runs (`RUN_ONLY`: none of those changes the model it trains)."""
+
     model: ModelConfig
     recipe: Recipe
     init: InitConfig = field(default_factory=InitConfig)
-    dataset: str = "digits"
-    data_root: str | None = None
-    download: bool = False
+    dataset: str = "digits"  # digits (bundled, offline), or under data_root: cifar10, cifar100, svhn, stl10, ...
+    data_root: str | None = None  # the dataset's folder in torchvision's on-disk layout (digits: none)
+    download: bool = False  # fetch the dataset into data_root if it is missing
     verify: bool = True  # torchvision md5 checks; False: files need only exist
     fraction: float = 1.0  # stratified share of the training pool used for training
     val_fraction: float = 0.1  # stratified share of the training pool held out for validation
@@ -61,17 +79,21 @@ class TrialConfig:
     test_every_epoch: bool = False  # False: the test set is evaluated only where it is read (the end)
     eval_batch_size: int = 256  # per worker, for validation and test (timm's validate.py default)
     checkpoint_every: int = 5  # epochs between checkpoints (always the last one); a resume replays the rest
-    seed: int = 0
-    workers: int = 1
-    gpu: bool = False
+    seed: int = 0  # the init's draw, the data's splits and order, augmentation
+    workers: int = 1  # Ray Train workers (DDP)
+    gpu: bool = False  # one GPU per worker (a share: gpu_share), AMP (bf16 where supported)
     gpu_share: float = 1.0  # with gpu: the share of one GPU each worker takes (0.25: four trials on one GPU)
     cpus_per_worker: int = 1  # also the worker's torch intra-op threads
     backend: str | None = None  # torch.distributed backend; None: nccl on GPUs, gloo on CPUs
-    compile: bool = False
+    compile: bool = False  # torch.compile the model
     max_failures: int = 2  # restarts from the last checkpoint (of the Tune trial, or Train's worker group)
 
     def __post_init__(self):
+        from structinit.data import DATASETS
+
         if self.data_root:  # workers do not share the driver's working directory
+            check("data_root", self.data_root, "a path without control characters",
+                  isinstance(self.data_root, str) and self.data_root.isprintable())
             object.__setattr__(self, "data_root", os.path.abspath(os.path.expanduser(self.data_root)))
         finite(self)
         choice("dataset", self.dataset, sorted(DATASETS))
@@ -85,13 +107,16 @@ class TrialConfig:
         check("gpu_share", self.gpu_share, "a number in (0, 1]", 0 < self.gpu_share <= 1)
         check("gpu_share", self.gpu_share, f"1 with workers={self.workers} (a worker of a multi-worker trial needs a "
               "GPU of its own)", self.gpu_share == 1 or self.workers == 1)
-        for name in ("seed", "max_failures"):
-            check(name, getattr(self, name), "an integer >= 0", isinstance(getattr(self, name), int)
-                  and getattr(self, name) >= 0)
+        check("seed", self.seed, f"an integer in [0, 2^32 - 1 = {SEEDS - 1}]",
+              isinstance(self.seed, int) and 0 <= self.seed < SEEDS)
+        check("max_failures", self.max_failures, "an integer >= 0",
+              isinstance(self.max_failures, int) and self.max_failures >= 0)
         for name in ("workers", "cpus_per_worker"):
             check(name, getattr(self, name), "an integer >= 1", isinstance(getattr(self, name), int)
                   and getattr(self, name) >= 1)
         check("backend", self.backend, "None, 'gloo' or 'nccl'", self.backend in (None, "gloo", "nccl"))
+        check("backend", self.backend, "None or 'gloo' without gpu=true (nccl runs on GPUs only)",
+              self.backend != "nccl" or self.gpu)
         check("batch_size", self.recipe.batch_size, f"a multiple of workers={self.workers}",
               self.recipe.batch_size % self.workers == 0)
         if self.recipe.mixup or self.recipe.cutmix:
@@ -192,15 +217,94 @@ def label(params: str) -> str:
                     for k, v in sorted(p.items())) or "(base)"
 
 
-def search_params(config: dict) -> dict:
-    """The TrialConfig fields in a proposal (dotted `section.field` or top-level names); helper
-    names of the space such as `heads_e192` and Tune's `__trial_index__` are dropped."""
-    top = {f.name for f in dataclasses.fields(TrialConfig)}
-    return {k: v for k, v in config.items() if "." in k or (k in top and not k.startswith("__"))}
+TRIAL_INDEX = "__trial_index__"  # ray.tune.search.repeater.TRIAL_INDEX: which (init, seed) a Tune trial runs
+
+
+def search_params(config: dict, helpers=frozenset()) -> dict:
+    """The TrialConfig fields of a proposal (dotted `section.field` or top-level names), without
+    Tune's `__trial_index__` and the params its space declares as helpers (`helpers`, e.g.
+    `heads_e192`: spaces.helper_params); any other key is refused naming it and the nearest fields
+    (a typo in a grid would otherwise leave every cell the base config)."""
+    out = {}
+    for key, value in config.items():
+        if key == TRIAL_INDEX or key in helpers:
+            continue
+        field_of(key)
+        out[key] = value
+    return out
+
+
+# ---- the vocabulary: every field, as every command line names it --------------------------
+
+@dataclass(frozen=True)
+class Field:
+    key: str  # dotted for a section's field (init.target_mass), bare for TrialConfig's own (seed)
+    hint: object  # its type, e.g. float | None
+    default: object  # dataclasses.MISSING where the dataclass has none (a recipe's epochs)
+    help: str  # the comment beside it in the dataclass
+
+
+@functools.cache
+def vocabulary() -> tuple[Field, ...]:
+    """Every TrialConfig field in order, a section's (model, recipe, init) dotted: derived from
+    `dataclasses.fields` alone, so a new field is a new flag of every command and a new `--set` key."""
+    out = []
+    for f in _fields(TrialConfig):
+        out += [Field(f"{f.key}.{g.key}", g.hint, g.default, g.help) for g in _fields(f.hint)] \
+            if dataclasses.is_dataclass(f.hint) else [f]
+    return tuple(out)
+
+
+def _fields(cls) -> list[Field]:
+    hints, notes = typing.get_type_hints(cls), comments(cls)
+    return [Field(f.name, hints[f.name], f.default, notes.get(f.name, "")) for f in dataclasses.fields(cls)]
+
+
+@functools.cache
+def comments(cls) -> dict[str, str]:
+    """The comment beside each field in a dataclass's source, carried on by comment lines right
+    below it (the one-line help of its flag)."""
+    import inspect
+    import io
+    import textwrap
+    import tokenize
+
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):  # a class without a source file (made at run time): no comments
+        return {}
+    rows: dict[int, list] = {}
+    skip = (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER)
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type not in skip:
+            rows.setdefault(tok.start[0], []).append(tok)
+    names, out, last, previous = {f.name for f in dataclasses.fields(cls)}, {}, None, None
+    for row, toks in sorted(rows.items()):
+        text = toks[-1].string.lstrip("#").strip() if toks[-1].type == tokenize.COMMENT else None
+        if toks[0].start[1] == 4 and toks[0].string in names and len(toks) > 1 and toks[1].string == ":":
+            last = toks[0].string if text else None
+            out.update({last: text} if text else {})
+        elif len(toks) == 1 and text and last and row == previous + 1:
+            out[last] += " " + text
+        else:
+            last = None
+        previous = row
+    return out
+
+
+def field_of(key: str, what: str = "search field") -> Field:
+    """The vocabulary's field `key`, or a ValueError naming it and the nearest fields."""
+    found = {f.key: f for f in vocabulary()}
+    if key not in found:
+        close = nearest(key, found)
+        check(what, key, "a TrialConfig field" + (f" (nearest: {', '.join(close)})" if close else
+                                                  ", e.g. model.embed_dim, init.filter_size, recipe.lr or seed"), False)
+    return found[key]
 
 
 TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
               tuple: "a list, e.g. [0.08, 1.0]"}
+INT64 = 2 ** 63  # an integer field holds what NumPy and torch hold (beyond: "Overflow when unpacking long long")
 
 
 def typed(name: str, value, hint):
@@ -213,32 +317,64 @@ def typed(name: str, value, hint):
     if value is None and optional:
         return value
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = {int: number and isinstance(value, int), float: number, str: isinstance(value, str),
-          bool: isinstance(value, bool), tuple: isinstance(value, (list, tuple))}.get(kind, True)
-    check(name, value, TYPE_NAMES.get(kind, str(kind)) + (" or null" if optional else ""), ok)
+    ok = {int: number and isinstance(value, int) and -INT64 <= value < INT64, float: number,
+          str: isinstance(value, str), bool: isinstance(value, bool),
+          tuple: isinstance(value, (list, tuple))}.get(kind, True)
+    check(name, value, TYPE_NAMES.get(kind, str(kind)) + (" of 64 bits" if kind is int else "")
+          + (" or null" if optional else ""), ok)
     return tuple(value) if kind is tuple else value
+
+
+def parse(key: str, text):
+    """The command line's text for the field `key` as its type reads it (`typed`): a number for
+    int and float fields (inf and nan too: the config refuses them as not finite), `none`/`null`
+    for an optional field's None, `true`/`false`, a JSON list for a tuple, else the text itself; a
+    value that is not text (a study grid's) is only checked. Refuses an unknown key."""
+    hint = field_of(key).hint
+    if not isinstance(text, str):
+        return typed(key, text, hint)
+    args = typing.get_args(hint)
+    kind = next((a for a in args if a is not type(None)), hint)
+    value = text
+    if type(None) in args and text.strip().lower() in ("none", "null"):
+        value = None
+    elif kind is float:
+        value = _number(text, float)
+    elif kind is str:
+        value = _json(text) if text.startswith('"') else text
+    elif kind is bool:
+        value = {"true": True, "false": False}.get(text.strip().lower(), text)
+    else:  # int: a float or a word is refused as what it is; tuple: a JSON list
+        value = _number(text, int) if kind is int else _json(text)
+    return typed(key, value, hint)
+
+
+def _number(text: str, kind):
+    try:
+        return kind(text)
+    except ValueError:
+        return _json(text)
+
+
+def _json(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def with_overrides(base: TrialConfig, overrides: dict) -> TrialConfig:
     """`base` with dotted fields replaced (`model.embed_dim`, `init.filter_size`, `recipe.lr`, `seed`),
-    each value of its field's type (`typed`); every section is re-validated (a recipe's warmup fits
-    a shorter run: recipes.replaced)."""
-    sections: dict[str, dict] = {}
-    top = {}
+    each value of its field's type (`parse`: text is read as the type reads it); every section is
+    re-validated (a recipe's warmup fits a shorter run: recipes.replaced). An unknown key is
+    refused naming it and the nearest fields."""
+    changes: dict[str, dict] = {}
     for key, value in overrides.items():
-        section, _, name = key.partition(".")
-        if name:
-            check("search field", key, "a TrialConfig field such as model.embed_dim or init.filter_size",
-                  section in ("model", "init", "recipe") and name in {f.name for f in dataclasses.fields(
-                      getattr(base, section))})
-            hint = typing.get_type_hints(type(getattr(base, section)))[name]
-            sections.setdefault(section, {})[name] = typed(key, value, hint)
-        else:
-            check("search field", key, "a TrialConfig field", key in {f.name for f in dataclasses.fields(base)}
-                  and not dataclasses.is_dataclass(getattr(base, key)))
-            top[key] = typed(key, value, typing.get_type_hints(TrialConfig)[key])
+        section, _, name = key.rpartition(".")
+        changes.setdefault(section, {})[name] = parse(key, value)
+    top = changes.pop("", {})
     changed = {s: (replaced if s == "recipe" else dataclasses.replace)(getattr(base, s), **v)
-               for s, v in sections.items()}
+               for s, v in changes.items()}
     return dataclasses.replace(base, **changed, **top)
 
 
@@ -248,6 +384,7 @@ def make(dataset: str = "digits", model: str | None = None, recipe_name: str | N
     """A TrialConfig with the dataset's default model and recipe unless named. A `footing`
     (footings.py: `v1`, `followup`) fixes a paper's PE, pooling and init fields; the overrides
     given here win over it."""
+    from structinit.data import DATASETS
     from structinit.footings import FOOTINGS
     from structinit.recipes import recipe
 
@@ -264,18 +401,31 @@ def make(dataset: str = "digits", model: str | None = None, recipe_name: str | N
     return TrialConfig(model=model_cfg, recipe=rec, dataset=dataset, **fields)
 
 
-def validate(cfg: TrialConfig) -> None:
+WEIGHT_BYTES = 4  # a parameter's fp32 weight: what building a model (inspect-init, rank) holds
+TRAINING_BYTES = 16  # ... and its gradient and AdamW's two moments: what training it holds
+
+
+def validate(cfg: TrialConfig, bytes_per_parameter: int = WEIGHT_BYTES) -> None:
     """Everything that can be checked before Ray starts: the dataset files, the splits drawn from
-    them, the model geometry and the init against it (bad input raises ValueError naming the value)."""
+    them, the model geometry and the init against it, the model's size against this machine's
+    memory (`validate_model`; bad input raises ValueError naming the value)."""
     validate_split(cfg, validate_data(cfg))
-    validate_model(cfg)
+    validate_model(cfg, bytes_per_parameter)
 
 
 def validate_data(cfg: TrialConfig):
-    """The dataset's files are there and readable; returns what they hold (`load_splits`)."""
-    from structinit.data import load_splits
+    """The dataset's files are there and readable, and every label of both splits is a class index
+    (files that are not the official archives, read with verify=False, may hold others: each trial
+    would fail on them); returns what they hold (`load_splits`)."""
+    from structinit.data import labels_of, load_splits, num_classes
 
-    return load_splits(cfg.dataset, cfg.data_root, cfg.download, cfg.verify)
+    splits = load_splits(cfg.dataset, cfg.data_root, cfg.download, cfg.verify)
+    n = num_classes(cfg.dataset, splits[0])
+    for split, labels in zip(("training", "test"), map(labels_of, splits)):
+        bad = [y for y in labels if not 0 <= y < n]
+        check("data_root", cfg.data_root, f"{cfg.dataset} files whose labels are class indices in [0, {n}): "
+              f"{len(bad)} {split} labels are not (e.g. {bad[0] if bad else None})", not bad)
+    return splits
 
 
 def validate_split(cfg: TrialConfig, splits) -> None:
@@ -292,10 +442,55 @@ def validate_split(cfg: TrialConfig, splits) -> None:
               r.batch_size // cfg.workers <= train // cfg.workers)
 
 
-def validate_model(cfg: TrialConfig) -> None:
-    """The model geometry builds and the init fits it."""
-    model, _ = build_model(cfg.model, **data_kwargs(cfg, DATASETS[cfg.dataset].num_classes or 2))
-    cfg.init.check_model(model)
+def validate_model(cfg: TrialConfig, bytes_per_parameter: int = WEIGHT_BYTES) -> int:
+    """The model geometry builds, its patches fit its images, the init fits it, and its parameters
+    at `bytes_per_parameter` fit in this machine's memory (`check_model`); returns its parameter
+    count. Built on torch's meta device: nothing is allocated, whatever its size."""
+    from structinit.data import DATASETS
+
+    return check_model(cfg.model, cfg.init, bytes_per_parameter,
+                       **data_kwargs(cfg, DATASETS[cfg.dataset].num_classes or 2))
+
+
+def check_model(model: ModelConfig, init: InitConfig | None, bytes_per_parameter: int = WEIGHT_BYTES,
+                **fixed) -> int:
+    """`build_model`'s checks without building it (on the meta device): the geometry is one the
+    model takes, a ViT's patch grid is at least 1x1, `init` fits the model, and its parameters at
+    `bytes_per_parameter` (0: unchecked) fit in the memory this machine has available. Returns
+    the parameter count."""
+    import psutil
+    import torch
+
+    with torch.device("meta"):
+        net = create_model(model, **fixed)
+    grid = getattr(getattr(net, "patch_embed", None), "grid_size", None)
+    if grid is not None:
+        side, patch = net.patch_embed.img_size, net.patch_embed.patch_size
+        check("patch_size", patch[0], f"at most img_size={side[0]} (model {model.name!r} on images of side "
+              f"{side[0]}: set model.img_size or model.patch_size)", min(grid) >= 1)
+    if init is not None:
+        init.check_model(net)
+    count = sum(p.numel() for p in net.parameters())
+    need, have = count * bytes_per_parameter, psutil.virtual_memory().available
+    given = ", ".join(f"{k}={v}" for k, v in model.kwargs().items())
+    check("model", model.name + (f" ({given})" if given else ""), f"a model that fits in memory: its {count:.3g} "
+          f"parameters need {_size(need)} ({bytes_per_parameter} bytes each), this machine has {_size(have)} "
+          "available", need <= have)
+    return count
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.3g} {unit}"
+        n /= 1024
+
+
+def create_model(model: ModelConfig, **fixed):
+    """The model `model` names, geometry over what the data fix (`fixed`), uninitialised."""
+    from structinit.models import create
+
+    return create(model.name, **{**fixed, **model.kwargs()})
 
 
 def build_model(model: ModelConfig, init: InitConfig | None = None, seed: int = 0, images=None, **fixed):
@@ -303,7 +498,8 @@ def build_model(model: ModelConfig, init: InitConfig | None = None, seed: int = 
     name and geometry over what the data fix (`fixed`: `data_kwargs`; none for a bare model), then
     `init` applied at `seed` (None: left as built, for a checkpoint's weights or a check), on
     `images` where it is data-aware (`data.init_images`). Returns (model, InitResult or None)."""
-    net = create(model.name, **{**fixed, **model.kwargs()})
+    check_model(model, init, **fixed)
+    net = create_model(model, **fixed)
     return net, None if init is None else apply_init(net, init, seed=seed, images=images)
 
 
@@ -323,6 +519,8 @@ def weights_digest(model) -> str:
 def data_kwargs(cfg: TrialConfig, num_classes: int) -> dict:
     """What a run's data and recipe fix in its model: the dataset's image side (a model config's
     img_size wins) and channels, the number of classes, the drop-path rate."""
+    from structinit.data import DATASETS
+
     spec = DATASETS[cfg.dataset]
     kw = {"img_size": spec.img_size, "in_chans": spec.in_chans, "num_classes": num_classes}
     if cfg.recipe.drop_path:

@@ -9,26 +9,26 @@ from structinit.validate import check, choice, finite
 
 @dataclass(frozen=True)
 class Recipe:
-    epochs: int
+    epochs: int  # training epochs
     batch_size: int  # global: split evenly over the Train workers
-    lr: float
+    lr: float  # AdamW's peak learning rate (cosine schedule)
     weight_decay: float
-    opt_eps: float = 1e-8
-    warmup_epochs: int = 0
+    opt_eps: float = 1e-8  # AdamW's epsilon
+    warmup_epochs: int = 0  # linear warmup from warmup_lr (a run no longer than it: epochs - 1, with a warning)
     warmup_lr: float = 1e-6
-    min_lr: float = 1e-6
-    grad_clip: float | None = None
+    min_lr: float = 1e-6  # where the cosine schedule ends
+    grad_clip: float | None = None  # clip the gradient norm to this; None: no clipping
     label_smoothing: float = 0.1
     randaugment: str | None = None  # a timm auto_augment string, e.g. "rand-m9-mstd0.5-inc1-mmax9"
-    hflip: float = 0.5
+    hflip: float = 0.5  # probability of a horizontal flip
     crop_scale: tuple = (1.0, 1.0)  # RandomResizedCrop scale; (1, 1) = no crop (v1)
     color_jitter: float = 0.0  # timm turns it off under RandAugment anyway
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    reprob: float = 0.0
-    drop_path: float = 0.0
+    mixup: float = 0.0  # mixup alpha (0: off)
+    cutmix: float = 0.0  # cutmix alpha (0: off)
+    reprob: float = 0.0  # random erasing probability
+    drop_path: float = 0.0  # stochastic depth rate
     amp: bool = True  # autocast on GPU (bf16 where supported, else fp16 with a scaler); CPU runs fp32
-    loader_workers: int = 0
+    loader_workers: int = 0  # DataLoader worker processes per Train worker
 
     def __post_init__(self):
         finite(self)
@@ -47,6 +47,10 @@ class Recipe:
         check("grad_clip", self.grad_clip, "a positive number or None", self.grad_clip is None or self.grad_clip > 0)
         check("randaugment", self.randaugment, "None or a timm RandAugment string starting with 'rand-'",
               self.randaugment is None or str(self.randaugment).startswith("rand-"))
+        check("crop_scale", self.crop_scale, "a pair (low, high) with 0 < low <= high <= 1",
+              isinstance(self.crop_scale, (tuple, list)) and len(self.crop_scale) == 2
+              and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in self.crop_scale)
+              and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1)
         check("loader_workers", self.loader_workers, "an integer >= 0",
               isinstance(self.loader_workers, int) and self.loader_workers >= 0)
 

@@ -18,12 +18,13 @@ from typing import Callable
 
 import optuna
 
-from structinit.config import TrialConfig, config_key, search_params, trained, with_overrides
+from structinit.config import SEEDS, TRIAL_INDEX, TrialConfig, config_key, search_params, trained, with_overrides
 from structinit.paths import StudyPaths
 from structinit.report import PAIRS, PLOTS
-from structinit.validate import check, choice
+from structinit.spaces import helper_params
+from structinit.validate import check, choice, component, database_url
 
-TRIAL_INDEX = "__trial_index__"  # ray.tune.search.repeater.TRIAL_INDEX
+
 CHECKPOINT_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs", "file")  # what pyarrow's filesystems open
 
 
@@ -53,8 +54,7 @@ class Study:
     # pairs every other setting of an init against this one (same base, same seed)
 
     def __post_init__(self):
-        check("name", self.name, "a non-empty name of letters, digits, '_' or '-'",
-              bool(self.name) and all(c.isalnum() or c in "_-" for c in self.name))
+        component("name", self.name)  # its folder under storage, its MLflow experiment
         check("inits", self.inits, "a non-empty tuple of distinct init names",
               len(self.inits) > 0 and len(set(self.inits)) == len(self.inits))
         check("pairs", self.pairs, "a tuple of (init, init) pairs", all(len(pair) == 2 for pair in self.pairs))
@@ -67,9 +67,12 @@ class Study:
                   and all(k in fields for k in self.reference))
             dataclasses.replace(self.trial.init, **{k[len("init."):]: v for k, v in self.reference.items()})  # its values
         check("plots", self.plots, f"a tuple of names in {PLOTS}", all(p in PLOTS for p in self.plots))
-        check("seeds", self.seeds, "a non-empty tuple of distinct integers >= 0",
+        check("seeds", self.seeds, f"a non-empty tuple of distinct integers in [0, 2^32 - 1 = {SEEDS - 1}]",
               len(self.seeds) > 0 and len(set(self.seeds)) == len(self.seeds) and all(
-                  isinstance(s, int) and s >= 0 for s in self.seeds))
+                  isinstance(s, int) and not isinstance(s, bool) and 0 <= s < SEEDS for s in self.seeds))
+        check("search_seed", self.search_seed, f"an integer in [0, 2^32 - 1 = {SEEDS - 1}] (Optuna's sampler seed)",
+              isinstance(self.search_seed, int) and not isinstance(self.search_seed, bool)
+              and 0 <= self.search_seed < SEEDS)
         check("num_configs", self.num_configs, "a positive integer",
               isinstance(self.num_configs, int) and self.num_configs > 0)
         choice("mode", self.mode, ("max", "min"))
@@ -89,17 +92,16 @@ class Study:
               self.checkpoints is None or (scheme in CHECKPOINT_SCHEMES if "://" in self.checkpoints
                                            else bool(self.checkpoints) and not os.path.isfile(self.checkpoints)))
         if self.optuna_url is not None:
-            from sqlalchemy.engine import make_url
-            from sqlalchemy.exc import ArgumentError
-
-            try:
-                make_url(self.optuna_url)
-            except ArgumentError:
-                check("optuna_url", self.optuna_url, "an SQLAlchemy URL such as sqlite:////abs/optuna.db or "
-                      "postgresql://user@host/db", False)
+            database_url("optuna_url", self.optuna_url)
         if self.grid is not None:
-            check("grid", self.grid, "a dict of non-empty lists", all(isinstance(v, list) and v for v in
-                                                                        self.grid.values()))
+            check("grid", self.grid, "a dict of non-empty lists", isinstance(self.grid, dict) and all(
+                isinstance(v, list) and v for v in self.grid.values()))
+            search_params(dict.fromkeys(self.grid), self.helpers)  # every key a field (or a declared helper)
+
+    @property
+    def helpers(self) -> frozenset[str]:
+        """The params its space suggests that are not TrialConfig fields, as the space declares them."""
+        return helper_params(self.space)
 
     @property
     def paths(self) -> StudyPaths:
@@ -130,7 +132,7 @@ class Study:
 
 def trial_config(study: Study, config: dict) -> tuple[TrialConfig, dict]:
     """The TrialConfig of one Tune trial, and its configuration's params (without init and seed)."""
-    params = search_params(config)
+    params = search_params(config, study.helpers)
     init, seed = study.repeats[config.get(TRIAL_INDEX, 0)]
     cfg = with_overrides(study.trial, {**params, "seed": seed})
     return dataclasses.replace(cfg, init=dataclasses.replace(cfg.init, name=init)), params
@@ -141,11 +143,14 @@ def source(cfg: TrialConfig) -> tuple:
     return cfg.dataset, cfg.data_root, cfg.download, cfg.verify
 
 
-def check_space(study: Study, samples: int = 64) -> dict:
+def check_space(study: Study, bytes_per_parameter: int = 4, samples: int = 64) -> dict:
     """Dry-run the space on an in-memory Optuna study: every proposal, with every init, must give a
-    valid TrialConfig whose splits of its data keep every class and a batch, and which reports the
-    study's metric (bad bounds, unknown fields or broken constraints fail before any cluster work).
-    Returns each dataset it read, by `source`: the study's one read, which its trials share."""
+    valid TrialConfig whose splits of its data keep every class and a batch, which reports the
+    study's metric, and whose model at `bytes_per_parameter` fits in this machine's memory
+    (config.validate_model); every param must be a TrialConfig field or one the space declares
+    (spaces.helper_params). Bad bounds, unknown fields or broken constraints fail before any
+    cluster work. Returns each dataset it read, by `source`: the study's one read, which its trials
+    share."""
     from structinit.config import validate_data, validate_model, validate_split
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -157,7 +162,7 @@ def check_space(study: Study, samples: int = 64) -> dict:
         trials = [probe.ask() for _ in range(samples)]
     seen, sources, splits = set(), {}, set()
     for t in trials:
-        params = search_params({**(study.space(t) or {}), **t.params})
+        params = search_params({**(study.space(t) or {}), **t.params}, study.helpers)
         if config_key(params) in seen:
             continue
         seen.add(config_key(params))
@@ -172,5 +177,5 @@ def check_space(study: Study, samples: int = 64) -> dict:
             check("val_fraction", cfg.val_fraction, f"a number in (0, 1) in a study that selects on "
                   f"metric={study.metric!r}: without a validation split its trials report none",
                   cfg.val_fraction > 0 or not study.metric.startswith("val_"))
-            validate_model(cfg)
+            validate_model(cfg, bytes_per_parameter)
     return sources
