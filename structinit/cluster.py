@@ -63,17 +63,43 @@ def starts_local(address: str | None) -> bool:
     return address == "local" or (address is None and canonicalize_bootstrap_address(None) is None)
 
 
-def check_local_gpus(address: str | None, gpus: int) -> None:
+def check_local_gpus(address: str | None, gpus: float, name: str = "gpus_per_trial", value=None) -> None:
     """Where `connect(address)` would start a new local cluster for trials of `gpus` GPUs, this
-    machine must have them (checked before anything starts)."""
+    machine must have them (checked before anything starts); refused naming the flag `name` and its
+    `value` (default: `gpus`)."""
     import ray
 
     if gpus and not ray.is_initialized() and starts_local(address):
         import torch
 
         here = torch.cuda.device_count()
-        check("gpus_per_trial", 1, f"a cluster with GPUs: this machine has {here} (attach to a GPU cluster with "
+        check(name, gpus if value is None else value, f"a cluster with GPUs: this machine has {here} (attach to a GPU cluster with "
               f"--address or RAY_ADDRESS)", here >= gpus)
+
+
+def fits(workers: int, cpus_per_worker: int, gpus_per_worker: float, have: dict, where: str,
+         name: str = "workers") -> None:
+    """A trial of `workers` Train workers, each of `cpus_per_worker` CPUs and `gpus_per_worker`
+    GPUs, fits in the resources `have` (CPU, GPU) of `where`: Ray would otherwise wait for them for
+    ever, retrying the worker group. Refused naming the flag `name`."""
+    cpus, gpus = workers * cpus_per_worker, workers * gpus_per_worker
+    check(name, workers, f"workers x cpus_per_worker = {workers} x {cpus_per_worker} = {cpus} CPUs within the "
+          f"{have.get('CPU', 0):g} of {where}", cpus <= have.get("CPU", 0))
+    if gpus:
+        check(name, workers, f"workers x gpu_share = {workers} x {gpus_per_worker:g} = {gpus:g} GPUs within the "
+              f"{have.get('GPU', 0):g} of {where}", gpus <= have.get("GPU", 0) + 1e-9)
+
+
+def local_resources() -> dict:
+    """What a local cluster started here has: this machine's CPUs and the GPUs torch sees."""
+    import torch
+
+    return {"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count()}
+
+
+def check_resources(workers: int, cpus_per_worker: int, gpus_per_worker: float, name: str = "workers") -> None:
+    """A trial of this shape fits in what the connected cluster has or can scale to (`capacity`)."""
+    fits(workers, cpus_per_worker, gpus_per_worker, capacity(), "the Ray cluster (what it has or can scale to)", name)
 
 
 def connect(address: str | None, num_cpus: int, num_gpus: int | None = None, resources: dict | None = None):
@@ -189,7 +215,7 @@ def check_cluster(gpus: int, checkpoints: str) -> None:
 
     if gpus:
         most = capacity().get("GPU", 0)
-        check("gpus_per_trial", 1, f"a cluster with GPUs (this one has or can scale to {most})", most >= gpus)
+        check("gpus_per_trial", gpus, f"a cluster with GPUs (this one has or can scale to {most})", most >= gpus)
     hosts = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
     check("checkpoints", checkpoints,
           f"a URI (s3://..., gs://...) or a shared folder: this cluster spans {len(hosts)} machines",

@@ -20,7 +20,7 @@ from timm.data import create_transform
 from torch.utils.data import Dataset, Subset
 
 from structinit.provenance import files_digest
-from structinit.validate import check, choice
+from structinit.validate import check, choice, writable
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -125,6 +125,8 @@ def load_splits(name: str, root: str | None, download: bool = False, verify: boo
         return Subset(full, pool.tolist()), Subset(full, test.tolist())
     check("data_root", root, f"a directory holding {spec.layout} for dataset={name!r}",
           root is not None and (download or os.path.isdir(root)))
+    if download:  # where torchvision would write the archives, checked before it does
+        writable("data_root", root, folder=True)
     try:
         if name == "imagefolder":
             return tvd.ImageFolder(os.path.join(root, "train")), tvd.ImageFolder(os.path.join(root, "val"))

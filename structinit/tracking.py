@@ -29,7 +29,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT, 
 from structinit import provenance
 from structinit.attention import block_metrics
 from structinit.config import label
-from structinit.validate import check as check_value, sqlite_path, sqlite_store
+from structinit.validate import check as check_value, sqlite_path, sqlite_store, writable
 
 # MLflow retries a failed HTTP call 7 times over about 4 minutes; what fails here is replayed by
 # `sync`, so training waits less (export MLFLOW_HTTP_REQUEST_MAX_RETRIES to choose otherwise)
@@ -103,6 +103,8 @@ def check(uri: str) -> None:
         folder = os.path.dirname(path)
         check_value("tracking_uri", uri, f"a SQLite file in an existing folder ({folder or '.'} is not one)",
                     os.path.isdir(folder or "."))
+        for where, kind in ((folder or ".", True), (path, False), (os.path.join(folder, "mlartifacts"), True)):
+            writable("tracking_uri", where, folder=kind)  # SQLite writes its journal beside the store
         if not os.path.exists(path):
             return  # a new store: nothing to reach, and nothing is created before the study starts
         sqlite_store("tracking store", uri)
@@ -370,7 +372,8 @@ def sync(uri: str, study: str, execution: str, trials: list[dict], history: list
             client.set_tag(r.info.run_id, "structinit.discarded", "a trial Tune discarded on resume")
             client.set_terminated(r.info.run_id, "KILLED")
             client.delete_run(r.info.run_id)
-    client.set_terminated(parent, "FINISHED" if done else "KILLED")
+    failed = bool(trials) and all(t["status"] == "ERROR" for t in trials)
+    client.set_terminated(parent, ("FAILED" if failed else "FINISHED") if done else "KILLED")
     return ids
 
 

@@ -466,12 +466,12 @@ def final_summary(test: dict, at_best: dict, best: dict, epoch: int) -> dict:
             "best_val_epoch": epoch if best["epoch"] is None else best["epoch"]}
 
 
-def check_target(address: str | None, gpus: float, tracking_uri: str) -> None:
+def check_target(address: str | None, gpus: float, tracking_uri: str, **gpu_flag) -> None:
     """Where runs go, checked before anything is created there (by `structinit train` and every
-    study alike): a Ray address that answers, the GPUs a new local cluster would need, an MLflow
-    store that can be used."""
+    study alike): a Ray address that answers, the GPUs a new local cluster would need (refused
+    naming `gpu_flag`: cluster.check_local_gpus), an MLflow store that can be used."""
     cluster.check_address(address)
-    cluster.check_local_gpus(address, gpus)
+    cluster.check_local_gpus(address, gpus, **gpu_flag)
     tracking.check(tracking_uri)
 
 
