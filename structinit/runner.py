@@ -23,9 +23,9 @@ from functools import partial
 import optuna
 
 from structinit import cluster, report, results, tracking
-from structinit.config import canonical, config_key
+from structinit.config import TRAINING_BYTES, WEIGHT_BYTES, canonical, config_key
 from structinit.study import Study, check_space, source, trial_config
-from structinit.validate import check, sqlite_store
+from structinit.validate import check, component, sqlite_path, sqlite_store, writable
 
 
 def run_trial(config: dict, study: Study, execution: str, parent: str, tracking_uri: str, data: dict,
@@ -101,6 +101,9 @@ def searcher(study: Study, execution: str):
 
     sampler = (optuna.samplers.GridSampler(study.grid, seed=study.search_seed) if study.grid
                else optuna.samplers.TPESampler(seed=study.search_seed))
+    store = sqlite_path(study.paths.optuna)
+    if store:  # SQLite makes the file, not its folder (preflight checked it can be made)
+        os.makedirs(os.path.dirname(os.path.abspath(store)), exist_ok=True)
     optuna_search = OptunaSearch(space=study.space, metric=study.metric, mode=study.mode, sampler=sampler,
                                  storage=optuna.storages.RDBStorage(study.paths.optuna), study_name=execution)
     return Repeater(optuna_search, repeat=len(study.repeats), set_index=True)
@@ -135,34 +138,106 @@ def trial_resources(study: Study) -> dict:
     return cluster.driver_resources()
 
 
+def preflight(study: Study, resume: bool = False, address: str | None = None) -> dict:
+    """Everything a study can check before anything is created or started (no Ray session, no
+    MLflow store, no study folder), each refused with a ValueError naming the value: an execution
+    for `resume` to continue (the one LATEST names, with Tune's state), the folders and stores it
+    will write (creatable and writable, checked without creating them), the space with every
+    configuration it proposes, their data and models (`check_space`; trained on this machine, a
+    model must fit in its memory), the records it reads (Optuna storage, earlier results), the Ray
+    address and the MLflow store, and what a local cluster it would start can give a trial (its
+    workers' CPUs and GPUs). What only a running cluster can tell is checked once it is attached
+    (`cluster.check_cluster`). Returns the datasets `check_space` read, by source."""
+    from structinit.train import check_target
+
+    paths, t = study.paths, study.trial
+    if resume:
+        check_resume(study)
+    writable("storage", paths.folder, folder=True)
+    if "://" not in paths.ray:
+        writable("checkpoints", paths.ray, folder=True)
+    check_optuna(paths.optuna)
+    results.trained(paths.folder)  # the registry's records (a damaged table is refused now, not in a trial)
+    local = cluster.starts_local(address)
+    data = check_space(study, TRAINING_BYTES * t.workers if local and not t.gpu else WEIGHT_BYTES)
+    gpus = t.workers * t.gpu_share if t.gpu else 0
+    check_target(address, gpus, study.tracking_uri or tracking.default_uri())  # e.g. unreachable MLflow
+    if local:
+        cluster.fits(t.workers, t.cpus_per_worker, t.gpu_share if t.gpu else 0, cluster.local_resources(),
+                     "this machine (the local Ray cluster a study starts)", name="workers_per_trial")
+    return data
+
+
+def check_resume(study: Study) -> None:
+    """There is an execution to continue: LATEST names one, and Tune's state of it is there."""
+    import ray.tune
+
+    paths = study.paths
+    execution = paths.execution()
+    check("resume", study.name, f"a study with a previous execution under {paths.folder}", execution is not None)
+    component(f"execution (in {paths.folder}/LATEST)", execution)
+    check("resume", execution, f"an execution Tune can continue: LATEST names it, but {paths.tune}/{execution} holds "
+          "no Tune state (run without --resume for a new execution)", ray.tune.Tuner.can_restore(
+              f"{paths.tune}/{execution}"))
+
+
+def check_optuna(url: str) -> None:
+    """The Optuna storage can be used: an SQLite file that can be made and written (and, where it
+    exists, is a database), else a database that answers."""
+    path = sqlite_path(url)
+    if path is not None:  # its folder is made with the study's (searcher)
+        writable("optuna storage", os.path.dirname(os.path.abspath(path)), folder=True)
+        if os.path.exists(path):
+            writable("optuna storage", path)
+            sqlite_store("optuna storage", url)
+        return
+    import sqlalchemy
+
+    try:
+        sqlalchemy.create_engine(url).connect().close()
+    except Exception as err:  # a missing driver, an unreachable or refusing server
+        check("optuna_url", url, f"a database that answers ({type(err).__name__}: "
+              f"{(str(err).strip().splitlines() or [''])[0][:200]})", False)
+
+
 def run(study: Study, resume: bool = False, address: str | None = None, data: dict | None = None) -> dict:
     """Run (or with `resume`, continue) a study; returns where its results went. The study is
-    checked first (`check_space`) unless the caller already did and passes what it read (`data`);
-    each dataset is put in Ray's object store once and every trial's workers read it from there."""
+    checked first (`preflight`) unless the caller already did and passes what it read (`data`);
+    each dataset is put in Ray's object store once and every trial's workers read it from there.
+    The parent MLflow run it starts is never left RUNNING: FINISHED, FAILED (every trial failed)
+    or KILLED (stopped early, or by an error)."""
     import ray
     import ray.tune
 
-    from structinit.train import check_target
-
-    paths = study.paths
-    if resume:
-        check("resume", study.name, f"a study with a previous execution under {paths.folder}",
-              paths.execution() is not None)
     if data is None:
-        data = check_space(study)
-    sqlite_store("optuna storage", paths.optuna)  # a damaged one would fail once the cluster runs
+        data = preflight(study, resume, address)
+    paths = study.paths
     gpus = study.trial.workers * study.trial.gpu_share if study.trial.gpu else 0
     uri = study.tracking_uri or tracking.default_uri()
-    check_target(address, gpus, uri)  # e.g. unreachable MLflow: a clear error before any cluster work
     if not ray.is_initialized():
         cluster.connect(address, num_cpus=os.cpu_count(), resources={cluster.DRIVER: 1000})
     cluster.check_cluster(gpus, study.checkpoints or paths.folder)  # before anything is recorded
+    t = study.trial
+    cluster.check_resources(t.workers, t.cpus_per_worker, t.gpu_share if t.gpu else 0, name="workers_per_trial")
     os.makedirs(paths.folder, exist_ok=True)
     # named to the second, and unique: two starts in one second get their own Tune folder, Optuna study, parent run
     execution = paths.execution() if resume else f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     parent = tracking.start_run(uri, study.name, execution, {"study": study.name, "inits": ",".join(study.inits),
                                                               "seeds": ",".join(map(str, study.seeds))},
                                 {"study": study.name, "execution": execution})
+    try:
+        return _run(study, resume, data, execution, parent, uri)
+    except BaseException:
+        tracking.finish(parent, "KILLED")
+        raise
+
+
+def _run(study: Study, resume: bool, data: dict, execution: str, parent: tracking.Run, uri: str) -> dict:
+    """`run` once its parent MLflow run is started."""
+    import ray
+    import ray.tune
+
+    paths = study.paths
     paths.set_execution(execution)
     tracking.log_study_data(parent, data, study.trial.fraction, study.seeds)
     report.declare(paths, study.pairs, study.plots, study.reference)
@@ -172,30 +247,26 @@ def run(study: Study, resume: bool = False, address: str | None = None, data: di
         ray.tune.with_parameters(run_trial, study=study, execution=execution, parent=parent.run_id,
                                  tracking_uri=uri, data=shared, trials=registry(study)),
         trial_resources(study))
-    try:
-        if resume and ray.tune.Tuner.can_restore(f"{paths.tune}/{execution}"):
-            tuner = ray.tune.Tuner.restore(f"{paths.tune}/{execution}", trainable=trainable,
-                                           resume_unfinished=True, resume_errored=True)
-        else:
-            tuner = ray.tune.Tuner(
-                trainable,
-                tune_config=ray.tune.TuneConfig(
-                    metric=study.metric, mode=study.mode, num_samples=study.configs * len(study.repeats),
-                    search_alg=searcher(study, execution), scheduler=scheduler(study),
-                    reuse_actors=True,  # a one-worker trial's process (torch, timm imported) serves the next
-                    max_concurrent_trials=study.max_concurrent or cluster.concurrency(
-                        study.trial.workers, study.trial.cpus_per_worker,
-                        study.trial.gpu_share if study.trial.gpu else 0)),
-                run_config=ray.tune.RunConfig(
-                    name=execution, storage_path=paths.tune,
-                    checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=2),  # of one-worker trials
-                    failure_config=ray.tune.FailureConfig(max_failures=max(1, study.trial.max_failures))))
-        tuner.fit()
-        trials, history, attention = results.collect(study.name, execution, paths, partial(trial_config, study),
-                                                     study.base)
-    except BaseException:
-        tracking.finish(parent, "KILLED")
-        raise
+    if resume:  # preflight checked that Tune's state of it is there
+        tuner = ray.tune.Tuner.restore(f"{paths.tune}/{execution}", trainable=trainable,
+                                       resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = ray.tune.Tuner(
+            trainable,
+            tune_config=ray.tune.TuneConfig(
+                metric=study.metric, mode=study.mode, num_samples=study.configs * len(study.repeats),
+                search_alg=searcher(study, execution), scheduler=scheduler(study),
+                reuse_actors=True,  # a one-worker trial's process (torch, timm imported) serves the next
+                max_concurrent_trials=study.max_concurrent or cluster.concurrency(
+                    study.trial.workers, study.trial.cpus_per_worker,
+                    study.trial.gpu_share if study.trial.gpu else 0)),
+            run_config=ray.tune.RunConfig(
+                name=execution, storage_path=paths.tune,
+                checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=2),  # of one-worker trials
+                failure_config=ray.tune.FailureConfig(max_failures=max(1, study.trial.max_failures))))
+    tuner.fit()
+    trials, history, attention = results.collect(study.name, execution, paths, partial(trial_config, study),
+                                                 study.base)
     ids = tracking.attempt(uri, "the study's records", lambda _: tracking.sync(uri, study.name, execution,
                                                                                 trials, history, attention))
     report.log_summary(parent, trials, study.pairs, study.reference)
@@ -217,6 +288,8 @@ def run(study: Study, resume: bool = False, address: str | None = None, data: di
                       f"cluster after its last trial ended (`ray list placement-groups`)")
     if finished < expected:  # stopped early (Ctrl-C): Tune saved its state
         print(f"study {study.name} stopped with {finished} of {expected} trials finished; continue it with --resume")
+    failed = [t for t in trials if t["status"] == "ERROR"]
     return {"execution": execution, "parent_run_id": parent.run_id, "finished": finished, "expected": expected,
             "trained": len(trials) - reused, "reused": reused, "dataset_reads": len(data), "placement_groups_left": left,
-            "mlflow_synced": ids is not None, "optuna_orphans_closed": orphans, **out}
+            "mlflow_synced": ids is not None, "optuna_orphans_closed": orphans, "failed": len(failed),
+            "first_error": failed[0]["error"] if failed else None, **out}

@@ -12,20 +12,14 @@ from structinit.commands.options import TRACKING_URI
 from structinit.validate import Parser, check, choice, one_line_warnings
 
 
-def _value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def cli(name: str, presets: dict[str, Callable], argv=None, default: str = "cpu") -> dict:
     """The command line every study script shares: a preset, then overrides of any field.
 
     --preset smoke|cpu|paper   --resume   --seeds 0,1,2   --inits impulse,mimetic   --num-configs N
     --epochs N --dataset NAME --data-root DIR --workers-per-trial W --gpus-per-trial 0|1|0.25
     --set section.field=value (any TrialConfig field, e.g. --set recipe.lr=5e-4 --set init.target_mass=0.6)
-    Bad input exits 2 with one line, before any cluster work."""
+    Bad input exits 2 with one line, before anything is created or started (runner.preflight); a
+    study whose every trial failed exits 1 with one line saying what failed and where its records are."""
     import argparse
     import sys
 
@@ -45,7 +39,8 @@ def cli(name: str, presets: dict[str, Callable], argv=None, default: str = "cpu"
     p.add_argument("--workers-per-trial", type=int)
     p.add_argument("--gpus-per-trial", type=float, help="GPUs per Train worker: 0, 1, or a share of one for "
                    "one-worker trials (0.25: four trials on each GPU)")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override any TrialConfig field")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override any TrialConfig field "
+                   "(the flags of `structinit train`: model.*, recipe.*, init.*, seed, ...)")
     p.add_argument("--storage", help="where Optuna storage, results and reports go (default ./runs)")
     p.add_argument("--checkpoints", default=os.environ.get("STRUCTINIT_CHECKPOINTS"),
                    help="Tune/Train state and checkpoints: s3://..., gs://... or a shared folder "
@@ -63,17 +58,16 @@ def cli(name: str, presets: dict[str, Callable], argv=None, default: str = "cpu"
     except ValueError as err:
         p.refuse(err)
     from structinit.config import with_overrides
-    from structinit.runner import run
-    from structinit.study import check_space
+    from structinit.runner import preflight, run
 
     try:
         choice("preset", args.preset, sorted(presets))
         study = presets[args.preset]()
         overrides = {}
-        for item in args.set:
+        for item in args.set:  # read as each field's type reads it (config.parse)
             check("--set", item, "FIELD=VALUE", "=" in item)
             key, _, value = item.partition("=")
-            overrides[key] = _value(value)
+            overrides[key.strip()] = value
         for flag, key in (("epochs", "recipe.epochs"), ("dataset", "dataset"), ("data_root", "data_root"),
                           ("workers_per_trial", "workers")):
             if getattr(args, flag) is not None:
@@ -97,14 +91,21 @@ def cli(name: str, presets: dict[str, Callable], argv=None, default: str = "cpu"
             if getattr(args, flag) is not None:
                 fields[flag] = getattr(args, flag)
         study = dataclasses.replace(study, **fields)
-        data = check_space(study)
+        data = preflight(study, resume=args.resume, address=args.address)
     except (ValueError, TypeError) as err:
         p.refuse(err)
     try:
         out = run(study, resume=args.resume, address=args.address, data=data)
-    except ValueError as err:  # what only the cluster can tell (check_cluster), or no execution to resume
+    except ValueError as err:  # what only the cluster can tell (check_cluster)
         p.refuse(err)
     print(json.dumps(out))
     if out["finished"] < out["expected"]:  # stopped early (Ctrl-C): exit as an interrupted command does
         raise SystemExit(130)
+    if out["failed"] == out["expected"]:  # nothing to report: say what failed and where to look
+        from structinit import tracking
+
+        first = [line.strip() for line in (out["first_error"] or "").splitlines() if line.strip()]
+        p.exit(1, f"{p.prog}: error: every trial of {out['execution']} failed ({out['failed']} of {out['expected']}; "
+                  f"the first: {first[-1][:300] if first else 'no error recorded'}); its records: {out['trials']}, "
+                  f"MLflow run {out['parent_run_id']} at {tracking.shown(study.tracking_uri or tracking.default_uri())}\n")
     return out
