@@ -22,7 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:  # told by the subcommand's parser, which knows its flags (and the nearest to a typo)
+        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     one_line_warnings()
     return args.run(args, args.parser)
 

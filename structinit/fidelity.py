@@ -126,5 +126,5 @@ def plot_attention(model: VisionTransformer, result: InitResult, path: str, bloc
                 ax.set_title(f"query ({r},{c})", fontsize=9)
     fig.suptitle(f"block {block}: initial attention on the pseudo input")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")  # a PNG whatever the name ends in
     plt.close(fig)

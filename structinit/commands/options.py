@@ -1,85 +1,111 @@
-"""The options several command lines share, defined once: a model's name and geometry, an init
-and its seed, a study's name and storage, and the MLflow tracking URI.
+"""The options several command lines share, defined once: every TrialConfig field, derived from
+the dataclasses (`config.vocabulary`), a study's name and storage, and the MLflow tracking URI.
 
-Defining them imports nothing heavy (the CLI parses and answers --help before torch, timm, Ray or
-MLflow load): an init flag not given is absent from the parsed arguments, and `init_config` leaves
-that field to InitConfig's default."""
+A field's flag is its dotted key (`--init.target_mass 0.6`, `--seed 3`), the key of the study
+scripts' `--set` (which these commands take too); its leaf spelled with dashes is the same flag
+where no other field or flag has that leaf (`--target-mass`, `--embed-dim`, `--lr`: the flags'
+former names), and `--model`, `--init` name the model and the init. Defining them imports nothing
+heavy (the CLI parses and answers --help before torch, timm, Ray or MLflow load): a field not given
+is absent from the parsed arguments, and the config keeps its default."""
 from __future__ import annotations
 
 import argparse
+import collections
+import dataclasses
+import typing
+
+from structinit.config import InitConfig, ModelConfig, TrialConfig, vocabulary
+from structinit.recipes import RECIPES
+from structinit.validate import check
 
 VIT = "vit_tiny_patch2_32"  # the model inspect-init and rank build when none is named
 TRACKING_URI = "MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)"
+METAVARS = {int: "INT", float: "NUM", str: "TEXT", tuple: "JSON"}
+GROUPS = {  # section -> (title, description)
+    "model": ("model", ModelConfig.__doc__),
+    "recipe": ("recipe", f"--recipe names a preset ({' | '.join(RECIPES)}; default: the dataset's) that sets every "
+                         "field; a flag overrides one. The defaults shown are the dataclass's, which a preset may set."),
+    "init": ("init", InitConfig.__doc__),
+    "": ("data, resources and the run", TrialConfig.__doc__),
+}
 
 
-def _mass(text: str) -> float | None:
-    return None if text.lower() == "none" else float(text)
+def add_config(p: argparse.ArgumentParser, defaults: dict[str, str] | None = None) -> None:
+    """A flag for every TrialConfig field (see the module's docstring), `--recipe`, and `--set
+    FIELD=VALUE` for any field; `defaults`: a command's own default of a field, as its help says
+    it (e.g. the model: the dataset's). Flags of the command added before keep their names."""
+    defaults = defaults or {}
+    p.usage = "%(prog)s [--FIELD VALUE ...] [--set FIELD=VALUE ...] [flags]  (FIELD: model.depth, init.target_mass, ...)"
+    taken = set(p._option_string_actions)
+    leaves = collections.Counter(f.key.rpartition(".")[2] for f in vocabulary())
+    groups = {}
+    for f in vocabulary():
+        section, _, leaf = f.key.rpartition(".")
+        if section not in groups:
+            groups[section] = p.add_argument_group(*GROUPS.get(section, (section, None)))
+            if section == "recipe":
+                groups[section].add_argument("--recipe", help="a named recipe (default: the dataset's)")
+        alias = f"--{section}" if leaf == "name" else "--" + leaf.replace("_", "-")
+        names = [f"--{f.key}", *([alias] if alias != f"--{f.key}" and alias not in taken
+                                 and (leaf == "name" or leaves[leaf] == 1) else [])]
+        default = defaults.get(f.key, "set by --recipe" if f.default is dataclasses.MISSING else f.default)
+        text = (f"{f.help} " if f.help else "") + f"(default: {default})"
+        kind = next((a for a in typing.get_args(f.hint) if a is not type(None)), f.hint)
+        if kind is bool:
+            groups[section].add_argument(*names, dest=f.key, action=argparse.BooleanOptionalAction,
+                                         default=argparse.SUPPRESS, help=text.replace("%", "%%"))
+        else:
+            metavar = METAVARS.get(kind, "VALUE") + ("|none" if type(None) in typing.get_args(f.hint) else "")
+            groups[section].add_argument(*names, dest=f.key, metavar=metavar, default=argparse.SUPPRESS,
+                                         help=text.replace("%", "%%"))
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="any field by its dotted name, as the study scripts take it (--set init.target_mass=0.6)")
 
 
-def add_model(p: argparse.ArgumentParser, default: str | None = VIT) -> None:
-    g = p.add_argument_group("model (a timm ViT name; the flags override its geometry)")
-    g.add_argument("--model", default=default, help="a timm ViT name (train: default suits the dataset)")
-    g.add_argument("--img-size", type=int)
-    g.add_argument("--patch-size", type=int)
-    g.add_argument("--embed-dim", type=int)
-    g.add_argument("--depth", type=int)
-    g.add_argument("--num-heads", type=int)
-    g.add_argument("--pos-embed", help="learn | sincos (structinit models)")
-    g.add_argument("--global-pool", help="avg | token")
-    g.add_argument("--kernel-size", type=int, help="ConvMixer: the depthwise filters' size")
+def given(args: argparse.Namespace) -> dict:
+    """The fields the command line gives (`--set`, then the flags: a flag wins), each read as its
+    type reads it (`config.parse`: a value of another type, or an unknown field, is refused)."""
+    from structinit.config import parse
+
+    texts = {}
+    for item in args.set:
+        check("--set", item, "FIELD=VALUE", "=" in item)
+        key, _, value = item.partition("=")
+        texts[key.strip()] = value
+    texts.update({f.key: getattr(args, f.key) for f in vocabulary() if hasattr(args, f.key)})
+    return {key: parse(key, value) for key, value in texts.items()}
 
 
-def add_init(p: argparse.ArgumentParser) -> None:
-    """The init flags (an InitConfig field each; one not given is absent: InitConfig's default) and --seed."""
-    g = p.add_argument_group("init", argument_default=argparse.SUPPRESS)
-    g.add_argument("--init", help="ViT: default | torch_default | pe_scaled | mimetic | impulse; "
-                   "ConvMixer: learned | frozen_random | frozen_impulse | frozen_box")
-    g.add_argument("--base", help="timm | torch: weights the init does not set")
-    g.add_argument("--filter-size", type=int)
-    g.add_argument("--offsets", help="cover | random")
-    g.add_argument("--pseudo-input", help="pe | uniform | gaussian | pe+uniform | pe+gaussian | data | pe+data "
-                   "(data: solved layer by layer on a seeded batch of training images)")
-    g.add_argument("--data-images", type=int, help="data, pe+data: how many training images the solve uses (64)")
-    g.add_argument("--solver", help="closed_form | gradient")
-    g.add_argument("--target-mass", type=_mass,
-                   help="attention mass on the impulse tap, in (0, 1); 'none' = raw v1 gradient solve, or --factor-norm")
-    g.add_argument("--factor-norm", type=float,
-                   help="with --target-mass none: each head's W_q, W_k to this Frobenius norm (the follow-up's 7)")
-    g.add_argument("--damping", type=float,
-                   help="closed form: Tikhonov damping, a share of the pseudo input's largest singular value")
-    g.add_argument("--qk", help="per_block | shared")
-    g.add_argument("--value-proj", help="default | mimetic")
-    g.add_argument("--pe-scale", type=float)
-    g.add_argument("--target-shape", help="impulse | box | gaussian (a blob around each tap)")
-    g.add_argument("--blob", type=int, help="box/gaussian: the blob's side")
-    g.add_argument("--blob-sigma", type=float)
-    g.add_argument("--mix", help="noise | mimetic: blend the target with it before the solve")
-    g.add_argument("--mix-ratio", type=float)
-    g.add_argument("--distinct-filters", type=int, help="ConvMixer: filters shared across the channels")
-    g.add_argument("--seed", type=int, default=0)
+def check_given(args: argparse.Namespace, dataset: str | None = "digits") -> dict:
+    """What needs nothing heavy, answered before anything heavy loads: every value given is of its
+    field's type, and the recipe and model geometry they name are valid (the dataset's recipe
+    where none is named; an unknown dataset is refused later, by the config). Returns `given`."""
+    import warnings
+
+    from structinit.recipes import DEFAULT_RECIPE, recipe
+
+    fields = given(args)
+    part = {s: {k.partition(".")[2]: v for k, v in fields.items() if k.startswith(s + ".")} for s in ("model", "recipe")}
+    name = args.recipe or DEFAULT_RECIPE.get(fields.get("dataset", dataset))
+    if name:
+        with warnings.catch_warnings():  # a clipped warmup is said once, by the config
+            warnings.simplefilter("ignore")
+            recipe(name, **part["recipe"])
+    ModelConfig(**{"name": VIT, **part["model"]})
+    return fields
+
+
+def trial_config(fields: dict, recipe: str | None, dataset: str = "digits", model: str | None = None) -> TrialConfig:
+    """The TrialConfig of the fields given (`given`): `config.make`'s for their dataset (else
+    `dataset`; the dataset's model, else `model`, and recipe unless named), each field over it."""
+    from structinit.config import make, with_overrides
+
+    fields = dict(fields)
+    base = make(fields.pop("dataset", dataset), model=fields.pop("model.name", model), recipe_name=recipe)
+    return with_overrides(base, fields)
 
 
 def add_study(p: argparse.ArgumentParser) -> None:
     p.add_argument("study", help="the study's name, e.g. heads_vs_dim")
     p.add_argument("--storage", default="runs", help="the studies' storage folder (default ./runs)")
     p.add_argument("--tracking-uri", help=TRACKING_URI)
-
-
-INIT_FIELDS = ("base", "filter_size", "offsets", "pseudo_input", "data_images", "solver", "target_mass", "factor_norm", "damping",
-               "qk", "value_proj", "pe_scale", "target_shape", "blob", "blob_sigma", "mix", "mix_ratio",
-               "distinct_filters")  # the InitConfig fields `add_init` has a flag for (and --init: name)
-
-
-def init_config(args: argparse.Namespace):
-    """The InitConfig the init flags given name (validated: a bad value raises ValueError)."""
-    from structinit.inits import InitConfig
-
-    given = {k: getattr(args, k) for k in ("init", *INIT_FIELDS) if hasattr(args, k)}
-    return InitConfig(**{"name" if k == "init" else k: v for k, v in given.items()})
-
-
-def geometry(args: argparse.Namespace) -> dict:
-    """The model flags given (None where not), by ModelConfig field."""
-    from structinit.config import MODEL_FIELDS
-
-    return {k: getattr(args, k, None) for k in MODEL_FIELDS}
