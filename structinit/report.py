@@ -27,7 +27,7 @@ from structinit.paths import StudyPaths
 from structinit.stats import (EXACT_BELOW, across_fractions, arms, attention_by_seed, attention_curves,
                               attention_summary, by_seed, ci95, comparisons, decomposition, holm, lost_seeds,
                               paired_test, per_cell, varies_width, vit_conditions, whole_rank)
-from structinit.validate import check, sqlite_path, sqlite_store
+from structinit.validate import check, sqlite_path, sqlite_store, writable
 
 IMPULSE_PAIRS = (("impulse", "mimetic"), ("impulse", "default"), ("impulse", "torch_default"),
                  ("impulse", "pe_scaled"),  # ViT inits (torch_default: the footings' baseline)
@@ -401,10 +401,34 @@ def cell_lines(cells: pd.DataFrame, paired: pd.DataFrame) -> list[str]:
     return lines
 
 
-def plots(folder: str, trials: pd.DataFrame, history: pd.DataFrame, paired: pd.DataFrame, optuna_url: str,
-          execution: str | None, wanted: tuple = PLOTS, attention: pd.DataFrame | None = None) -> list:
+def param_importances(optuna_url: str, execution: str | None) -> dict:
+    """Optuna's parameter importances (fANOVA) of an execution's search: none without one, an
+    SQLite storage not made, fewer than 3 complete trials or a parameter that varied. A storage that
+    cannot be read is refused naming it (the report reads every input before it writes)."""
+    store = sqlite_path(optuna_url)
+    if not execution or (store is not None and not os.path.exists(store)):  # read, not made
+        return {}
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=execution, storage=optuna_url)
+    except KeyError:  # no such study
+        return {}
+    except Exception as err:  # not a database, a missing driver, a server that does not answer
+        check("optuna_url", optuna_url, f"an Optuna storage that can be read ({type(err).__name__}: "
+              f"{(str(err).strip().splitlines() or [''])[0][:200]})", False)
+    try:
+        complete = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
+        return optuna.importance.get_param_importances(study) if len(complete) >= 3 else {}
+    except (ValueError, RuntimeError):  # no parameter varied
+        return {}
+
+
+def plots(folder: str, trials: pd.DataFrame, history: pd.DataFrame, paired: pd.DataFrame, importance: dict,
+          wanted: tuple = PLOTS, attention: pd.DataFrame | None = None) -> list:
     """The `wanted` plots (of PLOTS) the results allow, as PNGs in `folder`; returns their paths.
-    `attention`: the attention rows of the trials' models (results.ATTENTION), for `attention`."""
+    `importance`: Optuna's parameter importances (`param_importances`); `attention`: the attention
+    rows of the trials' models (results.ATTENTION), for `attention`."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -459,21 +483,11 @@ def plots(folder: str, trials: pd.DataFrame, history: pd.DataFrame, paired: pd.D
     curves = attention_tables(arms(trials), attention)[0] if "attention" in wanted else []
     if len(curves):
         made.append(attention_plot(curves, os.path.join(folder, "attention.png")))
-    store = sqlite_path(optuna_url)
-    if "param_importances" in wanted and execution and (store is None or os.path.exists(store)):  # read, not made
-        import optuna
-
-        try:
-            study = optuna.load_study(study_name=execution, storage=optuna_url)
-            complete = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
-            importance = optuna.importance.get_param_importances(study) if len(complete) >= 3 else {}
-        except (KeyError, ValueError, RuntimeError):  # no such study, or no parameter varied
-            importance = {}
-        if importance:
-            fig, ax = plt.subplots(figsize=(5, 0.5 + 0.4 * len(importance)))
-            ax.barh(list(importance)[::-1], list(importance.values())[::-1])
-            ax.set(xlabel="importance (fANOVA)", title="Optuna parameter importances")
-            made.append(_save(fig, os.path.join(folder, "param_importances.png")))
+    if "param_importances" in wanted and importance:
+        fig, ax = plt.subplots(figsize=(5, 0.5 + 0.4 * len(importance)))
+        ax.barh(list(importance)[::-1], list(importance.values())[::-1])
+        ax.set(xlabel="importance (fANOVA)", title="Optuna parameter importances")
+        made.append(_save(fig, os.path.join(folder, "param_importances.png")))
     return made
 
 
@@ -516,31 +530,33 @@ def report(study: str, storage: str = "runs", tracking_uri: str | None = None, o
     """Build the report of a study's results -- of the executions that share the base of
     `execution` (default: the latest; `select`): print-ready Markdown; also written as report.md,
     table.csv, paired.csv, decomposition.csv, cells.csv, attention.csv, fractions.csv and plots
-    under <storage>/<study>/report/, and logged to the MLflow run of that execution."""
+    under <storage>/<study>/report/, and logged to the MLflow run of that execution. Every input
+    (results, report spec, Optuna and MLflow records, the report folder) is read and checked before
+    anything is written."""
     paths = StudyPaths(storage, study, optuna_url=optuna_url)
     pooled, history = results.load(paths.folder)
     trials, history, note = select(pooled, history, execution)
     attention = results.load_attention(paths.folder)
     attention = attention[attention["trial_id"].isin(set(history["trial_id"]))]  # the selected models' own
     pairs, wanted, reference = declared(paths)
-    sqlite_store("optuna storage", paths.optuna)  # every record it reads is checked before it writes
+    sqlite_store("optuna storage", paths.optuna)
+    execution = execution or paths.execution()
+    importance = param_importances(paths.optuna, execution) if "param_importances" in wanted else {}
+    run = execution and tracking.latest_run(tracking_uri or tracking.default_uri(), study, "execution", execution)
+    out = paths.report
+    writable("report folder", out, folder=True)
     table, paired = summarize(trials, pairs, reference)
     text = markdown(study, table, paired, trials, note, attention)
-    out = paths.report
+    done = arms(trials)
+    _, summary, fractions = attention_tables(done, attention)
+    tables = {"table.csv": table, "paired.csv": paired, "decomposition.csv": decomposition(done, paired),
+              "cells.csv": per_cell(done, table, paired), "attention.csv": summary, "fractions.csv": fractions}
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write(text)
-    table.to_csv(os.path.join(out, "table.csv"), index=False)
-    paired.to_csv(os.path.join(out, "paired.csv"), index=False)
-    done = arms(trials)
-    decomposition(done, paired).to_csv(os.path.join(out, "decomposition.csv"), index=False)
-    per_cell(done, table, paired).to_csv(os.path.join(out, "cells.csv"), index=False)
-    _, summary, fractions = attention_tables(done, attention)
-    summary.to_csv(os.path.join(out, "attention.csv"), index=False)
-    fractions.to_csv(os.path.join(out, "fractions.csv"), index=False)
-    execution = execution or paths.execution()
-    plots(out, trials, history, paired, paths.optuna, execution, wanted, attention)
-    run = execution and tracking.latest_run(tracking_uri or tracking.default_uri(), study, "execution", execution)
+    for name, frame in tables.items():
+        frame.to_csv(os.path.join(out, name), index=False)
+    plots(out, trials, history, paired, importance, wanted, attention)
     if run:
         tracking.log_folder(run, out, "report")
     return text

@@ -3,6 +3,7 @@ tables, and record the run ids in them (after MLflow was unreachable during a st
 from __future__ import annotations
 
 import argparse
+import os
 
 from structinit.commands.options import add_study
 
@@ -18,12 +19,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from structinit import report, results, tracking
     from structinit.paths import StudyPaths
-    from structinit.validate import check
+    from structinit.validate import check, component, writable
 
-    paths = StudyPaths(args.storage, args.study)
-    folder = paths.folder
     uri = args.tracking_uri or tracking.default_uri()
-    try:
+    try:  # every input read and checked before anything is written
+        component("study", args.study)
+        paths = StudyPaths(args.storage, args.study)
+        folder = paths.folder
         names = results.executions(folder)
         check("study", args.study, f"a study with results under {folder}/results", bool(names))
         if args.execution:
@@ -31,13 +33,16 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             names = [args.execution]
         tables = {execution: (*results.read(folder, execution), results.read_attention(folder, execution))
                   for execution in names}  # all read before any write
-        pairs = report.declared(paths)[0]
+        pairs, _, reference = report.declared(paths)
+        for execution in tables:  # the tables it rewrites with the run ids
+            writable("results file", os.path.join(folder, "results", "trials", f"{execution}.parquet"))
+            writable("results file", os.path.join(folder, "results", "history", f"{execution}.parquet"))
         tracking.check(uri)
     except ValueError as err:
         parser.refuse(err)
     for execution, (trials, history, attention) in tables.items():
         ids = tracking.sync(uri, args.study, execution, trials, history, attention)
-        report.log_summary(tracking.latest_run(uri, args.study, "execution", execution), trials, pairs)
+        report.log_summary(tracking.latest_run(uri, args.study, "execution", execution), trials, pairs, reference)
         for t in trials:
             t["mlflow_run_id"] = ids.get(t["trial_id"])
         results.write(folder, execution, trials, history)
