@@ -397,57 +397,60 @@ def train_loop(config: dict, session: Session) -> dict | None:
         bar = tqdm(desc=f"{cfg.dataset} {cfg.init.name} seed {cfg.seed}", total=r.epochs, unit="epoch")
         bar.update(start)
     setup = time.perf_counter() - entered
-    for epoch in range(start, r.epochs):
-        # data order, augmentation and drop-path follow from (seed, rank, epoch): a resume replays them exactly
-        sampler.set_epoch(epoch)
-        torch.manual_seed(cfg.seed * 1_000_003 + ctx.rank * 1009 + epoch)
-        t0 = time.perf_counter()
-        stats = train_one_epoch(model, loaders["train"], optimizer, scheduler, loss_fn, device=ctx.device,
-                                dtype=dtype, scaler=scaler, grad_clip=r.grad_clip, mixup=mixup, epoch=epoch,
-                                updates=updates)
-        updates = stats["updates"]
-        t1, last = time.perf_counter(), epoch == r.epochs - 1
-        saved = ctx.rank == 0 and (last or (epoch + 1) % cfg.checkpoint_every == 0)  # a checkpoint, attention measured
-        val = evaluate([raw], loaders["val"], **evaluation)[0] if len(d.val) else {}
-        if val and val["top1"] > best["val_top1"]:  # every rank sees the same (all-reduced) accuracy
-            best = {"epoch": epoch, "val_top1": val["top1"],
-                    "model": {k: v.detach().to("cpu", copy=True) for k, v in raw.state_dict().items()}}
-        tested = [raw, *([best_model(raw, best)] if last and best["epoch"] not in (None, epoch) else [])]
-        test, *at_best = evaluate(tested, loaders["test"], **evaluation) if cfg.test_every_epoch or last else [{}]
-        metrics = {"epoch": epoch, "train_loss": stats["train_loss"],
-                   **{f"val_{k}": v for k, v in val.items()}, **{f"test_{k}": v for k, v in test.items()},
-                   "lr": optimizer.param_groups[0]["lr"],
-                   "images_per_s": stats["images"] * ctx.world / stats["train_seconds"],
-                   "train_seconds": stats["train_seconds"], "setup_seconds": setup, "startup_seconds": startup,
-                   "data_from_store": float(shared is not None), **fid}
-        if last:
-            metrics.update(final_summary(test, at_best[0] if at_best else test, best, epoch))
-        if watch and saved:
-            means, seconds = watch_attention(raw, init, held_out, epoch + 1, attention_rows)
-            spent += seconds
-            if run is not None and epoch + 1 > logged_attention:
-                tracking.log_epoch(run, means, step=epoch + 1)
-        metrics["attention_seconds"], spent = spent, 0.0
-        metrics["eval_seconds"] = time.perf_counter() - t1
-        metrics["epoch_seconds"] = time.perf_counter() - t0
-        history.append(metrics)
-        if ctx.rank == 0 and run is not None and epoch > logged:
-            tracking.log_epoch(run, metrics, step=epoch)
-        with tempfile.TemporaryDirectory() as folder:
-            ckpt = None
-            if saved:
-                checkpoint.write(folder, {"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
-                                          "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                                          "epoch": epoch, "updates": updates, "best": best,
-                                          "config": cfg.to_dict()}, history, attention_rows if watch else None)
-                ckpt = session.Checkpoint.from_directory(folder)
-            session.report(metrics, checkpoint=ckpt)
+    try:  # a failed run closes its bar: the driver would otherwise draw it after the run's last line
+        for epoch in range(start, r.epochs):
+            # data order, augmentation and drop-path follow from (seed, rank, epoch): a resume replays them exactly
+            sampler.set_epoch(epoch)
+            torch.manual_seed(cfg.seed * 1_000_003 + ctx.rank * 1009 + epoch)
+            t0 = time.perf_counter()
+            stats = train_one_epoch(model, loaders["train"], optimizer, scheduler, loss_fn, device=ctx.device,
+                                    dtype=dtype, scaler=scaler, grad_clip=r.grad_clip, mixup=mixup, epoch=epoch,
+                                    updates=updates)
+            updates = stats["updates"]
+            t1, last = time.perf_counter(), epoch == r.epochs - 1
+            # a checkpoint, attention measured
+            saved = ctx.rank == 0 and (last or (epoch + 1) % cfg.checkpoint_every == 0)
+            val = evaluate([raw], loaders["val"], **evaluation)[0] if len(d.val) else {}
+            if val and val["top1"] > best["val_top1"]:  # every rank sees the same (all-reduced) accuracy
+                best = {"epoch": epoch, "val_top1": val["top1"],
+                        "model": {k: v.detach().to("cpu", copy=True) for k, v in raw.state_dict().items()}}
+            tested = [raw, *([best_model(raw, best)] if last and best["epoch"] not in (None, epoch) else [])]
+            test, *at_best = evaluate(tested, loaders["test"], **evaluation) if cfg.test_every_epoch or last else [{}]
+            metrics = {"epoch": epoch, "train_loss": stats["train_loss"],
+                       **{f"val_{k}": v for k, v in val.items()}, **{f"test_{k}": v for k, v in test.items()},
+                       "lr": optimizer.param_groups[0]["lr"],
+                       "images_per_s": stats["images"] * ctx.world / stats["train_seconds"],
+                       "train_seconds": stats["train_seconds"], "setup_seconds": setup, "startup_seconds": startup,
+                       "data_from_store": float(shared is not None), **fid}
+            if last:
+                metrics.update(final_summary(test, at_best[0] if at_best else test, best, epoch))
+            if watch and saved:
+                means, seconds = watch_attention(raw, init, held_out, epoch + 1, attention_rows)
+                spent += seconds
+                if run is not None and epoch + 1 > logged_attention:
+                    tracking.log_epoch(run, means, step=epoch + 1)
+            metrics["attention_seconds"], spent = spent, 0.0
+            metrics["eval_seconds"] = time.perf_counter() - t1
+            metrics["epoch_seconds"] = time.perf_counter() - t0
+            history.append(metrics)
+            if ctx.rank == 0 and run is not None and epoch > logged:
+                tracking.log_epoch(run, metrics, step=epoch)
+            with tempfile.TemporaryDirectory() as folder:
+                ckpt = None
+                if saved:
+                    checkpoint.write(folder, {"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
+                                              "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                                              "epoch": epoch, "updates": updates, "best": best,
+                                              "config": cfg.to_dict()}, history, attention_rows if watch else None)
+                    ckpt = session.Checkpoint.from_directory(folder)
+                session.report(metrics, checkpoint=ckpt)
+            if bar is not None:
+                bar.set_description(f"{cfg.dataset} {cfg.init.name} seed {cfg.seed} loss {stats['train_loss']:.3f} "
+                                    + (f"val {val['top1']:.1f}%" if val else ""))
+                bar.update(1)
+    finally:
         if bar is not None:
-            bar.set_description(f"{cfg.dataset} {cfg.init.name} seed {cfg.seed} loss {stats['train_loss']:.3f} "
-                                + (f"val {val['top1']:.1f}%" if val else ""))
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+            bar.close()
     return history[-1] if history else None
 
 

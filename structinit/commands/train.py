@@ -82,19 +82,22 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.refuse(err)
     run = tracking.start_run(uri, args.experiment, name, cfg.flat(),
                              {"init": cfg.init.name, "dataset": cfg.dataset, "seed": cfg.seed, "model": cfg.model.name})
-    records = f"MLflow run {run.run_id} at {tracking.shown(uri)}, checkpoints under {os.path.join(storage, name)}"
+    failure = None
     try:
         result = fit(cfg, storage_path=storage, name=name, run=run)
-    except (TrainingFailedError, Exception) as err:  # never left RUNNING: FAILED, and one line saying where
-        tracking.set_tags(run, {"error": str(err)[-5000:]})
-        tracking.finish(run, "FAILED")
-        print(f"{parser.prog}: run {name} failed: {reason(err)}; its records: {records}", file=sys.stderr)
-        return 1
+    except (TrainingFailedError, Exception) as err:  # Train's, or one of starting it
+        failure = err
     except BaseException:  # Ctrl-C: the same command resumes it
         tracking.finish(run, "KILLED")
         raise
     finally:
-        ray.shutdown()
+        ray.shutdown()  # its workers' last lines are printed before the run's own
+    if failure is not None:  # never left RUNNING: FAILED, and one line saying what and where its records are
+        tracking.set_tags(run, {"error": str(failure)[-5000:]})
+        tracking.finish(run, "FAILED")
+        print(f"{parser.prog}: error: run {name} failed: {reason(failure)}; its records: MLflow run {run.run_id} "
+              f"at {tracking.shown(uri)}, checkpoints under {os.path.join(storage, name)}", file=sys.stderr)
+        return 1
     history = history_of(result)
     summary = {"name": name, "tracking_uri": uri, "mlflow_run_id": run.run_id,
                "checkpoint": result.checkpoint.path if result.checkpoint else None,
