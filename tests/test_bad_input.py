@@ -5,9 +5,11 @@ that is not a checkpoint) exits 2 with one line naming the field, the value and 
 before any cluster work: no Ray session, no MLflow store, no study folder, nothing written or changed."""
 import contextlib
 import io
+import json
 import os
 import runpy
 import sys
+import typing
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,8 @@ STUDY = str(ROOT / "studies" / "heads_vs_dim.py")
 
 # a study script with broken presets, as a researcher might write one
 PRESETS = '''
+import json
+import os
 from functools import partial
 from structinit.commands.study import cli
 from structinit.config import make
@@ -36,7 +40,11 @@ PRESETS = {
                                grid={"recipe.lr": [1e-3, -1e-3]}),
     "grace": lambda: Study("bad", base(), one, scheduler="asha", grace_epochs=5),
     "empty_grid": lambda: Study("bad", base(), one, grid={"model.depth": []}),
+    "typo_grid": lambda: Study("bad", base(), partial(categorical, **{"fractoin": [0.5]}), grid={"fractoin": [0.5]}),
+    "typo_space": lambda: Study("bad", base(), partial(categorical, **{"model.widht": [2]}), num_configs=1),
+    "grid": lambda: Study("bad", base(), partial(categorical, **GRID), grid=GRID),  # GRID: the environment's
 }
+GRID = json.loads(os.environ.get("GRID", "{}"))
 if __name__ == "__main__":
     cli("bad", PRESETS)
 '''
@@ -141,7 +149,143 @@ CASES = [
      "results file='{tmp}/study/s/results/history/s-1.parquet'"),
     ("sync: damaged mlflow.db", "cli", ["sync", "s", "--storage", "{tmp}/study", "--tracking-uri",
                                         "sqlite:///{tmp}/store/mlflow.db"], "tracking store='{tmp}/store/mlflow.db'"),
+    # issue 27: each a case a new user met, where validation was written per case rather than once
+    ("inspect-init: plot in a missing folder", "cli", ["inspect-init", "--depth", "1", "--plot", "{tmp}/nope/x.png"],
+     "plot='{tmp}/nope/x.png'"),
+    ("inspect-init: plot under a file", "cli", ["inspect-init", "--depth", "1", "--plot", "{tmp}/afile/x.png"],
+     "plot='{tmp}/afile/x.png'"),
+    ("inspect-init: a model beyond memory", "cli", ["inspect-init", "--model", "vit_tiny_patch2_32", "--embed-dim",
+                                                    "3000000", "--num-heads", "3"], ("embed_dim=3000000", "memory")),
+    ("inspect-init: a ConvMixer", "cli", ["inspect-init", "--model", "convmixer_64_4_p1", "--init", "learned"],
+     "model='convmixer_64_4_p1'"),
+    ("inspect-init: unknown flag", "cli", ["inspect-init", "--init.target_mas", "0.5"],
+     ("--init.target_mas", "nearest: --init.target_mass")),
+    ("train: a name that walks out of its folder", "cli", ["train", "--name", 'x"y/../z'], """name='x"y/../z'"""),
+    ("train: a name two folders up", "cli", ["train", "--name", "../../x"], "name='../../x'"),
+    ("train: an absolute name", "cli", ["train", "--name", "/tmp/x"], "name='/tmp/x'"),
+    ("train: a non-ASCII name", "cli", ["train", "--name", "na\u00efve"], "name='na\u00efve'"),
+    ("train: a name of 300 characters", "cli", ["train", "--name", "x" * 300], "name='xxxx"),
+    ("train: a name with a control character", "cli", ["train", "--name", "a\tb"], "name='a\\tb'"),
+    ("train: an experiment outside its folder", "cli", ["train", "--experiment", "../x"], "experiment='../x'"),
+    ("train: storage path under a file", "cli", ["train", "--storage-path", "{tmp}/afile/sub"],
+     "storage_path='{tmp}/afile/sub'"),
+    ("train: json in a missing folder", "cli", ["train", "--json-out", "{tmp}/nope/x.json"], "json_out='{tmp}/nope/x.json'"),
+    ("train: json onto a folder", "cli", ["train", "--json-out", "{tmp}/empty"], "json_out='{tmp}/empty'"),
+    ("train: tracking store in a read-only folder", "cli", ["train", "--tracking-uri", "sqlite:///{tmp}/ro/mlflow.db"],
+     ("tracking_uri=", "{tmp}/ro", "read-only")),
+    ("train: a seed beyond 64 bits", "cli", ["train", "--seed", "99999999999999999999"], "seed=99999999999999999999"),
+    ("train: a seed beyond NumPy's", "cli", ["train", "--seed", str(2 ** 32)], f"seed={2 ** 32}"),
+    ("train: ViT-B/16 on 8-pixel digits", "cli", ["train", "--model", "vit_base_patch16_224"], "patch_size=16"),
+    ("train: nccl without a GPU", "cli", ["train", "--set", "backend=nccl", "--workers", "2"], "backend='nccl'"),
+    ("train: gpu without one", "cli", ["train", "--gpu"], "gpu=True"),
+    ("train: labels beyond the classes", "cli", ["train", "--dataset", "cifar10", "--data-root", "{tmp}/cifar",
+                                                 "--no-verify"], ("data_root='{tmp}/cifar'", "class indices")),
+    ("train: --set of an unknown field", "cli", ["train", "--set", "model.wide=3"], ("model.wide", "nearest")),
+    ("rank: no images", "cli", ["rank", "--images", "0"], "images=0"),
+    ("rank: rtol not a number", "cli", ["rank", "--rtol", "nan"], "rtol=nan"),
+    ("report: a study outside the storage", "cli", ["report", "../x", "--storage", "{tmp}/study"], "study='../x'"),
+    ("report: an execution outside the results", "cli", ["report", "s", "--storage", "{tmp}/study", "--execution",
+                                                         "../../x"], "execution='../../x'"),
+    ("report: optuna url not a url", "cli", ["report", "s", "--storage", "{tmp}/study", "--optuna-url", "notaurl"],
+     "optuna_url='notaurl'"),
+    ("sync: a study outside the storage", "cli", ["sync", "../x", "--storage", "{tmp}/study"], "study='../x'"),
+    ("fetch: data root under a file", "cli", ["fetch", "cifar10", "--data-root", "{tmp}/afile/sub"],
+     "data_root='{tmp}/afile/sub'"),
+    ("search seed below Optuna's", STUDY, ["--search-seed", "-1"], "search_seed=-1"),
+    ("search seed beyond Optuna's", STUDY, ["--search-seed", str(2 ** 32)], f"search_seed={2 ** 32}"),
+    ("storage under a file", STUDY, ["--storage", "{tmp}/afile/sub"], "storage='{tmp}/afile/sub/heads_vs_dim'"),
+    ("checkpoints under a file", STUDY, ["--checkpoints", "{tmp}/afile/sub"], "checkpoints='{tmp}/afile/sub/"),
+    ("optuna store in a missing folder", STUDY, ["--optuna-url", "sqlite:///{tmp}/afile/optuna.db"],
+     "optuna storage='{tmp}/afile'"),
+    ("tracking store in a read-only folder", STUDY, ["--tracking-uri", "sqlite:///{tmp}/ro/mlflow.db"],
+     ("tracking_uri=", "read-only")),
+    ("resume an execution that is not there", STUDY, ["--resume", "--storage", "{tmp}/study"],
+     ("resume='heads_vs_dim-gone'", "no Tune state")),
+    ("more workers than CPUs", STUDY, ["--workers-per-trial", "2", "--set", f"cpus_per_worker={os.cpu_count() or 1}"],
+     ("workers_per_trial=2", "CPUs")),
+    ("more CPUs per worker than the machine", STUDY, ["--set", f"cpus_per_worker={(os.cpu_count() or 1) + 1}"],
+     ("workers_per_trial=", "CPUs")),
+    ("nccl with one-worker trials and no GPU", STUDY, ["--set", "backend=nccl"], "backend='nccl'"),
+    ("nccl with several workers and no GPU", STUDY, ["--set", "backend=nccl", "--workers-per-trial", "2"],
+     "backend='nccl'"),
+    ("a share of a GPU without one", STUDY, ["--gpus-per-trial", "0.3"], "gpus_per_trial=0.3"),
+    ("a seed beyond NumPy's", STUDY, ["--set", f"seed={2 ** 32}"], f"seed={2 ** 32}"),
+    ("labels beyond the classes", STUDY, ["--dataset", "cifar10", "--data-root", "{tmp}/cifar", "--set", "verify=false"],
+     ("data_root='{tmp}/cifar'", "class indices")),
+    ("a study typo", STUDY, ["--num-config", "2"], ("--num-config", "nearest: --num-configs")),
+    ("preset: a grid key not a field", "presets", ["--preset", "typo_grid"], ("fractoin", "nearest: fraction")),
+    ("preset: a space param not a field", "presets", ["--preset", "typo_space"], ("model.widht", "nearest")),
 ]
+
+
+# ---- generated from the dataclasses: every TrialConfig field, per command that takes it ------
+# train, inspect-init and rank take each field as a flag, a study script as --set (and in a grid):
+# each field gets a value of another type, and, where the config refuses some value of its type
+# (probed here, in this process, over the base config the command builds), that value. The line a
+# command prints must name the field as the config does, in one line, before anything is created.
+
+FLAG_COMMANDS = {"train": None, "inspect-init": "vit_tiny_patch2_32", "rank": "vit_tiny_patch2_32"}  # and the model
+WRONG = {int: "2.5", float: "abc", bool: "yes", tuple: "abc"}  # text of another type (any text is a string)
+PROBES = {int: (-1, 0), float: (-1.0, 0.0, 1.5), str: ("no_such_value",), tuple: ([-1, 2],), bool: ()}
+
+
+def kind(f) -> type:
+    return next((a for a in typing.get_args(f.hint) if a is not type(None)), f.hint)
+
+
+def refusal(key: str, value, base) -> str | None:
+    """What the config says of `value` for the field `key` over `base`, in this process: the
+    `name=value` its ValueError begins with, or None where it takes the value."""
+    from structinit.config import parse, validate_model, with_overrides
+
+    try:
+        cfg = with_overrides(base, {key: parse(key, value) if isinstance(value, str) else value})
+        if key.startswith("model."):
+            validate_model(cfg)
+    except ValueError as err:
+        return str(err).partition(" is not allowed")[0]
+    return None
+
+
+def text(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def generated() -> list[tuple]:
+    """The generated cases: (id, script, arguments, the `name=value` the line must hold)."""
+    import importlib.util
+
+    from structinit.config import make, vocabulary
+
+    spec = importlib.util.spec_from_file_location("study_heads_vs_dim", STUDY)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    bases = {None: make("digits"), "vit_tiny_patch2_32": make("digits", model="vit_tiny_patch2_32"),
+             "study": script.PRESETS["smoke"]().trial}
+    out = []
+    for f in vocabulary():
+        wrong = WRONG.get(kind(f))
+        needle = refusal(f.key, wrong, bases[None]) if wrong else None
+        for command, model in FLAG_COMMANDS.items():
+            if wrong:
+                args = ["--set", f"{f.key}={wrong}"] if kind(f) is bool else [f"--{f.key}", wrong]
+                out.append((f"{command}: {f.key} of another type", "cli", [command, *args], needle))
+            probe = next(((v, r) for v in PROBES[kind(f)] if (r := refusal(f.key, v, bases[model]))), None)
+            if probe:
+                out.append((f"{command}: {f.key} out of range", "cli", [command, f"--{f.key}", text(probe[0])],
+                            probe[1]))
+        if wrong:
+            out.append((f"study: {f.key} of another type", STUDY, ["--set", f"{f.key}={wrong}"], needle))
+        else:  # a string: only a grid (Python values) can give it another type
+            out.append((f"study grid: {f.key} of another type", "presets",
+                        ["--preset", "grid", "env:GRID=" + json.dumps({f.key: [3]})], refusal(f.key, 3, bases["study"])))
+        probe = next(((v, r) for v in PROBES[kind(f)] if (r := refusal(f.key, v, bases["study"]))), None)
+        if probe:
+            out.append((f"study: {f.key} out of range", STUDY, ["--set", f"{f.key}={text(probe[0])}"], probe[1]))
+    return out
+
+
+GENERATED = generated()
 
 
 def results(folder: Path) -> Path:
@@ -183,7 +327,41 @@ def checkpoints(folder: Path) -> None:
     checkpoint.write(str(folder / "small"), {"model": model.state_dict(), "epoch": 0}, [])
 
 
+def labels_beyond_the_classes(folder: Path) -> None:
+    """CIFAR-10 files as the archive unpacks, but for a training label of 12 (there are 10 classes)."""
+    import pickle
+
+    import numpy as np
+
+    from tests.fake_datasets import cifar
+
+    cifar(folder / "cifar", np.random.default_rng(0))
+    batch = folder / "cifar" / "cifar-10-batches-py" / "data_batch_1"
+    data = pickle.loads(batch.read_bytes())
+    data["labels"][0] = 12
+    batch.write_bytes(pickle.dumps(data))
+
+
+def read_only(folder: Path) -> None:
+    (folder / "ro").mkdir()
+    (folder / "ro").chmod(0o555)
+
+
+def gone(folder: Path) -> None:
+    """A study whose LATEST names an execution of which nothing else is there."""
+    (folder / "study" / "heads_vs_dim").mkdir(parents=True)
+    (folder / "study" / "heads_vs_dim" / "LATEST").write_text("heads_vs_dim-gone")
+
+
 SETUP = {  # the records a case finds in its folder ({tmp})
+    "train: tracking store in a read-only folder": read_only,
+    "tracking store in a read-only folder": read_only,
+    "train: labels beyond the classes": labels_beyond_the_classes,
+    "labels beyond the classes": labels_beyond_the_classes,
+    "resume an execution that is not there": gone,
+    "report: a study outside the storage": results,
+    "report: an execution outside the results": results,
+    "report: optuna url not a url": results,
     "damaged optuna.db": lambda f: garbage(f / "study" / "heads_vs_dim" / "optuna.db"),
     "rank: not a checkpoint": checkpoints,
     "rank: no model in it": checkpoints,
@@ -240,8 +418,9 @@ FOREIGN = ("RAY_ADDRESS", "STRUCTINIT_CHECKPOINTS", "MLFLOW_TRACKING_URI")  # th
 
 def folder_of(case, tmp: Path) -> Path:
     """The case's own folder, with an empty subfolder and the records it finds (SETUP)."""
-    folder = tmp / case[0].replace(" ", "_").replace(":", "").replace(">", "gt")
+    folder = tmp / "".join(c if c.isalnum() else "_" for c in case[0])
     (folder / "empty").mkdir(parents=True)
+    (folder / "afile").write_text("a file, where a folder is asked for\n")
     SETUP.get(case[0], lambda f: None)(folder)
     return folder
 
@@ -323,24 +502,41 @@ def outcomes(tmp_path_factory):
         sys.modules["ray"].shutdown()
     tmp = tmp_path_factory.mktemp("bad_input")
     PLACES.update(servers())
-    cases = [*CASES, WARMUP]
+    cases = [*CASES, *GENERATED, WARMUP]
     folders = {c[0]: folder_of(c, tmp) for c in cases}
     return {c[0]: (*attempt(c, folders[c[0]]), folders[c[0]]) for c in cases}
 
 
 def test_the_table_covers_every_kind_of_input():
-    assert len(CASES) >= 60 and len({c[0] for c in CASES}) == len(CASES)
+    assert len(CASES) >= 60 and len({c[0] for c in [*CASES, *GENERATED]}) == len(CASES) + len(GENERATED)
     assert len([c for c in CASES if c[0] in SETUP]) >= 10  # damaged or foreign records
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_every_field_has_generated_cases_that_name_it():
+    """Every field of every config gets a value of another type at each command that takes it
+    (a string field, where only a grid can give one), and the refusals the config gives name the
+    field (its dotted key, its own name, or for a section's `name` the section: model=, init=)."""
+    from structinit.config import vocabulary
+
+    for f in vocabulary():
+        mine = [c for c in GENERATED if c[0].split(": ", 1)[1].startswith(f"{f.key} ")]
+        assert {c[0].split(":")[0] for c in mine if "another type" in c[0]} >= (
+            {*FLAG_COMMANDS, "study"} if kind(f) is not str else {"study grid"}), f.key
+        section, _, leaf = f.key.rpartition(".")
+        for case in mine:
+            assert case[3] and case[3].partition("=")[0] in {f.key, leaf, *([section] if leaf == "name" else [])}, case
+    assert len([c for c in GENERATED if "out of range" in c[0]]) >= 150
+    print(f"{len(GENERATED)} generated cases, {len(CASES)} written by hand")
+
+
+@pytest.mark.parametrize("case", [*CASES, *GENERATED], ids=[c[0] for c in [*CASES, *GENERATED]])
 def test_bad_input_is_one_line_exit_2_and_no_cluster(case, outcomes):
     proc, before, folder = outcomes[case[0]]
     needles = [fill(n, folder) for n in (case[3] if isinstance(case[3], tuple) else (case[3],))]
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert len(lines) == 1 and all(n in lines[0] for n in needles), proc.stderr[-3000:]
-    assert "expected" in lines[0] or "invalid int value" in lines[0]  # ...and what is allowed
+    assert any(w in lines[0] for w in ("expected", "invalid int value", "nearest"))  # ...and what is allowed
     assert not (folder / "ray").exists() and not ("ray" in sys.modules and sys.modules["ray"].is_initialized())
     assert not (folder / "mlflow.db").exists() and not (folder / "runs").exists()  # nothing recorded
     assert snapshot(folder) == before  # nothing written, nothing already there changed
