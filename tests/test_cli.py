@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -53,15 +54,24 @@ def test_entry_point_is_installed():
 def test_train_end_to_end_with_mlflow_and_rank_on_its_checkpoint(tmp_path):
     """`structinit train` to the end, tracked in MLflow; its checkpoint carries its TrialConfig, so
     `structinit rank --checkpoint` without model flags measures the model that run trained (a
-    non-default width and depth here), on the run's dataset."""
+    non-default width and depth here), on the run's dataset. The flags are the fields' dotted names
+    and their former dashed ones alike. Every file the run writes stays under its storage folder
+    (its run's folder, named as given), the MLflow store and the JSON summary: the tree is walked."""
     import torch
     from mlflow.tracking import MlflowClient
 
-    out = subprocess.run([*CLI, "train", "--dataset", "digits", "--epochs", "2", "--warmup-epochs", "0", "--batch-size", "32",
-                          "--embed-dim", "32", "--depth", "1", "--seed", "3", "--json-out", "summary.json"],
+    name = "A.run_named-by+hand=1"  # every kind of character a name may hold
+    out = subprocess.run([*CLI, "train", "--dataset", "digits", "--recipe.epochs", "2", "--warmup-epochs", "0",
+                          "--set", "recipe.batch_size=32", "--model.embed_dim", "32", "--depth", "1", "--seed", "3",
+                          "--name", name, "--storage-path", "store", "--json-out", "summary.json"],
                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
+    written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    places = (Path("store") / name, Path("mlartifacts"), Path("mlflow.db"), Path("summary.json"))
+    assert written and all(any(p == q or q in p.parents for q in places) for p in written), written
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == [name]
     summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["name"] == name and summary["checkpoint"].startswith(str(tmp_path / "store" / name))
     assert summary["epochs"] == 2 and summary["final"]["epoch"] == 1
     assert summary["config"]["seed"] == 3 and summary["config"]["model"]["name"] == "vit_nano_patch2_8"
     assert summary["tracking_uri"] == "sqlite:///" + str(tmp_path / "mlflow.db")
@@ -84,9 +94,11 @@ def test_train_end_to_end_with_mlflow_and_rank_on_its_checkpoint(tmp_path):
 
 
 HEAVY = ("torch", "timm", "ray", "mlflow")
-PARSE_ONLY = [["--help"], ["train", "--help"], ["train", "--epochs", "0"], ["train", "--recipe", "fast"],
-              ["train", "--lr", "inf"], ["train", "--address", "nonsense"], ["train", "--address", "127.0.0.1:1"],
-              ["inspect-init", "--no-such-flag"], ["report", "--help"]]
+PARSE_ONLY = [["--help"], ["train", "--help"], ["inspect-init", "--help"], ["rank", "--help"], ["train", "--epochs", "0"],
+              ["train", "--recipe", "fast"], ["train", "--lr", "inf"], ["train", "--recipe.lr", "fast"],
+              ["train", "--model.depth", "0"], ["train", "--set", "init.target_mass=abc"],
+              ["train", "--address", "nonsense"], ["train", "--address", "127.0.0.1:1"],
+              ["inspect-init", "--no-such-flag"], ["inspect-init", "--init.target_mas", "0.5"], ["report", "--help"]]
 
 
 @pytest.mark.parametrize("argv", PARSE_ONLY, ids=" ".join)
@@ -104,6 +116,8 @@ def test_the_cli_answers_before_it_loads_the_world(argv):
     print(f"structinit {' '.join(argv)}: exit {code}, {wall:.2f} s wall ({inside:.3f} s after the interpreter started)")
     assert heavy == [], f"{argv} imported {heavy}"
     assert code == (0 if "--help" in argv else 2), out.stderr
+    if "--help" in argv:  # a flag per field, derived from the dataclasses, and still quick
+        assert inside < 0.5, f"{argv}: {inside:.2f} s"
     if code:  # one line naming what is wrong
         assert len(message) == 1 and message[0].startswith("structinit") and "error:" in message[0], message
 
@@ -128,3 +142,79 @@ def test_inspect_init_on_a_dataset_reports_pseudo_and_real_image_fidelity():
         masses = [h["target_mass"] for b in data[where] for h in b["heads"]]
         assert len(masses) == 36 and all(abs(m - 0.5) <= 0.05 for m in masses), (where, masses)
         assert all(0 <= h["argmax_hit"] <= 1 for b in data[where] for h in b["heads"])
+
+
+CONFIGURED = ("train", "inspect-init", "rank")  # the commands that build a TrialConfig from its fields
+
+
+def helps() -> dict[str, str]:
+    import contextlib
+    import io
+
+    from structinit.cli import main
+
+    out = {}
+    for command in CONFIGURED:
+        text = io.StringIO()
+        with contextlib.redirect_stdout(text), pytest.raises(SystemExit):
+            main([command, "--help"])
+        out[command] = " ".join(text.getvalue().split())  # argparse wraps lines: compare words
+    return out
+
+
+def test_help_lists_every_field_once_with_its_dataclass_default():
+    """train, inspect-init and rank --help: every TrialConfig field (model, recipe, init and its
+    own) once, by its dotted name, with the dataclass's default (or what the command sets: its
+    model, inspect-init's dataset, a recipe's required fields)."""
+    import dataclasses
+
+    from structinit.config import vocabulary
+
+    for command, text in helps().items():
+        options = text.split("options:", 1)[1]
+        for f in vocabulary():
+            assert options.count(f"--{f.key} ") + options.count(f"--{f.key},") == 1, (command, f.key)
+            entry = options.split(f"--{f.key}", 1)[1].split(" --", 1)[0] if f.default is dataclasses.MISSING else \
+                options.split(f"--{f.key}", 1)[1].split("(default: ", 1)[1]
+            if f.default is not dataclasses.MISSING and not (command != "train" and f.key in ("dataset",)):
+                assert entry.startswith(f"{f.default})"), (command, f.key, entry[:80])
+
+
+def test_a_new_field_is_a_flag_of_every_command_with_no_other_edit(monkeypatch):
+    """A field added to a config dataclass (here a Recipe made at run time with one more) is a
+    flag of train, inspect-init and rank, and a --set key of the studies, typed as declared."""
+    import dataclasses
+
+    from structinit import config, recipes
+
+    Wider = dataclasses.make_dataclass("Recipe", [("new_knob", float, dataclasses.field(default=0.5))],
+                                       bases=(recipes.Recipe,), frozen=True)
+    monkeypatch.setattr(config, "Recipe", Wider)  # TrialConfig's annotation "recipe: Recipe" now names it
+    config.vocabulary.cache_clear()
+    try:
+        for command, text in helps().items():
+            assert "--recipe.new_knob NUM, --new-knob NUM (default: 0.5)" in text, command
+        assert config.parse("recipe.new_knob", "0.7") == 0.7
+        with pytest.raises(ValueError, match=r"recipe.new_knob='fast' is not allowed: expected a number"):
+            config.parse("recipe.new_knob", "fast")
+    finally:
+        monkeypatch.undo()
+        config.vocabulary.cache_clear()
+    assert "recipe.new_knob" not in {f.key for f in config.vocabulary()}
+
+
+def test_every_name_that_becomes_a_folder_stays_in_it():
+    """Whatever name is given (a run's, an experiment's, a study's, an execution's), either it is
+    refused in one line or it is one path component: joined to its folder it stays inside it."""
+    from structinit.validate import component
+
+    names = ["../../x", "/abs/x", "x/../../y", 'x"y/../z', "..", ".", ".hidden", "-flag", "na\u00efve", "x" * 300,
+             "a\tb", "a\nb", "a\x00b", "C:\\x", "~", "run name", "ok_name-1.2+3=4", "", "x" * 100]
+    for name in names:
+        try:
+            component("name", name)
+        except ValueError as err:
+            assert str(err).startswith(f"name={name!r} is not allowed") and "\n" not in str(err)
+            continue
+        joined = os.path.realpath(os.path.join("/storage", name))
+        assert os.path.dirname(joined) == "/storage" and len(name) <= 100, name
