@@ -355,3 +355,62 @@ def test_two_studies_started_together_each_keep_to_their_own_cluster(tmp_path):
         assert {r.info.status for r in runs} == {"FINISHED"}
         print(f"study {name}: {len(trials)} trial TERMINATED, {len(runs)} child run, "
               f"{out['placement_groups_left']} placement groups left")
+
+
+ALL_FAIL = '''
+from functools import partial
+
+from structinit.commands.study import cli
+from structinit.config import make
+from structinit.spaces import categorical
+from structinit.study import Study
+
+GRID = {"recipe.lr": [1e6], "recipe.grad_clip": [None]}  # its loss turns NaN in the first epoch
+PRESETS = {"nan": lambda: Study("all_nan", make("digits", recipe_overrides=dict(epochs=2, warmup_epochs=0),
+                                                max_failures=0), partial(categorical, **GRID), grid=GRID,
+                                inits=("impulse",), seeds=(0,))}
+if __name__ == "__main__":
+    cli("all_nan", PRESETS, default="nan")
+'''
+
+
+def not_running(uri: str) -> list:
+    """Every run of every experiment of an MLflow store, asserting none is left RUNNING."""
+    client = MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)
+    assert runs and not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+    return runs
+
+
+def test_a_study_whose_every_trial_failed_exits_1_with_one_line_saying_where(tmp_path):
+    """Every trial ERROR (a NaN loss): the study's JSON, then one line naming the failure and its
+    records, exit 1 (it exited 0); its tables are complete, no MLflow run is left RUNNING, and the
+    execution's parent run is FAILED."""
+    (tmp_path / "all_nan.py").write_text(ALL_FAIL)
+    out = subprocess.run([sys.executable, "all_nan.py"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 1, out.stderr[-4000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("studies/all_nan.py: error:")]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(errors) == 1 and f"every trial of {summary['execution']} failed (1 of 1" in errors[0], errors
+    assert "non-finite training loss" in errors[0] and summary["trials"] in errors[0], errors[0]
+    trials = pd.read_parquet(summary["trials"])
+    assert len(trials) == 1 and set(trials.status) == {"ERROR"}
+    runs = {r.info.run_id: r for r in not_running("sqlite:///" + str(tmp_path / "mlflow.db"))}
+    assert runs[summary["parent_run_id"]].info.status == "FAILED"
+    assert runs[trials.mlflow_run_id[0]].info.status == "FAILED"
+
+
+def test_a_train_run_that_fails_exits_1_with_one_line_and_leaves_no_run_running(tmp_path):
+    """`structinit train` whose loss turns NaN: exit 1, its last line says what failed and where
+    its records are; its MLflow run is FAILED with the reason, and no JSON summary is half-written."""
+    out = subprocess.run([sys.executable, "-m", "structinit", "train", "--epochs", "2", "--warmup-epochs", "0",
+                          "--lr", "1e6", "--grad-clip", "none", "--max-failures", "0", "--depth", "1",
+                          "--json-out", "summary.json"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 1, out.stderr[-4000:]
+    # the last complete line a terminal shows (Ray redraws a worker's progress bar after each line, behind a \r)
+    last = out.stderr.split("\n")[:-1][-1].rsplit("\r", 1)[-1]
+    assert last.startswith("structinit train: error: run train-digits-impulse-s0-") and "non-finite" in last, last
+    assert "its records: MLflow run" in last and str(tmp_path / "runs" / "train-digits") in last, last
+    assert not (tmp_path / "summary.json").exists()
+    (run,) = not_running("sqlite:///" + str(tmp_path / "mlflow.db"))
+    assert run.info.status == "FAILED" and "non-finite training loss" in run.data.tags["error"]
