@@ -22,6 +22,15 @@ def check_address(address: str | None) -> None:
 
     name = "address" if address is not None else "RAY_ADDRESS"
     address = address if address is not None else os.environ.get("RAY_ADDRESS")
+    if address == "auto":  # ray.init would fail after the run's records were made
+        from ray._private.services import canonicalize_bootstrap_address
+
+        try:
+            found = canonicalize_bootstrap_address("auto")
+        except (ConnectionError, ValueError):
+            found = None
+        check(name, address, "'auto' where a Ray cluster runs on this machine (none found: `ray start --head`, or "
+              "leave the address out for a new local one)", found is not None)
     if address is None or address in ("local", "auto"):
         return
     check(name, address, "HOST:PORT, ray://HOST:PORT, 'auto' or 'local'",

@@ -65,7 +65,7 @@ def writable(name: str, path, folder: bool = False) -> None:
     creating anything: a file in an existing folder, as a SQLite store must be; with `folder` a
     folder, made with any missing folders above it (its nearest existing one must be a folder this
     process can write in: no file in its way)."""
-    check(name, path, "a path without control characters", isinstance(path, str) and bool(path)
+    check(name, path, "a non-empty path without control characters", isinstance(path, str) and bool(path)
           and path.isprintable())
     full = os.path.abspath(os.path.expanduser(path))
     check(name, path, "a path of at most 4096 bytes, each part at most 255", len(full.encode()) < 4096
