@@ -317,11 +317,11 @@ def typed(name: str, value, hint):
     if value is None and optional:
         return value
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = {int: number and isinstance(value, int) and -INT64 <= value < INT64, float: number,
-          str: isinstance(value, str), bool: isinstance(value, bool),
-          tuple: isinstance(value, (list, tuple))}.get(kind, True)
-    check(name, value, TYPE_NAMES.get(kind, str(kind)) + (" of 64 bits" if kind is int else "")
-          + (" or null" if optional else ""), ok)
+    ok = {int: number and isinstance(value, int), float: number, str: isinstance(value, str),
+          bool: isinstance(value, bool), tuple: isinstance(value, (list, tuple))}.get(kind, True)
+    check(name, value, TYPE_NAMES.get(kind, str(kind)) + (" or null" if optional else ""), ok)
+    if kind is int:
+        check(name, value, "an integer in [-2^63, 2^63)", -INT64 <= value < INT64)
     return tuple(value) if kind is tuple else value
 
 
