@@ -72,17 +72,28 @@ def starts_local(address: str | None) -> bool:
     return address == "local" or (address is None and canonicalize_bootstrap_address(None) is None)
 
 
+def starts_here(address: str | None) -> bool:
+    """Whether this process would start a new local cluster: it is attached to none yet, and
+    `connect(address)` starts one (`starts_local`)."""
+    import ray
+
+    return not ray.is_initialized() and starts_local(address)
+
+
+def shown(gpus: float):
+    """A GPU count as given: 1, not 1.0; 0.25 as it is."""
+    return int(gpus) if float(gpus).is_integer() else gpus
+
+
 def check_local_gpus(address: str | None, gpus: float, name: str = "gpus_per_trial", value=None) -> None:
     """Where `connect(address)` would start a new local cluster for trials of `gpus` GPUs, this
     machine must have them (checked before anything starts); refused naming the flag `name` and its
     `value` (default: `gpus`)."""
-    import ray
-
-    if gpus and not ray.is_initialized() and starts_local(address):
+    if gpus and starts_here(address):
         import torch
 
         here = torch.cuda.device_count()
-        check(name, gpus if value is None else value, f"a cluster with GPUs: this machine has {here} (attach to a GPU cluster with "
+        check(name, shown(gpus) if value is None else value, f"a cluster with GPUs: this machine has {here} (attach to a GPU cluster with "
               f"--address or RAY_ADDRESS)", here >= gpus)
 
 
@@ -224,7 +235,7 @@ def check_cluster(gpus: int, checkpoints: str) -> None:
 
     if gpus:
         most = capacity().get("GPU", 0)
-        check("gpus_per_trial", gpus, f"a cluster with GPUs (this one has or can scale to {most})", most >= gpus)
+        check("gpus_per_trial", shown(gpus), f"a cluster with GPUs (this one has or can scale to {most})", most >= gpus)
     hosts = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
     check("checkpoints", checkpoints,
           f"a URI (s3://..., gs://...) or a shared folder: this cluster spans {len(hosts)} machines",

@@ -158,7 +158,7 @@ def preflight(study: Study, resume: bool = False, address: str | None = None) ->
         writable("checkpoints", paths.ray, folder=True)
     check_optuna(paths.optuna)
     results.trained(paths.folder)  # the registry's records (a damaged table is refused now, not in a trial)
-    local = cluster.starts_local(address)
+    local = cluster.starts_here(address)
     data = check_space(study, TRAINING_BYTES * t.workers if local and not t.gpu else WEIGHT_BYTES)
     gpus = t.workers * t.gpu_share if t.gpu else 0
     check_target(address, gpus, study.tracking_uri or tracking.default_uri())  # e.g. unreachable MLflow

@@ -48,13 +48,13 @@ def preflight(args: argparse.Namespace, parser: argparse.ArgumentParser):
     except ValueError as err:
         parser.refuse(err)
     from structinit import config, tracking
-    from structinit.cluster import fits, local_resources, starts_local
+    from structinit.cluster import fits, local_resources, starts_here
     from structinit.train import check_target, run_name
 
     uri = args.tracking_uri or tracking.default_uri()
     try:
         cfg = trial_config(fields, args.recipe)
-        local = starts_local(args.address)  # a new local cluster: its workers train on this machine
+        local = starts_here(args.address)  # a new local cluster: its workers train on this machine
         config.validate(cfg, config.TRAINING_BYTES * cfg.workers if local and not cfg.gpu else config.WEIGHT_BYTES)
         check_target(args.address, cfg.workers * cfg.gpu_share if cfg.gpu else 0, uri, name="gpu", value=cfg.gpu)
         if local:
