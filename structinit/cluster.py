@@ -93,8 +93,8 @@ def check_local_gpus(address: str | None, gpus: float, name: str = "gpus_per_tri
         import torch
 
         here = torch.cuda.device_count()
-        check(name, shown(gpus) if value is None else value, f"a cluster with GPUs: this machine has {here} (attach to a GPU cluster with "
-              f"--address or RAY_ADDRESS)", here >= gpus)
+        check(name, shown(gpus) if value is None else value, f"a cluster with GPUs: this machine has {here} (attach "
+              "to a GPU cluster with --address or RAY_ADDRESS)", here >= gpus)
 
 
 def fits(workers: int, cpus_per_worker: int, gpus_per_worker: float, have: dict, where: str,

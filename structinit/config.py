@@ -58,7 +58,8 @@ class ModelConfig:
 
     def kwargs(self) -> dict:
         """The geometry overrides given (None keeps the named model's value)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)[1:] if getattr(self, f.name) is not None}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)[1:]
+                if getattr(self, f.name) is not None}
 
 
 @dataclass(frozen=True)

@@ -169,7 +169,8 @@ CASES = [
     ("train: an experiment outside its folder", "cli", ["train", "--experiment", "../x"], "experiment='../x'"),
     ("train: storage path under a file", "cli", ["train", "--storage-path", "{tmp}/afile/sub"],
      "storage_path='{tmp}/afile/sub'"),
-    ("train: json in a missing folder", "cli", ["train", "--json-out", "{tmp}/nope/x.json"], "json_out='{tmp}/nope/x.json'"),
+    ("train: json in a missing folder", "cli", ["train", "--json-out", "{tmp}/nope/x.json"],
+     "json_out='{tmp}/nope/x.json'"),
     ("train: json onto a folder", "cli", ["train", "--json-out", "{tmp}/empty"], "json_out='{tmp}/empty'"),
     ("train: tracking store in a read-only folder", "cli", ["train", "--tracking-uri", "sqlite:///{tmp}/ro/mlflow.db"],
      ("tracking_uri=", "{tmp}/ro", "read-only")),
@@ -213,7 +214,8 @@ CASES = [
      "backend='nccl'"),
     ("a share of a GPU without one", STUDY, ["--gpus-per-trial", "0.3"], "gpus_per_trial=0.3"),
     ("a seed beyond NumPy's", STUDY, ["--set", f"seed={2 ** 32}"], f"seed={2 ** 32}"),
-    ("labels beyond the classes", STUDY, ["--dataset", "cifar10", "--data-root", "{tmp}/cifar", "--set", "verify=false"],
+    ("labels beyond the classes", STUDY, ["--dataset", "cifar10", "--data-root", "{tmp}/cifar", "--set",
+                                          "verify=false"],
      ("data_root='{tmp}/cifar'", "class indices")),
     ("a study typo", STUDY, ["--num-config", "2"], ("--num-config", "nearest: --num-configs")),
     ("preset: a grid key not a field", "presets", ["--preset", "typo_grid"], ("fractoin", "nearest: fraction")),
@@ -281,7 +283,8 @@ def generated() -> list[tuple]:
             out.append((f"study: {f.key} of another type", STUDY, ["--set", f"{f.key}={wrong}"], needle))
         else:  # a string: only a grid (Python values) can give it another type
             out.append((f"study grid: {f.key} of another type", "presets",
-                        ["--preset", "grid", "env:GRID=" + json.dumps({f.key: [3]})], refusal(f.key, 3, bases["study"])))
+                        ["--preset", "grid", "env:GRID=" + json.dumps({f.key: [3]})],
+                        refusal(f.key, 3, bases["study"])))
         probe = next(((v, r) for v in PROBES[kind(f)] if (r := refusal(f.key, v, bases["study"]))), None)
         if probe:
             out.append((f"study: {f.key} out of range", STUDY, ["--set", f"{f.key}={text(probe[0])}"], probe[1]))

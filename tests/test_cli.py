@@ -94,8 +94,8 @@ def test_train_end_to_end_with_mlflow_and_rank_on_its_checkpoint(tmp_path):
 
 
 HEAVY = ("torch", "timm", "ray", "mlflow")
-PARSE_ONLY = [["--help"], ["train", "--help"], ["inspect-init", "--help"], ["rank", "--help"], ["train", "--epochs", "0"],
-              ["train", "--recipe", "fast"], ["train", "--lr", "inf"], ["train", "--recipe.lr", "fast"],
+PARSE_ONLY = [["--help"], ["train", "--help"], ["inspect-init", "--help"], ["rank", "--help"],
+              ["train", "--epochs", "0"], ["train", "--recipe", "fast"], ["train", "--lr", "inf"], ["train", "--recipe.lr", "fast"],
               ["train", "--model.depth", "0"], ["train", "--set", "init.target_mass=abc"],
               ["train", "--address", "nonsense"], ["train", "--address", "127.0.0.1:1"],
               ["inspect-init", "--no-such-flag"], ["inspect-init", "--init.target_mas", "0.5"], ["report", "--help"]]

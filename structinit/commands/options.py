@@ -24,7 +24,8 @@ METAVARS = {int: "INT", float: "NUM", str: "TEXT", tuple: "JSON"}
 GROUPS = {  # section -> (title, description)
     "model": ("model", ModelConfig.__doc__),
     "recipe": ("recipe", f"--recipe names a preset ({' | '.join(RECIPES)}; default: the dataset's) that sets every "
-                         "field; a flag overrides one. The defaults shown are the dataclass's, which a preset may set."),
+                         "field; a flag overrides one. The defaults shown are the dataclass's, which a preset may "
+                         "set."),
     "init": ("init", InitConfig.__doc__),
     "": ("data, resources and the run", TrialConfig.__doc__),
 }
@@ -35,7 +36,7 @@ def add_config(p: argparse.ArgumentParser, defaults: dict[str, str] | None = Non
     FIELD=VALUE` for any field; `defaults`: a command's own default of a field, as its help says
     it (e.g. the model: the dataset's). Flags of the command added before keep their names."""
     defaults = defaults or {}
-    p.usage = "%(prog)s [--FIELD VALUE ...] [--set FIELD=VALUE ...] [flags]  (FIELD: model.depth, init.target_mass, ...)"
+    p.usage = "%(prog)s [--FIELD VALUE | --set FIELD=VALUE ...] [flags]   (FIELD: model.depth, init.filter_size, ...)"
     taken = set(p._option_string_actions)
     leaves = collections.Counter(f.key.rpartition(".")[2] for f in vocabulary())
     groups = {}
@@ -48,7 +49,8 @@ def add_config(p: argparse.ArgumentParser, defaults: dict[str, str] | None = Non
         alias = f"--{section}" if leaf == "name" else "--" + leaf.replace("_", "-")
         names = [f"--{f.key}", *([alias] if alias != f"--{f.key}" and alias not in taken
                                  and (leaf == "name" or leaves[leaf] == 1) else [])]
-        default = defaults.get(f.key, "set by --recipe" if f.default is dataclasses.MISSING else f.default)
+        unset = "set by --recipe" if section == "recipe" else "none: required"  # a field without a default
+        default = defaults.get(f.key, unset if f.default is dataclasses.MISSING else f.default)
         text = (f"{f.help} " if f.help else "") + f"(default: {default})"
         kind = next((a for a in typing.get_args(f.hint) if a is not type(None)), f.hint)
         if kind is bool:
@@ -85,7 +87,8 @@ def check_given(args: argparse.Namespace, dataset: str | None = "digits") -> dic
     from structinit.recipes import DEFAULT_RECIPE, recipe
 
     fields = given(args)
-    part = {s: {k.partition(".")[2]: v for k, v in fields.items() if k.startswith(s + ".")} for s in ("model", "recipe")}
+    part = {s: {k.partition(".")[2]: v for k, v in fields.items() if k.startswith(s + ".")}
+            for s in ("model", "recipe")}
     name = args.recipe or DEFAULT_RECIPE.get(fields.get("dataset", dataset))
     if name:
         with warnings.catch_warnings():  # a clipped warmup is said once, by the config

@@ -107,5 +107,6 @@ def cli(name: str, presets: dict[str, Callable], argv=None, default: str = "cpu"
         first = [line.strip() for line in (out["first_error"] or "").splitlines() if line.strip()]
         p.exit(1, f"{p.prog}: error: every trial of {out['execution']} failed ({out['failed']} of {out['expected']}; "
                   f"the first: {first[-1][:300] if first else 'no error recorded'}); its records: {out['trials']}, "
-                  f"MLflow run {out['parent_run_id']} at {tracking.shown(study.tracking_uri or tracking.default_uri())}\n")
+                  f"MLflow run {out['parent_run_id']} at "
+                  f"{tracking.shown(study.tracking_uri or tracking.default_uri())}\n")
     return out

@@ -20,7 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tracking-uri", help=TRACKING_URI)
     g.add_argument("--experiment", default="structinit-train", help="the MLflow experiment (one path component: "
                    "its artifacts' folder)")
-    g.add_argument("--storage-path", default="runs", help="Ray Train storage: checkpoints and run state (default ./runs)")
+    g.add_argument("--storage-path", default="runs", help="Ray Train storage: checkpoints and run state "
+                   "(default ./runs)")
     g.add_argument("--name", help="the run's name and its folder under --storage-path: one path component "
                    "(default: from the config; the same name resumes)")
     g.add_argument("--json-out", metavar="PATH", help="write the final JSON summary here too (in an existing folder)")
