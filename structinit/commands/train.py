@@ -110,10 +110,12 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                   for k in ("final_test_top1", "test_top1_at_best_val", "best_val_top1", "best_val_epoch")},
                "config": cfg.to_dict(), "history": history}
     text = json.dumps(summary)
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            f.write(text)
-    tracking.finish(run)
+    try:  # the run trained: FINISHED, even if its summary could not be written here (preflight checked it can)
+        if args.json_out:
+            with open(args.json_out, "w") as f:
+                f.write(text)
+    finally:
+        tracking.finish(run)
     print(text)
     return 0
 
