@@ -42,6 +42,15 @@ def checkout() -> dict[str, str]:
             "dirty": UNKNOWN if status is None else str(bool(status.strip())).lower()}
 
 
+def entry_point() -> str:
+    """What this process runs, as MLflow's Source column names it: its script relative to the
+    project checkout where it is one of its files (`studies/heads_vs_dim.py`), else the script's
+    name (`structinit`, a study script copied to a cluster's head)."""
+    script = Path(sys.argv[0] or "python").resolve()
+    root = CHECKOUT.parent
+    return str(script.relative_to(root)) if script.is_relative_to(root) else script.name
+
+
 def versions() -> dict[str, str]:
     """Python's version and each of PACKAGES' installed versions ("unknown" where not installed)."""
     out = {"python": platform.python_version()}

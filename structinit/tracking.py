@@ -8,9 +8,10 @@ call is skipped), and `sync` writes whatever MLflow lacks from the study's Parqu
 are complete either way (at the end of every study, and by `structinit sync`).
 
 What a researcher sees: experiments open on their training runs (`mlflow.experimentKind`); every
-run says where it came from (the checkout's git commit and dirtiness, the stack's versions, the
-host; a training run also its device, CUDA/cuDNN, its dataset as an MLflow dataset input and
-MLflow's system metrics); a study execution's parent run carries the study's summary."""
+run says where it came from (the entry point and the checkout's git commit, which MLflow's Source
+column and run page show, its dirtiness, the stack's versions, the host; a training run also its
+device, CUDA/cuDNN, its dataset as an MLflow dataset input and MLflow's system metrics); a study
+execution's parent run carries the study's summary."""
 from __future__ import annotations
 
 import contextlib
@@ -24,7 +25,8 @@ import requests
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT, MLFLOW_GIT_DIRTY, MLFLOW_PARENT_RUN_ID
+from mlflow.utils.mlflow_tags import (MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT, MLFLOW_GIT_DIRTY, MLFLOW_PARENT_RUN_ID,
+                                     MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE)
 
 from structinit import provenance
 from structinit.attention import block_metrics
@@ -44,7 +46,8 @@ EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 # ...but MLflow 3.17's own UI picks the page from its workflow switch (this query parameter, else the
 # viewer's last choice, GenAI at first), not from the tag: links to an experiment carry it
 TRAINING_VIEW = "workflowType=machine_learning"
-GIT_TAGS = (MLFLOW_GIT_COMMIT, MLFLOW_GIT_DIRTY)
+SOURCE_TAGS = (MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE, MLFLOW_GIT_COMMIT, MLFLOW_GIT_DIRTY)  # what MLflow's UI
+# shows as a run's Source (the entry point, and beside it the commit's first digits) and its dirtiness
 # MLflow's system metrics are sampled every this many seconds: one sample, in a background thread,
 # costs about 11 ms of CPU on a SQLite store (psutil 0.2 ms, the monitor's get_run 4 ms, log_batch
 # 7 ms; over HTTP the calls mostly wait), about 0.1 % of the interval
@@ -145,15 +148,17 @@ def experiment_id(client: MlflowClient, name: str) -> str:
 
 
 def provenance_tags(client: MlflowClient, parent: str | None) -> dict[str, str]:
-    """Where a new run comes from: the git commit and dirtiness of the project checkout (a child
-    run: its parent's, which the study's driver read from the checkout it ran from), the versions
-    of Python and the stack (`version.<name>`) and the host of this process."""
+    """Where a new run comes from: the entry point (the script run, MLflow's Source column) and the
+    git commit and dirtiness of the project checkout (a child run: its parent's, which the study's
+    driver read from the checkout it ran from), the versions of Python and the stack
+    (`version.<name>`) and the host of this process."""
     if parent:
-        git = {k: client.get_run(parent).data.tags.get(k, provenance.UNKNOWN) for k in GIT_TAGS}
+        source = {k: client.get_run(parent).data.tags.get(k, provenance.UNKNOWN) for k in SOURCE_TAGS}
     else:
         here = provenance.checkout()
-        git = {MLFLOW_GIT_COMMIT: here["commit"], MLFLOW_GIT_DIRTY: here["dirty"]}
-    return {**git, **{f"version.{k}": v for k, v in provenance.versions().items()}, "hostname": provenance.host()}
+        source = {MLFLOW_SOURCE_NAME: provenance.entry_point(), MLFLOW_SOURCE_TYPE: "LOCAL",
+                  MLFLOW_GIT_COMMIT: here["commit"], MLFLOW_GIT_DIRTY: here["dirty"]}
+    return {**source, **{f"version.{k}": v for k, v in provenance.versions().items()}, "hostname": provenance.host()}
 
 
 def _find_or_create(client: MlflowClient, experiment: str, name: str, params: dict, tags: dict,

@@ -80,6 +80,7 @@ def test_every_run_says_where_it_came_from(smoke_study):
     for run in [parent, *kids]:
         tags = run.data.tags
         assert (tags["mlflow.source.git.commit"], tags["mlflow.source.git.dirty"]) == (commit, dirty)
+        assert (tags["mlflow.source.name"], tags["mlflow.source.type"]) == ("studies/heads_vs_dim.py", "LOCAL")
         assert all(tags[f"version.{p}"] not in ("", "unknown") for p in PACKAGES), tags
         assert tags["hostname"] == socket.gethostname()
         inputs = run.inputs.dataset_inputs
