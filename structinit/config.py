@@ -210,6 +210,19 @@ def config_key(params: dict) -> str:
     return _hash(params)
 
 
+CONFIG_ID_HEX = 4  # hex digits of config_key in a configuration's short id (c + 4: 65536 ids)
+
+
+def config_ids(keys) -> dict[str, str]:
+    """Each configuration's short id, as MLflow keys and tags name it: `c` and the first
+    CONFIG_ID_HEX hex digits of its config_key (the hash of its params: the same id in every
+    execution, resume and sync), e.g. `ce611`; configurations of `keys` whose ids would coincide
+    keep their whole key instead (a collision: 1 in 65536 per pair)."""
+    short = {k: "c" + k[:CONFIG_ID_HEX] for k in sorted(set(keys))}
+    taken = list(short.values())
+    return {k: v if taken.count(v) == 1 else "c" + k for k, v in short.items()}
+
+
 def label(params: str) -> str:
     """A proposal's params (as `canonical` JSON) as a reader names the configuration (a float to
     4 significant digits: a sampled 0.9125266276248818 reads 0.9125)."""

@@ -16,13 +16,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 
 import numpy as np
 import pandas as pd
 
 from structinit import fidelity, results, tracking
-from structinit.config import label
+from structinit.config import config_ids, label
 from structinit.paths import StudyPaths
 from structinit.stats import (EXACT_BELOW, across_fractions, arms, attention_by_seed, attention_curves,
                               attention_summary, by_seed, ci95, comparisons, decomposition, holm, lost_seeds,
@@ -122,12 +121,14 @@ def summarize(trials: pd.DataFrame, pairs: tuple = PAIRS, reference: dict | None
     failed or early-stopped side). Each has its two-sided `p`, the `test` that gave it
     (stats.paired_test: "exact" sign flips below stats.EXACT_BELOW seeds or at zero variance, else
     "t", the paired t-test) and `p_holm`, Holm-adjusted over every row of this table with a p
-    (stats.holm): the family is the whole study's comparisons."""
+    (stats.holm): the family is the whole study's comparisons. `configs` (both tables): the
+    config_keys of the proposals a row stands for (an arm's; a difference's: those both its arms
+    ran, else arm a's, as for a setting against the reference setting), space-joined."""
     done = arms(trials)
     rows = []
     for arm, g in done.groupby("arm", sort=True):
         row = {"config": g["config"].iloc[0], "init": g["init"].iloc[0], "arm": arm, "setting": g["label"].iloc[0],
-               "requested": g["requested"].iloc[0],
+               "requested": g["requested"].iloc[0], "configs": g["configs"].iloc[0],
                "executions": ",".join(sorted(g["execution"].dropna().unique())),
                "reused": int(g["reused_from"].notna().sum())}
         for metric in ("final_test_top1", "test_top1_at_best_val", "best_val_top1"):
@@ -148,46 +149,80 @@ def summarize(trials: pd.DataFrame, pairs: tuple = PAIRS, reference: dict | None
         diff = (by_seed(a) - by_seed(b)).dropna()
         m, s, h, n = ci95(diff)
         p, test = paired_test(diff)
+        both = set(a["configs"].iloc[0].split()) & set(b["configs"].iloc[0].split())
         paired.append({"config": config, "pair": pair, "mean": m, "std": s, "ci95": h, "n": n, "p": p, "test": test,
                        "lost": lost_seeds(trials, a, b),
-                       "width_ratio": width_ratio(a.iloc[0], a["init_rank_k"].mean())})
+                       "width_ratio": width_ratio(a.iloc[0], a["init_rank_k"].mean()),
+                       "configs": " ".join(sorted(both)) or a["configs"].iloc[0]})
     paired = pd.DataFrame(paired, columns=["config", "pair", "mean", "std", "ci95", "n", "p", "test", "lost",
-                                           "width_ratio"])
+                                           "width_ratio", "configs"])
     paired.insert(7, "p_holm", holm(paired["p"]))
     return table.reset_index(drop=True), paired
 
 
-def metric_segment(text: str) -> str:
-    """`text` as one segment of an MLflow metric key (letters, digits, _ - . : and spaces; `=` reads
-    as `:`), e.g. "embed_dim:32 num_heads:2"."""
-    return re.sub(r"[^\w.\- :]", "_", text.replace("=", ":"))[:120]
+def pair_key(pair: str) -> str:
+    """A paired row's name in MLflow keys: `impulse-mimetic` for impulse − mimetic, and a setting
+    against its init's reference setting (stats.comparisons) `<init>-reference`."""
+    a, _, b = pair.partition(" - ")
+    return f"{a}-{b}" if " " not in a + b else f"{a.split()[0]}-reference"
+
+
+def by_config(trials: pd.DataFrame, table: pd.DataFrame, paired: pd.DataFrame):
+    """`summarize`'s tables by configuration: a proposal of the study (its config_key), named by its
+    short id (config.config_ids over these `trials`: the id its trial runs carry as tag `config`).
+    Each row comes once per proposal it stands for (`configs`: an arm of an init that reads no
+    searched field serves every proposal of its base). Returns (cells: `table`'s rows with `id`;
+    diffs: `paired`'s rows with `id` and `key` (pair_key); names: id -> the configuration's params
+    as a reader names them, ordered by name)."""
+    ids = config_ids(trials["config_key"])
+    params = trials.drop_duplicates("config_key").set_index("config_key")["params"].map(lambda p: json.loads(p or "{}"))
+
+    def name(p: dict) -> str:  # as stats.arms names a configuration: the base's fields, then the init's
+        parts = [{k: v for k, v in p.items() if k.startswith("init.") == init} for init in (False, True)]
+        return " ".join(label(json.dumps(part)) for part in parts if part) or "(base)"
+
+    names = dict(sorted(((ids[k], name(params[k])) for k in ids), key=lambda kv: (kv[1], kv[0])))
+
+    def explode(frame):
+        if not len(frame):
+            return frame.assign(id=pd.Series(dtype=str))
+        return frame.assign(id=frame["configs"].str.split()).explode("id").assign(
+            id=lambda f: f["id"].map(ids)).reset_index(drop=True)
+
+    rank = {init: i for i, init in enumerate(dict.fromkeys(trials["init"]))}  # the study's order: impulse first
+    cells = explode(table).sort_values("init", key=lambda s: s.map(rank), kind="stable")
+    diffs = explode(paired)
+    return cells, diffs.assign(key=diffs["pair"].map(pair_key)), names
 
 
 def summary_metrics(trials: pd.DataFrame, pairs: tuple = PAIRS, reference: dict | None = None) -> tuple[dict, dict]:
-    """A study's summary as (metrics, params) for its parent MLflow run, from `summarize`'s tables:
-    per configuration x init the mean final test top-1 and test top-1 at best val
-    (`<config>/<init>/final_test_top1`, `.../test_top1_at_best_val`, `.../n`), the paired
-    differences with their 95 % CI bounds and p-values (`<config>/<a> - <b>/mean`, `.../ci95_low`,
-    `.../ci95_high`, `.../n`, `.../p`, `.../p_holm`: Holm over the pairs of these `trials`), and
-    the trials finished, failed, stopped early, trained and reused (`trials_*`); params: each
-    configuration's segment and its params, and the pairs declared. NaN values (a CI or p of one
-    seed) are left out."""
-    table, paired = summarize(trials, pairs, reference)
+    """A study's summary as (metrics, params) for its parent MLflow run, from `summarize`'s tables
+    `by_config`, keyed init or pair first, then the configuration's short id, so that MLflow's
+    chart view groups them by init and pair: per configuration x init the mean final test top-1
+    and test top-1 at best val (`impulse/ce611/final_test_top1`, `.../test_top1_at_best_val`);
+    per paired difference its mean, 95 % CI bounds and Holm p (`impulse-mimetic/ce611/mean`,
+    `.../ci95_low`, `.../ci95_high`, `.../p_holm`: Holm over the pairs of these `trials`); the
+    trials finished, failed, stopped early, trained and reused (`trials_*`). NaN values (a CI or
+    p of one seed) are left out. Params: each configuration's params by id (`config.ce611`: the
+    same text at every resume and sync, as MLflow requires of a param) and the pairs declared;
+    the seeds are the run's `seeds` param."""
+    return _summary(trials, *by_config(trials, *summarize(trials, pairs, reference)), pairs)
+
+
+def _summary(trials: pd.DataFrame, cells: pd.DataFrame, diffs: pd.DataFrame, names: dict, pairs: tuple):
     statuses = trials["status"].value_counts()
     reused = int(trials["reused_from"].notna().sum()) if "reused_from" in trials else 0
     metrics = {"trials_finished": int(statuses.get("TERMINATED", 0)), "trials_failed": int(statuses.get("ERROR", 0)),
                "trials_stopped": int(statuses.get(results.STOPPED, 0)), "trials_trained": len(trials) - reused,
                "trials_reused": reused}
-    for r in table.itertuples():
+    for r in cells.itertuples():
         for key in ("final_test_top1", "test_top1_at_best_val"):
-            metrics[f"{metric_segment(r.config)}/{r.init}/{key}"] = getattr(r, f"{key}_mean")
-        metrics[f"{metric_segment(r.config)}/{r.init}/n"] = r.n
-    for r in paired.itertuples():
-        at = f"{metric_segment(r.config)}/{r.pair}"
+            metrics[f"{r.init}/{r.id}/{key}"] = getattr(r, f"{key}_mean")
+    for r in diffs.itertuples():
+        at = f"{r.key}/{r.id}"
         metrics.update({f"{at}/mean": r.mean, f"{at}/ci95_low": r.mean - r.ci95, f"{at}/ci95_high": r.mean + r.ci95,
-                        f"{at}/n": r.n, f"{at}/p": r.p, f"{at}/p_holm": r.p_holm})
-    done = trials[trials["status"] == "TERMINATED"]
-    params = {f"config/{metric_segment(label(p))}": p for p in sorted(set(done["params"]))}
+                        f"{at}/p_holm": r.p_holm})
+    params = {f"config.{c}": name for c, name in names.items()}
     params["pairs"] = ", ".join(f"{a} - {b}" for a, b in pairs)
     return {k: v for k, v in metrics.items() if not math.isnan(v)}, params
 

@@ -171,19 +171,25 @@ def arms(trials: pd.DataFrame) -> pd.DataFrame:
     the same models seed by seed (equal identities: bit-identical initial weights) are one arm.
     Adds `arm` (its key), `requested` (the settings asked for, JSON, '|'-joined), `label` (the
     init fields that vary in the study, as asked, and for impulse the mass it realised on real
-    images), `base_label` (the searched fields that are not the init's) and `config` (both)."""
-    done = _latest_trained_last(finished(trials)).drop_duplicates(
-        ["base_key", "init", "setting_key", "seed"], keep="last")
+    images), `base_label` (the searched fields that are not the init's), `config` (both) and
+    `configs` (the config_keys of the proposals whose trials are the arm's models, space-joined:
+    an init that does not read a searched field is one arm over every proposal of its base)."""
+    every = finished(trials)
+    done = _latest_trained_last(every).drop_duplicates(["base_key", "init", "setting_key", "seed"], keep="last")
     signature = {key: tuple(sorted(zip(g["seed"], g["identity"])))
                  for key, g in done.groupby(["base_key", "init", "setting_key"], sort=True)}
     first = {}
     for key, sig in signature.items():  # the first setting of the same models names the arm
         first.setdefault((key[0], key[1], sig), key[2])
-    done["arm"] = [f"{b}/{i}/{first[(b, i, signature[(b, i, k)])]}" for b, i, k in
-                   zip(done["base_key"], done["init"], done["setting_key"])]
+    arm_of = {(b, i, k): f"{b}/{i}/{first[(b, i, sig)]}" for (b, i, k), sig in signature.items()}
+    done["arm"] = [arm_of[key] for key in zip(done["base_key"], done["init"], done["setting_key"])]
+    proposals: dict[str, set] = {}
+    for b, i, k, c in zip(every["base_key"], every["init"], every["setting_key"], every["config_key"]):
+        proposals.setdefault(arm_of[(b, i, k)], set()).add(c)
     requested = done.groupby("arm")["setting"].agg(lambda v: "|".join(sorted(set(v))))
     done = _latest_trained_last(done).drop_duplicates(["arm", "seed"], keep="last").drop(columns="_trained")
     done["requested"] = done["arm"].map(requested)
+    done["configs"] = done["arm"].map(lambda a: " ".join(sorted(proposals[a])))
     varying = {init: _varying(g["requested"]) for init, g in done.groupby("init")}
     labels = {arm: _label(g, varying[g["init"].iloc[0]]) for arm, g in done.groupby("arm")}
     done["label"] = done["arm"].map(labels)

@@ -30,7 +30,7 @@ from mlflow.utils.mlflow_tags import (MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT,
 
 from structinit import provenance
 from structinit.attention import block_metrics
-from structinit.config import label
+from structinit.config import config_ids, label
 from structinit.validate import check as check_value, sqlite_path, sqlite_store, writable
 
 # MLflow retries a failed HTTP call 7 times over about 4 minutes; what fails here is replayed by
@@ -315,12 +315,15 @@ def children(client: MlflowClient, parent: str) -> list:
     return client.search_runs([exp], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}'", max_results=50000)
 
 
-def trial_run(study: str, trial: dict) -> tuple[str, dict]:
+def trial_run(study: str, trial: dict, ids: dict | None = None) -> tuple[str, dict]:
     """Name and tags of a trial's child run, from the fields of its Parquet row: the name reads
-    well in MLflow's compare view, the tags group and pair runs (`config_key`: same configuration)."""
+    well in MLflow's compare view, the tags group and pair runs (`config_key`: same configuration;
+    `config`: its short id, as the parent run's keys name it, from `ids` (config_ids of the
+    execution's configurations) or alone)."""
     name = f"{trial['init']} s{trial['seed']} {label(trial['params'])} [{trial['trial_id']}]"
+    config = (ids or config_ids([trial["config_key"]]))[trial["config_key"]]
     return name, {"study": study, **{k: trial[k] for k in ("init", "dataset", "seed", "config_key", "trial_id")},
-                  **{k: trial[k] for k in ("identity", "reused_from") if trial.get(k)}}
+                  "config": config, **{k: trial[k] for k in ("identity", "reused_from") if trial.get(k)}}
 
 
 STATUS = {"TERMINATED": "FINISHED", "STOPPED": "FINISHED", "ERROR": "FAILED"}  # Tune's final statuses (and
@@ -348,13 +351,16 @@ def sync(uri: str, study: str, execution: str, trials: list[dict], history: list
     measured: dict[str, dict[int, list[dict]]] = {}
     for a in attention:
         measured.setdefault(a["trial_id"], {}).setdefault(a["epoch"], []).append(a)
+    configs = config_ids(t["config_key"] for t in trials)
     ids = {}
     for t in trials:
         found = existing.get(t["trial_id"])
+        name, tags = trial_run(study, t, configs)
         if found:
             run_id = found.info.run_id
+            if found.data.tags.get("config") != tags["config"]:  # a run of an older version, or an id that collided
+                client.set_tag(run_id, "config", tags["config"])
         else:
-            name, tags = trial_run(study, t)
             run_id, _ = _find_or_create(client, study, name, json.loads(t["trial_config"] or "{}"), tags, parent)
         ids[t["trial_id"]] = run_id
         logged = {m.step for m in client.get_metric_history(run_id, "epoch")}

@@ -21,7 +21,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from structinit import tracking
-from structinit.report import metric_segment
+from structinit.config import config_ids
+from structinit.report import pair_key
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"  # git-ignored; CI keeps what the tests leave here
@@ -47,25 +48,28 @@ def test_the_experiment_is_of_the_kind_that_opens_on_training_runs(smoke_study):
 
 
 def test_the_parent_run_carries_the_reports_summary(smoke_study):
-    """The parent's metrics are the report's table (table.csv, paired.csv), value for value."""
-    _, _, parent, _ = records(smoke_study)
+    """The parent's metrics are the report's table (table.csv, paired.csv), value for value, keyed
+    init or pair first, then the configuration's id, which its trial runs carry as tag `config`."""
+    _, _, parent, kids = records(smoke_study)
     metrics, params = parent.data.metrics, parent.data.params
     report = smoke_study["folder"] / "runs" / "heads_vs_dim" / "report"
     table, paired = pd.read_csv(report / "table.csv"), pd.read_csv(report / "paired.csv")
     assert len(table) == 3 and len(paired) == 2  # one configuration x 3 inits; impulse - mimetic, - default
+    (key,) = set(table.configs)
+    cid = config_ids([key])[key]
+    assert {r.data.tags["config"] for r in kids} == {cid} and {r.data.tags["config_key"] for r in kids} == {key}
     for r in table.itertuples():
-        at = f"{metric_segment(r.config)}/{r.init}"
-        assert metrics[f"{at}/final_test_top1"] == pytest.approx(r.final_test_top1_mean)
-        assert metrics[f"{at}/test_top1_at_best_val"] == pytest.approx(r.test_top1_at_best_val_mean)
-        assert metrics[f"{at}/n"] == r.n == 1
+        assert metrics[f"{r.init}/{cid}/final_test_top1"] == pytest.approx(r.final_test_top1_mean)
+        assert metrics[f"{r.init}/{cid}/test_top1_at_best_val"] == pytest.approx(r.test_top1_at_best_val_mean)
     for r in paired.itertuples():
-        at = f"{metric_segment(r.config)}/{r.pair}"
+        at = f"{pair_key(r.pair)}/{cid}"
         assert metrics[f"{at}/mean"] == pytest.approx(r.mean)
         assert math.isnan(r.ci95) and f"{at}/ci95_low" not in metrics  # one seed: no interval, none logged
     assert (metrics["trials_finished"], metrics["trials_failed"]) == (3, 0)
-    assert ":" in metric_segment(table.config[0]) and "=" not in "".join(metrics)  # embed_dim:32, a valid key
+    assert len(metrics) == 5 + 3 * 2 + 2 and not any(k.endswith("/n") for k in metrics)  # seeds: a param
+    assert max(map(len, metrics)) <= 40 and params["seeds"] == "0"
     assert params["pairs"].startswith("impulse - mimetic, impulse - default")
-    assert json.loads(params[f"config/{metric_segment(table.config[0])}"])["model.embed_dim"] in (32, 64)
+    assert re.fullmatch(r"embed_dim=(32|64) num_heads=(2|4)", params[f"config.{cid}"])
 
 
 def test_every_run_says_where_it_came_from(smoke_study):

@@ -192,8 +192,10 @@ def test_decomposition_splits_the_gain_into_pe_scale_and_structure():
     assert "| dataset=digits | torch_default | mimetic | 5 | PE scale + mimetic V/proj: " in text
     assert "| dataset=mnist | default | unrecorded | 4 | PE scale: " in text and "| Q/K structure: " in text
     assert "p (Holm)" in text and "## Per cell" not in text  # no embed_dim/num_heads varied
-    metrics, _ = summary_metrics(trials)
-    assert metrics["dataset:digits/impulse - pe_scaled/p_holm"] == pytest.approx(row.p_holm)
+    metrics, params = summary_metrics(trials)
+    digits = "c" + config_key({"dataset": "digits"})[:4]  # the configuration's short id (config.config_ids)
+    assert params[f"config.{digits}"] == "dataset=digits"
+    assert metrics[f"impulse-pe_scaled/{digits}/p_holm"] == pytest.approx(row.p_holm)
 
 
 def test_per_cell_picks_the_impulse_setting_by_validation_not_test():

@@ -1,0 +1,64 @@
+"""What a study execution's parent run says, built from trials rows (no Ray, no server): metric keys
+a person can read (init or pair first, then a configuration's short id its trial runs carry)."""
+import json
+
+import pandas as pd
+import pytest
+from mlflow.utils.validation import validate_param_and_metric_name
+
+from structinit import report, tracking
+from structinit.config import config_ids, config_key
+
+PAIRS = (("impulse", "mimetic"), ("impulse", "default"))
+
+
+def trials(proposals=((64, 0.5), (64, 0.9), (32, 0.5)), seeds=range(5)) -> pd.DataFrame:
+    """Rows of an execution of (embed_dim, target_mass) proposals x impulse, mimetic x `seeds`:
+    mimetic reads no target_mass, so its trials on one embed_dim (one base) are the same models."""
+    rows = []
+    for dim, mass in proposals:
+        params = {"model.embed_dim": dim, "init.target_mass": mass}
+        for init in ("impulse", "mimetic"):
+            setting = {"target_mass": mass} if init == "impulse" else {}
+            for seed in seeds:
+                acc = (80.0 + 10 * mass + seed) if init == "impulse" else 75.0 + dim / 64 + 0.5 * seed
+                rows.append(dict(study="s", execution="s-1", trial_id=f"t{len(rows)}", status="TERMINATED",
+                                 dataset="digits", config_key=config_key(params), params=json.dumps(params, sort_keys=True), init=init,
+                                 seed=seed, final_test_top1=acc, test_top1_at_best_val=acc - 1, best_val_top1=acc,
+                                 base_key=f"b{dim}", setting_key=json.dumps(setting), setting=json.dumps(setting),
+                                 identity=f"{dim}/{init}/{json.dumps(setting)}/{seed}", embed_dim=dim,
+                                 reused_from=None))
+    return pd.DataFrame(rows)
+
+
+def test_a_configuration_id_is_its_config_keys_head_whatever_else_ran():
+    keys = [config_key({"model.embed_dim": d}) for d in (32, 64, 96)]
+    assert config_ids(keys[:2]) == {k: "c" + k[:4] for k in keys[:2]}  # resume, sync: the same ids
+    assert config_ids(keys[:2]) == {k: v for k, v in config_ids(keys).items() if k in keys[:2]}
+    assert config_ids(["abcd111111", "abcd222222", "ef01234567"]) == {  # a collision: the whole key
+        "abcd111111": "cabcd111111", "abcd222222": "cabcd222222", "ef01234567": "cef01"}
+
+
+def test_parent_keys_are_init_or_pair_first_then_the_configuration_id():
+    rows = trials()
+    metrics, params = report.summary_metrics(rows, PAIRS)
+    ids = config_ids(rows.config_key)
+    a, b, c = (ids[config_key({"model.embed_dim": d, "init.target_mass": m})] for d, m in ((64, 0.5), (64, 0.9),
+                                                                                            (32, 0.5)))
+    assert {params[f"config.{i}"] for i in (a, b, c)} == {"embed_dim=64 target_mass=0.5", "embed_dim=64 target_mass=0.9",
+                                                          "embed_dim=32 target_mass=0.5"}
+    assert metrics[f"impulse/{b}/final_test_top1"] == pytest.approx(91.0)  # 80 + 9, + seeds 0..4 averaged
+    assert metrics[f"mimetic/{a}/final_test_top1"] == metrics[f"mimetic/{b}/final_test_top1"] == pytest.approx(77.0)
+    assert metrics[f"impulse-mimetic/{b}/mean"] == pytest.approx(14.0)  # one mimetic arm on base 64, both ids
+    assert metrics[f"impulse-mimetic/{c}/ci95_low"] < metrics[f"impulse-mimetic/{c}/mean"] < metrics[
+        f"impulse-mimetic/{c}/ci95_high"]
+    assert f"impulse-mimetic/{c}/p_holm" in metrics and not any(k.endswith(("/n", "/p")) for k in metrics)
+    assert len(metrics) == 5 + 3 * 2 * 2 + 3 * 4  # trials_*; 3 ids x 2 inits x 2; 3 differences x 4
+    assert max(map(len, metrics)) <= 40 and all(validate_param_and_metric_name(k) for k in [*metrics, *params])
+    assert {k.split("/")[0] for k in metrics if "/" in k} == {"impulse", "mimetic", "impulse-mimetic"}
+    for t in rows.to_dict("records"):  # each trial run carries its configuration's id
+        assert tracking.trial_run("s", t, ids)[1]["config"] == ids[t["config_key"]]
+    fewer, _ = report.summary_metrics(rows[rows.embed_dim == 64], PAIRS)  # an execution without c's proposal
+    assert set(fewer) == {k for k in metrics if c not in k}  # the same keys for the others
+    assert all(fewer[k] == metrics[k] for k in fewer if not k.startswith("trials_") and "p_holm" not in k)
+    assert report.pair_key("impulse target_mass=0.9 - target_mass=0.5") == "impulse-reference"
