@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import textwrap
 
 import numpy as np
 import pandas as pd
@@ -167,6 +168,11 @@ def pair_key(pair: str) -> str:
     return f"{a}-{b}" if " " not in a + b else f"{a.split()[0]}-reference"
 
 
+def realised(setting: str) -> str:
+    """The realised part of an arm's label ("→ mass 0.62", stats.arms), or ""."""
+    return "→" + setting.partition("→")[2] if "→" in setting else ""
+
+
 def by_config(trials: pd.DataFrame, table: pd.DataFrame, paired: pd.DataFrame):
     """`summarize`'s tables by configuration: a proposal of the study (its config_key), named by its
     short id (config.config_ids over these `trials`: the id its trial runs carry as tag `config`).
@@ -227,9 +233,183 @@ def _summary(trials: pd.DataFrame, cells: pd.DataFrame, diffs: pd.DataFrame, nam
     return {k: v for k, v in metrics.items() if not math.isnan(v)}, params
 
 
+def unformed(trials: pd.DataFrame, paired: pd.DataFrame, pairs: tuple) -> list[tuple[str, str]]:
+    """(pair, why) for each declared pair that no row of `paired` forms."""
+    formed, ran = set(paired["pair"]), set(trials["init"])
+    done = set(trials.loc[trials["status"] == "TERMINATED", "init"])
+    out = []
+    for a, b in dict.fromkeys(tuple(p) for p in pairs):
+        if f"{a} - {b}" in formed:
+            continue
+        absent = [i for i in (a, b) if i not in ran]
+        failed = [i for i in (a, b) if i in ran and i not in done]
+        why = "; ".join(filter(None, (absent and f"{' and '.join(absent)} did not run",
+                                      failed and f"no trial of {' and '.join(failed)} finished"))) or (
+            "no configuration finished both with the settings both read alike")
+        out.append((f"{a} - {b}", why))
+    return out
+
+
+SUMMARY_PLOTS = ("0_paired_differences.png", "1_final_test_top1.png")  # a parent run's plots: named to sort
+# before its report/ and init/ folders
+
+
+def summary_plots(folder: str, cells: pd.DataFrame, diffs: pd.DataFrame, names: dict) -> list[str]:
+    """A study execution's answer as two plots in `folder` (`by_config`'s tables), as many as the
+    results allow: a forest plot of the paired differences (a row per configuration x pair: mean
+    with its 95 % CI, rows with p (Holm) < 0.05 filled and marked), and the final test top-1 per
+    configuration x init (mean, 95 % CI). Rows are named by configuration id, and its params."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    wrap = {c: f"{c}: " + "\n".join(textwrap.wrap(n, 40)) for c, n in names.items()}
+    ids = [c for c in names if c in set(diffs["id"]) | set(cells["id"])]  # top to bottom
+    if len(diffs):
+        pairs = list(dict.fromkeys(diffs["pair"]))
+        step = 0.8 / len(pairs)
+        fig, ax = plt.subplots(figsize=(10, 1.2 + 0.3 * len(ids) * max(2, len(pairs))), layout="constrained")
+        for k, pair in enumerate(pairs):
+            g = diffs[diffs["pair"] == pair].set_index("id")
+            for c in g.index:
+                r, y = g.loc[c], len(ids) - 1 - ids.index(c) + 0.4 - step * (k + 0.5)
+                hit = bool(r["p_holm"] < 0.05)
+                ax.errorbar(r["mean"], y, xerr=0 if math.isnan(r["ci95"]) else r["ci95"], fmt="o", capsize=3,
+                            color=f"C{k}", mfc=f"C{k}" if hit else "white", label=pair.replace(" - ", " − "))
+                ax.annotate(f"{_p(r['p_holm'])}{' *' if hit else ''}", (1.01, y), xycoords=("axes fraction", "data"),
+                            va="center", fontsize=7, color=f"C{k}")
+        handles, labels = ax.get_legend_handles_labels()
+        keep = dict(zip(labels, handles))
+        fig.legend(keep.values(), keep.keys(), fontsize=8, loc="outside lower center", ncol=len(keep))
+        ax.axvline(0, color="k", lw=0.8)
+        for y in np.arange(len(ids) - 1) + 0.5:
+            ax.axhline(y, color="0.9", lw=0.8)
+        ax.set_yticks(np.arange(len(ids))[::-1], [wrap[c] for c in ids], fontsize=8)
+        ax.set_ylim(-0.5, len(ids) - 0.5)
+        ax.set(xlabel="difference in final test top-1 (pp), mean ± 95 % CI over seeds (right: p (Holm))",
+               title="Paired differences, same configuration and seed (filled, *: p (Holm) < 0.05)")
+        made.append(_save(fig, os.path.join(folder, SUMMARY_PLOTS[0])))
+    if len(cells):
+        inits = list(dict.fromkeys(cells["init"]))
+        fig, ax = plt.subplots(figsize=(10, 1.2 + 0.3 * len(ids) * max(2, len(inits))), layout="constrained")
+        step = 0.8 / len(inits)
+        for k, init in enumerate(inits):
+            g = cells[cells["init"] == init].set_index("id").reindex(ids)
+            y = np.arange(len(ids))[::-1] + 0.4 - step * (k + 0.5)
+            ax.errorbar(g["final_test_top1_mean"], y, xerr=g["final_test_top1_ci95"].fillna(0), fmt="o", capsize=3,
+                        label=init, color=f"C{k}")
+        for y in np.arange(len(ids) - 1) + 0.5:
+            ax.axhline(y, color="0.9", lw=0.8)
+        ax.set_yticks(np.arange(len(ids))[::-1], [wrap[c] for c in ids], fontsize=8)
+        ax.set_ylim(-0.5, len(ids) - 0.5)
+        ax.set(xlabel="final test top-1 (%), mean ± 95 % CI over seeds", title="Final test top-1 per configuration and init")
+        fig.legend(fontsize=8, loc="outside lower center", ncol=len(inits))
+        made.append(_save(fig, os.path.join(folder, SUMMARY_PLOTS[1])))
+    return made
+
+
+def _row(cells) -> str:
+    """A Markdown table row whose cells MLflow's description shows apart: its tables have no padding,
+    so each cell ends in an em space, kept by a zero-width space after it (Markdown trims spaces)."""
+    return "| " + " | ".join(f"{c}\u2003\u200b" for c in cells) + " |"
+
+
+def overview(study: str, trials: pd.DataFrame, cells: pd.DataFrame, diffs: pd.DataFrame, names: dict,
+             pairs: tuple, links: dict) -> str:
+    """A study execution's answer as its parent run's description (Markdown, at most
+    tracking.NOTE_LIMIT characters; `by_config`'s tables): a line per pair (its range over the
+    configurations, in how many p (Holm) < 0.05), links to its trials and report, the forest plot,
+    the final test top-1 per configuration x init (mean ± CI (n), and a compare link of its runs),
+    the final top-1 plot, the paired differences with CI, p and Holm p, and why each declared pair
+    not formed was not. `links`: "trials", "report", "images" ({file: src}) and "compare" ({id:
+    path}), paths from tracking. Where the whole would not fit, the compare links go first
+    (`structinit report` prints them), then the tables' last rows."""
+    reused = int(trials["reused_from"].notna().sum()) if "reused_from" in trials else 0
+    statuses = ", ".join(f"{n} {s.lower()}" for s, n in trials["status"].value_counts().items())
+    head = [f"**{study}**: {len(trials)} trials ({statuses}; {len(trials) - reused} trained, {reused} reused), seeds "
+            f"{','.join(map(str, sorted(trials['seed'].unique())))}; differences of final test top-1:", ""]
+    for pair, g in diffs.groupby("pair", sort=False):
+        hits, n = sorted(set(g.loc[g["p_holm"] < 0.05, "id"])), g["id"].nunique()
+        spread = (f"{g['mean'].iloc[0]:+.2f} pp" if n == 1 else
+                  f"{g['mean'].min():+.2f} to {g['mean'].max():+.2f} pp over {n} configurations")
+        tested = (f"p (Holm) < 0.05 in {len(hits)} of {n}" + (f" ({', '.join(hits)})" if hits else "")
+                  if g["p_holm"].notna().any() else "no test (one seed)")
+        head.append(f"- **{pair.replace(' - ', ' − ')}**: {spread}; {tested}")
+    head += ["", f"[The trials, best final test top-1 first]({links['trials']}) · the full report (decomposition, "
+             f"per cell, failed trials): [report/report.md]({links['report']}), which `structinit report {study}` "
+             "writes"]
+    images = [f"![{name}]({src})" for name, src in links["images"].items()]
+    inits = list(dict.fromkeys(cells["init"])) if len(cells) else []
+    table, rows, compare = [], [], []
+    if len(cells):
+        table = ["Final test top-1 (%), mean ± 95 % CI over seeds (n); a configuration's id is the tag `config` of its "
+                 "trial runs, its params the param `config.<id>`:", "",
+                 _row(["id", "configuration", *inits]), "|---" * (len(inits) + 2) + "|"]
+        for c, name in names.items():
+            g = cells[cells["id"] == c].set_index("init")
+            if len(g):
+                mass = " ".join(dict.fromkeys(filter(None, map(realised, g["setting"]))))
+                rows.append(_row([c, f"{name} {mass}".strip(), *(
+                    f"{_pm(g.at[i, 'final_test_top1_mean'], g.at[i, 'final_test_top1_ci95'])} ({g.at[i, 'n']})"
+                    if i in g.index else "–" for i in inits)]))
+        compare = ["", "Compare a configuration's runs (its inits and seeds): " + " · ".join(
+            f"[{c}]({links['compare'][c]})" for c in names if c in links["compare"])] if links["compare"] else []
+    paired, diff_rows = [], []
+    if len(diffs):
+        tested = int(diffs.drop_duplicates(["pair", "config"])["p"].notna().sum())
+        paired = ["", "Paired differences of final test top-1 (same configuration and seed), mean ± 95 % CI; p of "
+                  f"the row's test (exact: sign flips, at least 2/2^n), p (Holm) over the {tested} comparisons with a "
+                  "p; **bold**: p (Holm) < 0.05:", "",
+                  _row(["id", "difference", "n", "mean ± CI", "p", "test", "p (Holm)"]), "|---" * 7 + "|"]
+        order = {c: i for i, c in enumerate(names)}
+        pair_order = {p: i for i, p in enumerate(dict.fromkeys(diffs["pair"]))}
+        for r in diffs.assign(o=diffs["id"].map(order), q=diffs["pair"].map(pair_order)).sort_values(
+                ["o", "q"], kind="stable").itertuples():
+            shown = _pm(r.mean, r.ci95)
+            diff_rows.append(_row([r.id, r.pair.replace(" - ", " − "), r.n, f"**{shown}**" if r.p_holm < 0.05 else shown,
+                                _p(r.p), r.test, _p(r.p_holm)]))
+    missing = unformed(trials, diffs if len(diffs) else pd.DataFrame({"pair": []}), pairs)
+    gaps = ["", "Declared pairs not formed:", "", *(f"- {p.replace(' - ', ' − ')}: {why}" for p, why in missing)] \
+        if missing else []
+
+    keep = [len(rows), len(diff_rows)]
+
+    def text():
+        shown = [[*part[:k], *([f"| … | {len(part) - k} more: report/report.md, the plots |"] if k < len(part) else [])]
+                 for part, k in zip((rows, diff_rows), keep)]
+        return "\n".join([*head, "", *images[:1], "", *table, *shown[0], *compare, "", *images[1:], *paired,
+                          *shown[1], *gaps]) + "\n"
+
+    if len(text()) > tracking.NOTE_LIMIT:  # the compare links first: about 40 characters a run
+        compare = ["", f"Compare links per configuration: `structinit report {study}` prints them."]
+    while len(text()) > tracking.NOTE_LIMIT and sum(keep) > 4:  # then the longer table's last rows
+        keep[keep[1] > keep[0]] -= 1
+    return text()[:tracking.NOTE_LIMIT]
+
+
 def log_summary(run: tracking.Run, trials: list[dict], pairs: tuple, reference: dict | None = None) -> None:
-    """The summary of one study execution's `trials` (its Parquet rows) on its parent run."""
-    tracking.log_summary(run, *summary_metrics(pd.DataFrame(trials), pairs, reference))
+    """The summary of one study execution's `trials` (its Parquet rows) on its parent run: its
+    metrics and params (summary_metrics), its plots at the top of its artifacts (summary_plots),
+    its description (overview) and a saved view of its trials (tracking.save_trials_view)."""
+    import tempfile
+
+    if not trials:  # stopped before any trial
+        return
+    frame = pd.DataFrame(trials)
+    cells, diffs, names = by_config(frame, *summarize(frame, pairs, reference))
+    metrics, params = _summary(frame, cells, diffs, names, pairs)
+    searched = sorted({k for p in frame["params"] for k in json.loads(p or "{}")})
+    tracking.save_trials_view(run, f"{frame['execution'].iloc[0]}: trials", searched)
+    exp, runs = tracking.study_runs(run) or ("0", {})
+    with tempfile.TemporaryDirectory() as folder:
+        images = summary_plots(folder, cells, diffs, names)
+        text = overview(frame["study"].iloc[0], frame, cells, diffs, names, pairs, {
+            "trials": tracking.trials_path(exp, run.run_id),
+            "report": tracking.artifact_path(exp, run.run_id, "report/report.md"),
+            "images": {os.path.basename(p): tracking.artifact_src(run.run_id, os.path.basename(p)) for p in images},
+            "compare": {c: tracking.compare_path(exp, ids) for c, ids in runs.items()}})
+        tracking.log_summary(run, metrics, params, text, tuple(images))
 
 
 def _pm(m, h) -> str:
@@ -552,7 +732,8 @@ def attention_plot(curves: pd.DataFrame, path: str) -> str:
 
 
 def _save(fig, path: str) -> str:
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     fig.savefig(path, dpi=100)
     import matplotlib.pyplot as plt
 

@@ -11,7 +11,8 @@ What a researcher sees: experiments open on their training runs (`mlflow.experim
 run says where it came from (the entry point and the checkout's git commit, which MLflow's Source
 column and run page show, its dirtiness, the stack's versions, the host; a training run also its
 device, CUDA/cuDNN, its dataset as an MLflow dataset input and MLflow's system metrics); a study
-execution's parent run carries the study's summary."""
+execution's parent run carries the study's answer (its description, plots and summary metrics)
+and a saved view of its trials; links into the UI (`where`) open those."""
 from __future__ import annotations
 
 import contextlib
@@ -20,13 +21,14 @@ import os
 import time
 import warnings
 from dataclasses import dataclass
+from urllib.parse import quote, urlencode
 
 import requests
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import (MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT, MLFLOW_GIT_DIRTY, MLFLOW_PARENT_RUN_ID,
-                                     MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE)
+                                     MLFLOW_RUN_NOTE, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE)
 
 from structinit import provenance
 from structinit.attention import block_metrics
@@ -48,6 +50,11 @@ EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 TRAINING_VIEW = "workflowType=machine_learning"
 SOURCE_TAGS = (MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE, MLFLOW_GIT_COMMIT, MLFLOW_GIT_DIRTY)  # what MLflow's UI
 # shows as a run's Source (the entry point, and beside it the commit's first digits) and its dirtiness
+NOTE_LIMIT = 8000  # MLflow keeps this many characters of a run tag's value, a run's description (Overview) included
+# A saved view of an experiment's runs table, as MLflow 3.17's UI stores one (its Views menu; a link's
+# viewStateShareKey=<name> opens it): this experiment tag, valued {"name", "createdAt", "state": the table's
+# filter, sort and columns as JSON}
+SAVED_VIEW = "mlflow.sharedViewState."
 # MLflow's system metrics are sampled every this many seconds: one sample, in a background thread,
 # costs about 11 ms of CPU on a SQLite store (psutil 0.2 ms, the monitor's get_run 4 ms, log_batch
 # 7 ms; over HTTP the calls mostly wait), about 0.1 % of the interval
@@ -287,17 +294,87 @@ def system_metrics(run: Run | None, interval: float = SYSTEM_METRICS_INTERVAL_S)
                 attempt(run.uri, f"the last system metrics of run {run.run_id}", publish)
 
 
-def log_summary(run: Run, metrics: dict, params: dict) -> None:
+def log_summary(run: Run, metrics: dict, params: dict, description: str = "", images: tuple = ()) -> None:
     """A study execution's summary on its parent run: metrics (logged again as the summary
-    changes, a resumed execution) and params (the same values every time), best effort."""
+    changes, a resumed execution), params (the same values every time), its description (the
+    Overview's Markdown, replaced) and `images` (files, at the top of its artifacts), best effort."""
     batch = _metrics(metrics, 0, int(time.time() * 1000))
 
     def log(client):
         for i in range(0, len(batch), 1000):  # MLflow takes at most 1000 metrics per batch
             client.log_batch(run.run_id, metrics=batch[i:i + 1000])
         client.log_batch(run.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+        if description:
+            client.set_tag(run.run_id, MLFLOW_RUN_NOTE, description[:NOTE_LIMIT])
+        for path in images:
+            client.log_artifact(run.run_id, path)
 
     attempt(run.uri, f"the study summary of run {run.run_id}", log)
+
+
+# ---- links into MLflow's UI: paths after the server's address ("#/..."), which a run's description
+# ---- links as they are (relative to the page) and `where` prints after the server's URL
+
+def trials_path(experiment_id: str, parent: str) -> str:
+    """The saved view `save_trials_view` writes for the study execution of run `parent`."""
+    return f"#/experiments/{experiment_id}/runs?viewStateShareKey=trials-{parent}&{TRAINING_VIEW}"
+
+
+def filtered_path(experiment_id: str, parent: str) -> str:
+    """The trials of run `parent` flat, best final test top-1 first, without a saved view (the
+    table's columns are then the viewer's own)."""
+    facets = urlencode({"searchFilter": f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}'",
+                        "orderByKey": "metrics.`final_test_top1`", "orderByAsc": "false"}, quote_via=quote)
+    return f"#/experiments/{experiment_id}/runs?{facets}&{TRAINING_VIEW}"
+
+
+def compare_path(experiment_id: str, run_ids) -> str:
+    """MLflow's compare view of `run_ids` (their params, metrics, parallel coordinates)."""
+    runs, experiments = (quote(json.dumps(v, separators=(",", ":")), safe="[],") for v in (sorted(run_ids), [experiment_id]))
+    return f"#/compare-runs?runs={runs}&experiments={experiments}&{TRAINING_VIEW}"  # 39 characters a run
+
+
+def artifact_path(experiment_id: str, run_id: str, path: str) -> str:
+    """A run's artifact in its page's Artifacts tab."""
+    return f"#/experiments/{experiment_id}/runs/{run_id}/artifacts/{quote(path)}?{TRAINING_VIEW}"
+
+
+def artifact_src(run_id: str, path: str) -> str:
+    """A run's artifact as the server sends it (an image in a description), relative to its UI's page."""
+    return f"get-artifact?path={quote(path)}&run_uuid={run_id}"
+
+
+def save_trials_view(run: Run, name: str, params: tuple = ()) -> None:
+    """A saved view of the experiment's runs table (MLflow's Views menu; `trials_path` opens it):
+    the trials of the study execution of run `run` (its child runs) flat, best final test top-1
+    first, with the columns that read them: final and at-best-val test top-1, init, configuration
+    id, seed, the searched `params`, and the Source and Version (commit). Best effort."""
+    columns = ["metrics.`final_test_top1`", "metrics.`test_top1_at_best_val`", "tags.`init`", "tags.`config`",
+               "tags.`seed`", *(f"params.`{p}`" for p in params), "attributes.`Source`", "attributes.`Version`"]
+    state = {"searchFilter": f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{run.run_id}'",
+             "orderByKey": "metrics.`final_test_top1`", "orderByAsc": False, "selectedColumns": columns}
+
+    def save(client):
+        exp = client.get_run(run.run_id).info.experiment_id
+        now = int(time.time() * 1000)
+        client.set_experiment_tag(exp, f"{SAVED_VIEW}trials-{run.run_id}", json.dumps(
+            {"name": name, "createdAt": now, "updatedAt": now, "state": json.dumps(state)}))
+
+    attempt(run.uri, f"the saved view of the trials of run {run.run_id}", save)
+
+
+def config_runs(client: MlflowClient, parent: str) -> dict[str, list[str]]:
+    """The run ids of run `parent`'s children by configuration (their `config` tag)."""
+    out: dict[str, list[str]] = {}
+    for r in children(client, parent):
+        out.setdefault(r.data.tags.get("config", "?"), []).append(r.info.run_id)
+    return out
+
+
+def study_runs(run: Run) -> tuple[str, dict[str, list[str]]] | None:
+    """(experiment id, config_runs) of a study execution's parent run `run`; None where MLflow fails."""
+    return attempt(run.uri, f"the trial runs of run {run.run_id}", lambda c: (
+        c.get_run(run.run_id).info.experiment_id, config_runs(c, run.run_id)))
 
 
 def finish(run: Run, status: str = "FINISHED") -> None:
@@ -399,17 +476,33 @@ def _unmade(uri: str) -> bool:
     return path is not None and not os.path.exists(path)
 
 
-def where(uri: str, experiment: str) -> str | None:
-    """One line saying where to open `experiment` in MLflow's UI (None: it has none, or MLflow is
-    unreachable): its link on the server, or, for a database store, after `mlflow ui`."""
-    found = None if _unmade(uri) else attempt(uri, f"the experiment {experiment}",
-                                              lambda c: c.get_experiment_by_name(experiment))
-    if found is None:
-        return None
-    if uri.startswith(("http://", "https://")):
-        return f"MLflow: {ui_link(shown(uri), found.experiment_id)}"
-    return (f"MLflow: run `mlflow ui --backend-store-uri {shown(uri)}`, then open "
-            f"{ui_link('http://127.0.0.1:5000', found.experiment_id)}")
+def where(uri: str, experiment: str, parent: str | None = None) -> list[str]:
+    """Lines saying where to open `experiment` in MLflow's UI (none: it has none, or MLflow is
+    unreachable): its link on the server, or, for a database store, after `mlflow ui`. With the
+    parent run of a study execution: its trials flat, best final test top-1 first (its saved view,
+    else the same filter and sort), then a compare link per configuration (its runs across inits
+    and seeds). Every link opens MLflow's training pages (TRAINING_VIEW)."""
+    def read(client):
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None or parent is None:
+            return exp, {}, {}
+        return exp, config_runs(client, parent), client.get_run(parent).data.params
+
+    found = None if _unmade(uri) else attempt(uri, f"the experiment {experiment}", read)
+    if found is None or found[0] is None:
+        return []
+    exp, runs, params = found
+    if parent is None:
+        path = f"#/experiments/{exp.experiment_id}?{TRAINING_VIEW}"
+    elif f"{SAVED_VIEW}trials-{parent}" in exp.tags:
+        path = trials_path(exp.experiment_id, parent)
+    else:
+        path = filtered_path(exp.experiment_id, parent)
+    server = shown(uri).rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    first = (f"MLflow: {server}/{path}" if uri.startswith(("http://", "https://")) else
+             f"MLflow: run `mlflow ui --backend-store-uri {shown(uri)}`, then open {server}/{path}")
+    return [first, *(f"  compare {c} ({params.get(f'config.{c}', '?')}, {len(ids)} runs): "
+                     f"{server}/{compare_path(exp.experiment_id, ids)}" for c, ids in sorted(runs.items()))]
 
 
 def latest_run(uri: str, experiment: str, tag: str, value: str) -> Run | None:

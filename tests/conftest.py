@@ -57,7 +57,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def smoke_study(tmp_path_factory):
     """The heads-vs-dim smoke study run once, as a user runs it (its script, then `structinit
     report`), in a fresh folder with a SQLite MLflow store; shared by every test that reads its
-    records. Returns {"folder", "summary": the study's JSON line, "report": the report's stdout}."""
+    records. Returns {"folder", "summary": the study's JSON line, "study_output": the study's stdout before it,
+    "report": the report's stdout}."""
     folder = tmp_path_factory.mktemp("smoke_study")
     out = subprocess.run([sys.executable, str(ROOT / "studies" / "heads_vs_dim.py"), "--preset", "smoke"],
                          capture_output=True, text=True, timeout=900, cwd=folder)
@@ -65,4 +66,5 @@ def smoke_study(tmp_path_factory):
     rep = subprocess.run([str(Path(sys.executable).parent / "structinit"), "report", "heads_vs_dim"],
                          capture_output=True, text=True, timeout=300, cwd=folder)
     assert rep.returncode == 0, rep.stderr[-2000:]
-    return {"folder": folder, "summary": json.loads(out.stdout.strip().splitlines()[-1]), "report": rep.stdout}
+    *printed, summary = out.stdout.strip().splitlines()
+    return {"folder": folder, "summary": json.loads(summary), "study_output": "\n".join(printed), "report": rep.stdout}

@@ -1,6 +1,8 @@
 """What a study execution's parent run says, built from trials rows (no Ray, no server): metric keys
-a person can read (init or pair first, then a configuration's short id its trial runs carry)."""
+a person can read (init or pair first, then a configuration's short id its trial runs carry), the
+description that answers the study within MLflow's limit, and the plots named to come first."""
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -62,3 +64,40 @@ def test_parent_keys_are_init_or_pair_first_then_the_configuration_id():
     assert set(fewer) == {k for k in metrics if c not in k}  # the same keys for the others
     assert all(fewer[k] == metrics[k] for k in fewer if not k.startswith("trials_") and "p_holm" not in k)
     assert report.pair_key("impulse target_mass=0.9 - target_mass=0.5") == "impulse-reference"
+
+
+def description(rows, compare=15):
+    cells, diffs, names = report.by_config(rows, *report.summarize(rows, PAIRS))
+    links = {"trials": "#/t", "report": "#/r", "images": {p: f"get-artifact?path={p}" for p in report.SUMMARY_PLOTS},
+             "compare": {c: tracking.compare_path("1", [f"{i:032x}" for i in range(compare)]) for c in names}}
+    return report.overview("s", rows, cells, diffs, names, PAIRS, links), names
+
+
+def test_the_description_holds_the_tables_and_why_a_pair_was_not_formed():
+    text, names = description(trials())
+    assert len(text) <= tracking.NOTE_LIMIT
+    assert "- **impulse − mimetic**: +10.00 to +14.00 pp over 3 configurations; p (Holm) < 0.05 in" in text
+    row = next(line for line in text.splitlines() if line.startswith("| c") and "embed_dim=32" in line)
+    cells = [c.strip("\u2003\u200b ") for c in row.strip("|").split("|")]
+    assert cells == [config_ids(trials().config_key)[config_key({"model.embed_dim": 32, "init.target_mass": 0.5})],
+                     "embed_dim=32 target_mass=0.5", "87.00 ± 1.96 (5)", "76.50 ± 0.98 (5)"]
+    assert "- impulse − default: default did not run" in text
+    assert all(f"[{c}](#/compare-runs?runs=[%22" in text for c in names)
+    assert text.index(report.SUMMARY_PLOTS[0]) < text.index("| id") < text.index(report.SUMMARY_PLOTS[1])
+
+
+def test_a_long_description_gives_way_to_the_printed_links_then_to_the_report():
+    big = trials(proposals=[(dim, mass) for dim in (32, 64, 96, 128) for mass in (0.3, 0.5, 0.7, 0.9, 0.95)])
+    text, names = description(big)
+    assert len(text) <= tracking.NOTE_LIMIT and "compare-runs" not in text
+    assert "Compare links per configuration: `structinit report s` prints them." in text
+    text, _ = description(trials(proposals=[(d, m / 100) for d in (32, 64, 96) for m in range(30, 60)]))
+    assert len(text) <= tracking.NOTE_LIMIT and re.search(r"\| … \| \d+ more: report/report.md", text)
+
+
+def test_the_summary_plots_are_drawn_and_named_to_come_first(tmp_path):
+    rows = trials()
+    made = report.summary_plots(str(tmp_path), *report.by_config(rows, *report.summarize(rows, PAIRS)))
+    assert [p.rsplit("/", 1)[1] for p in made] == list(report.SUMMARY_PLOTS) == sorted(report.SUMMARY_PLOTS)
+    assert all(open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n" for p in made)
+    assert sorted([*report.SUMMARY_PLOTS, "init", "report"])[:2] == list(report.SUMMARY_PLOTS)

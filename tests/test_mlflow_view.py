@@ -1,7 +1,8 @@
 """What a researcher sees in MLflow, on the smoke study's real records: experiments of the kind
-that opens on training runs, the parent run carrying the report's summary, provenance and the
-dataset on every run, MLflow's system metrics on training runs, and the UI itself, rendered by
-headless Chromium from a real `mlflow server` over the study's store."""
+that opens on training runs, the parent run carrying the study's answer (description, plots,
+summary metrics keyed by init or pair and a configuration id its trial runs carry), provenance
+and the dataset on every run, MLflow's system metrics on training runs, and the UI itself,
+rendered by headless Chromium from a real `mlflow server` over the study's store."""
 import json
 import math
 import os
@@ -22,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from structinit import tracking
 from structinit.config import config_ids
-from structinit.report import pair_key
+from structinit.report import SUMMARY_PLOTS, pair_key
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"  # git-ignored; CI keeps what the tests leave here
@@ -42,9 +43,14 @@ def git(*args) -> str:
 
 
 def test_the_experiment_is_of_the_kind_that_opens_on_training_runs(smoke_study):
-    _, exp, _, _ = records(smoke_study)
+    _, exp, parent, _ = records(smoke_study)
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
-    assert f"#/experiments/{exp.experiment_id}?workflowType=machine_learning" in smoke_study["report"]
+    trials = f"#/experiments/{exp.experiment_id}/runs?viewStateShareKey=trials-{parent.info.run_id}&workflowType="
+    assert f"{trials}machine_learning" in smoke_study["report"]  # the trials of the execution reported
+    printed = [line for line in (smoke_study["report"] + smoke_study["study_output"]).splitlines()
+               if line.startswith(("MLflow: ", "  compare "))]  # by each: the trials, a compare link per configuration
+    links = [u for line in printed for u in re.findall(r"http://\S+", line)]
+    assert len(links) == 4 and all(u.endswith("workflowType=machine_learning") for u in links)
 
 
 def test_the_parent_run_carries_the_reports_summary(smoke_study):
@@ -70,6 +76,8 @@ def test_the_parent_run_carries_the_reports_summary(smoke_study):
     assert max(map(len, metrics)) <= 40 and params["seeds"] == "0"
     assert params["pairs"].startswith("impulse - mimetic, impulse - default")
     assert re.fullmatch(r"embed_dim=(32|64) num_heads=(2|4)", params[f"config.{cid}"])
+    note = parent.data.tags["mlflow.note.content"]
+    assert f"| {cid}\u2003\u200b | {params[f'config.{cid}']}" in note and "impulse − torch_default: torch_default did not run" in note
 
 
 def test_every_run_says_where_it_came_from(smoke_study):
@@ -119,10 +127,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def mlflow_server(smoke_study):
     """A real `mlflow server` on 127.0.0.1 over the smoke study's store (one worker, no job
-    runner): yields its URL; stopped (its process group) afterwards."""
+    runner), shared by this module's browser tests: yields its URL; stopped (its process group)
+    afterwards."""
     port = free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
@@ -155,34 +164,69 @@ def chromium(*args: str) -> str:
     return out.stdout
 
 
-def page(url: str) -> tuple[str, str]:
-    """(title, visible text) of a page as Chromium renders it."""
-    dom = chromium("--dump-dom", url)
+def page(url: str) -> tuple[str, str, str]:
+    """(title, visible text, DOM) of a page as Chromium renders it in a window wide enough for every
+    column of a runs table (its grid renders only the columns in view)."""
+    dom = chromium("--window-size=2400,1400", "--dump-dom", url)
     title = re.search(r"<title>(.*?)</title>", dom, re.S).group(1)
     text = re.sub(r"<[^>]+>", " ", re.sub(r"<(style|script)\b.*?</\1>", " ", dom, flags=re.S))
-    return title, " ".join(text.split())
+    return title, " ".join(text.split()), dom
 
 
-def test_mlflows_ui_opens_the_study_on_its_training_runs(smoke_study, mlflow_server):
+def shot(url: str, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    chromium(f"--screenshot={ARTIFACTS / name}", "--window-size=1600,1000", url)
+    assert (ARTIFACTS / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_printed_link_lists_the_trials_by_final_accuracy(smoke_study, mlflow_server):
+    """The link the study and report print opens the execution's trial runs flat (not its parent),
+    with the final test top-1 column, best first."""
     _, exp, parent, kids = records(smoke_study)
-    link = tracking.ui_link(mlflow_server, exp.experiment_id)
-    title, text = page(link)  # the link the report prints: redirected to the runs tab
+    printed = re.search(r"MLflow: .*?(http://127\.0\.0\.1:5000/(\S+))", smoke_study["report"]).group(2)
+    assert printed in smoke_study["study_output"]  # the study printed it too
+    link = f"{mlflow_server}/{printed}"
+    title, text, _ = page(link)
     assert title.startswith("Runs - Experiment"), title
-    assert parent.info.run_name in text
-    flat = urllib.parse.urlencode({"workflowType": "machine_learning", "orderByKey": "attributes.run_name",
-                                   "orderByAsc": "true"})  # sorted by name: MLflow lists nested runs flat
-    runs_url = f"{mlflow_server}/#/experiments/{exp.experiment_id}/runs?{flat}"
-    title, text = page(runs_url)
-    assert title.startswith("Runs - Experiment") and "4 matching runs" in text
-    for run in [parent, *kids]:
-        assert run.info.run_name in text, run.info.run_name
+    assert "3 matching runs" in text and text.count("Hide run") == 3  # the trials, not their parent
+    header = text[text.index("Run Name"):text.index("Hide run")]
+    assert "final_test_top1" in header and "config" in header and "Version" in header  # the view's columns
+    final = {r.info.run_name: r.data.metrics["final_test_top1"] for r in kids}
+    best_first = sorted(final, key=final.get, reverse=True)
+    assert sorted(best_first, key=text.index) == best_first  # listed best first
+    assert all(f"{v}" in text for v in final.values())  # the column's values
+    shot(link, "mlflow-study-runs.png")
+
+
+def test_the_parents_overview_shows_the_table_and_the_forest_plot_is_its_artifact(smoke_study, mlflow_server):
+    _, exp, parent, _ = records(smoke_study)
+    report = smoke_study["folder"] / "runs" / "heads_vs_dim" / "report"
+    table = pd.read_csv(report / "table.csv")
+    cid = config_ids(table.configs)[table.configs[0]]
     run_page = f"{mlflow_server}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}"
-    _, text = page(f"{run_page}/artifacts/report/report.md")
+    _, text, dom = page(f"{run_page}?workflowType=machine_learning")
+    note = dom[dom.index('data-testid="note-editor-preview-content"'):]
+    rows = [[" ".join(re.sub(r"<[^>]+>", " ", c).replace("\u200b", "").split()) for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row, re.S)]
+            for row in re.findall(r"<tr>(.*?)</tr>", note[:note.index("</table>")], re.S)]
+    assert rows[0] == ["id", "configuration", "impulse", "mimetic", "default"]  # the table, rendered
+    by_init = table.set_index("init")
+    assert rows[1] == [cid, parent.data.params[f"config.{cid}"], *(
+        f"{by_init.final_test_top1_mean[i]:.2f} (1)" for i in ("impulse", "mimetic", "default"))]
+    forest = f"get-artifact?path={SUMMARY_PLOTS[0]}&amp;run_uuid={parent.info.run_id}"
+    assert f'<img src="{forest}"' in note and "impulse − mimetic" in text  # the forest plot, in the Overview
+    shot(f"{run_page}?workflowType=machine_learning", "mlflow-study-overview.png")
+    _, text, _ = page(f"{run_page}/artifacts?workflowType=machine_learning")
+    assert all(name in text for name in SUMMARY_PLOTS)  # listed in the parent's artifacts
+    assert text.index("report") < text.index(SUMMARY_PLOTS[0]) < text.index(SUMMARY_PLOTS[1])  # the first files
+    png = urllib.request.urlopen(f"{mlflow_server}/{forest.replace('&amp;', '&')}", timeout=30).read()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_report_renders_under_the_parents_artifacts(smoke_study, mlflow_server):
+    _, exp, parent, _ = records(smoke_study)
+    run_page = f"{mlflow_server}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}"
+    _, text, _ = page(f"{run_page}/artifacts/report/report.md")
     assert "report/report.md" in text and "3 trials: 3 terminated" in text  # the report, rendered from the server
     report = urllib.request.urlopen(f"{mlflow_server}/get-artifact?path=report/report.md&run_uuid="
                                     f"{parent.info.run_id}", timeout=30).read().decode()
     assert report == (smoke_study["folder"] / "runs" / "heads_vs_dim" / "report" / "report.md").read_text()
-    ARTIFACTS.mkdir(exist_ok=True)
-    shot = ARTIFACTS / "mlflow-study-runs.png"
-    chromium(f"--screenshot={shot}", "--window-size=1600,900", runs_url)
-    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

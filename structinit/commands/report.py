@@ -45,7 +45,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                      execution=args.execution))
     except ValueError as err:
         parser.refuse(err)
-    link = tracking.where(uri, args.study)
-    if link:
-        print(link)
+    from structinit.paths import StudyPaths
+
+    execution = args.execution or StudyPaths(args.storage, args.study).execution()
+    run = execution and tracking.latest_run(uri, args.study, "execution", execution)
+    for line in tracking.where(uri, args.study, run and run.run_id):  # its trials, a compare link per configuration
+        print(line)
     return 0

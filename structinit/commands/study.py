@@ -98,6 +98,10 @@ def cli(name: str, presets: dict[str, Callable], argv=None, default: str = "cpu"
         out = run(study, resume=args.resume, address=args.address, data=data)
     except ValueError as err:  # what only the cluster can tell (check_cluster)
         p.refuse(err)
+    from structinit import tracking
+
+    for line in tracking.where(study.tracking_uri or tracking.default_uri(), study.name, out["parent_run_id"]):
+        print(line)  # its trials, a compare link per configuration
     print(json.dumps(out))
     if out["finished"] < out["expected"]:  # stopped early (Ctrl-C): exit as an interrupted command does
         raise SystemExit(130)
