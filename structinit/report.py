@@ -662,14 +662,16 @@ def plots(folder: str, trials: pd.DataFrame, history: pd.DataFrame, paired: pd.D
         made.append(_save(fig, os.path.join(folder, "curves.png")))
     if "heads_vs_dim" in wanted and varies_width(done):
         inits = sorted(done["init"].unique())
-        fig, axes = plt.subplots(1, len(inits), figsize=(4 * len(inits), 3.5), squeeze=False)
+        fig, axes = plt.subplots(1, len(inits), figsize=(4 * len(inits) + 1, 3.5), squeeze=False, layout="constrained")
+        means = done.groupby(["init", "num_heads", "embed_dim"])["final_test_top1"].mean()
+        scale = matplotlib.colors.Normalize(means.min(), means.max())  # one colour scale: inits compare by colour
         for ax, init in zip(axes[0], inits):
             cells = done[done["init"] == init]
             grid = cells.pivot_table(index="num_heads", columns="embed_dim", values="final_test_top1", aggfunc="mean")
             ks = cells.pivot_table(index="num_heads", columns="embed_dim", values="init_rank_k",
                                    aggfunc="mean").reindex(index=grid.index, columns=grid.columns).values
             f2 = int(cells["filter_size"].iloc[0]) ** 2
-            im = ax.imshow(grid.values, cmap="viridis", aspect="auto")
+            im = ax.imshow(grid.values, cmap="viridis", norm=scale, aspect="auto")
             ax.set_xticks(range(len(grid.columns)), grid.columns)
             ax.set_yticks(range(len(grid.index)), grid.index)
             for (i, j), v in np.ndenumerate(grid.values):
@@ -677,9 +679,10 @@ def plots(folder: str, trials: pd.DataFrame, history: pd.DataFrame, paired: pd.D
                     h, dim = grid.index[i], grid.columns[j]
                     k = ks[i, j]
                     met = not math.isnan(k) and h >= f2 and dim // h >= whole_rank(k)
-                    ax.text(j, i, f"{v:.1f}{'*' if met else ''}", ha="center", va="center", color="w", fontsize=8)
+                    ax.text(j, i, f"{v:.1f}{'*' if met else ''}", ha="center", va="center", fontsize=8,
+                            color="k" if scale(v) > 0.6 else "w")  # viridis turns light from about 0.6
             ax.set(xlabel="embed dim", ylabel="heads", title=f"{init} (* h≥f², D/h≥k)")
-            fig.colorbar(im, ax=ax)
+        fig.colorbar(im, ax=axes[0].tolist(), label="final test top-1 (%), mean over seeds")
         made.append(_save(fig, os.path.join(folder, "heads_vs_dim.png")))
     gaps = (paired[paired["pair"].str.endswith(" - learned") & paired["width_ratio"].notna()]
             if "filter_gap" in wanted and len(paired) else [])

@@ -1,6 +1,7 @@
 """What a study execution's parent run says, built from trials rows (no Ray, no server): metric keys
 a person can read (init or pair first, then a configuration's short id its trial runs carry), the
-description that answers the study within MLflow's limit, and the plots named to come first."""
+description that answers the study within MLflow's limit, the plots named to come first, and
+plots that compare inits on one colour scale."""
 import json
 import re
 
@@ -101,3 +102,14 @@ def test_the_summary_plots_are_drawn_and_named_to_come_first(tmp_path):
     assert [p.rsplit("/", 1)[1] for p in made] == list(report.SUMMARY_PLOTS) == sorted(report.SUMMARY_PLOTS)
     assert all(open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n" for p in made)
     assert sorted([*report.SUMMARY_PLOTS, "init", "report"])[:2] == list(report.SUMMARY_PLOTS)
+
+
+def test_the_heatmap_colours_every_init_on_one_scale(tmp_path, monkeypatch):
+    rows = trials(proposals=((32, 0.5), (64, 0.5))).assign(
+        num_heads=lambda t: t.embed_dim // 16, filter_size=3, init_rank_k=7.0, kernel_size=None)
+    scales = []
+    monkeypatch.setattr(report, "_save", lambda fig, path: scales.extend(
+        (im.norm.vmin, im.norm.vmax) for ax in fig.axes for im in ax.images) or path)
+    assert report.plots(str(tmp_path), rows, pd.DataFrame(), pd.DataFrame(), {}, ("heads_vs_dim",))
+    assert len(scales) == 2 and len(set(scales)) == 1  # two inits, one scale
+    assert scales[0] == pytest.approx((76.5, 87.0))  # from the lowest cell of any init to the highest
