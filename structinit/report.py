@@ -321,10 +321,10 @@ def overview(study: str, trials: pd.DataFrame, cells: pd.DataFrame, diffs: pd.Da
     tracking.NOTE_LIMIT characters; `by_config`'s tables): a line per pair (its range over the
     configurations, in how many p (Holm) < 0.05), links to its trials and report, the forest plot,
     the final test top-1 per configuration x init (mean ± CI (n), and a compare link of its runs),
-    the final top-1 plot, the paired differences with CI, p and Holm p, and why each declared pair
+    the final top-1 plot, the paired differences with CI and Holm p, and why each declared pair
     not formed was not. `links`: "trials", "report", "images" ({file: src}) and "compare" ({id:
-    path}), paths from tracking. Where the whole would not fit, the compare links go first
-    (`structinit report` prints them), then the tables' last rows."""
+    path}), paths from tracking. Where the whole would not fit, compare links go first, from the
+    last (`structinit report` prints them all), then the tables' last rows."""
     reused = int(trials["reused_from"].notna().sum()) if "reused_from" in trials else 0
     statuses = ", ".join(f"{n} {s.lower()}" for s, n in trials["status"].value_counts().items())
     head = [f"**{study}**: {len(trials)} trials ({statuses}; {len(trials) - reused} trained, {reused} reused), seeds "
@@ -341,7 +341,7 @@ def overview(study: str, trials: pd.DataFrame, cells: pd.DataFrame, diffs: pd.Da
              "writes"]
     images = [f"![{name}]({src})" for name, src in links["images"].items()]
     inits = list(dict.fromkeys(cells["init"])) if len(cells) else []
-    table, rows, compare = [], [], []
+    table, rows = [], []
     if len(cells):
         table = ["Final test top-1 (%), mean ± 95 % CI over seeds (n); a configuration's id is the tag `config` of its "
                  "trial runs, its params the param `config.<id>`:", "",
@@ -353,37 +353,38 @@ def overview(study: str, trials: pd.DataFrame, cells: pd.DataFrame, diffs: pd.Da
                 rows.append(_row([c, f"{name} {mass}".strip(), *(
                     f"{_pm(g.at[i, 'final_test_top1_mean'], g.at[i, 'final_test_top1_ci95'])} ({g.at[i, 'n']})"
                     if i in g.index else "–" for i in inits)]))
-        compare = ["", "Compare a configuration's runs (its inits and seeds): " + " · ".join(
-            f"[{c}]({links['compare'][c]})" for c in names if c in links["compare"])] if links["compare"] else []
+    linked = [c for c in names if c in links["compare"]]
     paired, diff_rows = [], []
     if len(diffs):
         tested = int(diffs.drop_duplicates(["pair", "config"])["p"].notna().sum())
-        paired = ["", "Paired differences of final test top-1 (same configuration and seed), mean ± 95 % CI; p of "
-                  f"the row's test (exact: sign flips, at least 2/2^n), p (Holm) over the {tested} comparisons with a "
-                  "p; **bold**: p (Holm) < 0.05:", "",
-                  _row(["id", "difference", "n", "mean ± CI", "p", "test", "p (Holm)"]), "|---" * 7 + "|"]
+        paired = ["", "Paired differences of final test top-1 (same configuration and seed): mean ± 95 % CI, p (Holm) "
+                  f"over the {tested} comparisons with a p (each p and its test: report.md); **bold**: p (Holm) < 0.05:",
+                  "", _row(["id", "difference", "n", "mean ± CI", "p (Holm)"]), "|---" * 5 + "|"]
         order = {c: i for i, c in enumerate(names)}
         pair_order = {p: i for i, p in enumerate(dict.fromkeys(diffs["pair"]))}
         for r in diffs.assign(o=diffs["id"].map(order), q=diffs["pair"].map(pair_order)).sort_values(
                 ["o", "q"], kind="stable").itertuples():
             shown = _pm(r.mean, r.ci95)
             diff_rows.append(_row([r.id, r.pair.replace(" - ", " − "), r.n, f"**{shown}**" if r.p_holm < 0.05 else shown,
-                                _p(r.p), r.test, _p(r.p_holm)]))
+                                   _p(r.p_holm)]))
     missing = unformed(trials, diffs if len(diffs) else pd.DataFrame({"pair": []}), pairs)
     gaps = ["", "Declared pairs not formed:", "", *(f"- {p.replace(' - ', ' − ')}: {why}" for p, why in missing)] \
         if missing else []
-
-    keep = [len(rows), len(diff_rows)]
+    keep = [len(rows), len(diff_rows), len(linked)]
 
     def text():
         shown = [[*part[:k], *([f"| … | {len(part) - k} more: report/report.md, the plots |"] if k < len(part) else [])]
                  for part, k in zip((rows, diff_rows), keep)]
+        rest = (f"the others: `structinit report {study}` prints them" if keep[2] else
+                f"`structinit report {study}` prints a link for each") if keep[2] < len(linked) else ""
+        compare = ["", "Compare a configuration's runs (its inits and seeds): " + " · ".join(
+            [*(f"[{c}]({links['compare'][c]})" for c in linked[:keep[2]]), *filter(None, [rest])])] if linked else []
         return "\n".join([*head, "", *images[:1], "", *table, *shown[0], *compare, "", *images[1:], *paired,
                           *shown[1], *gaps]) + "\n"
 
-    if len(text()) > tracking.NOTE_LIMIT:  # the compare links first: about 40 characters a run
-        compare = ["", f"Compare links per configuration: `structinit report {study}` prints them."]
-    while len(text()) > tracking.NOTE_LIMIT and sum(keep) > 4:  # then the longer table's last rows
+    while len(text()) > tracking.NOTE_LIMIT and keep[2]:  # the compare links first: about 40 characters a run
+        keep[2] -= 1
+    while len(text()) > tracking.NOTE_LIMIT and sum(keep[:2]) > 4:  # then the longer table's last rows
         keep[keep[1] > keep[0]] -= 1
     return text()[:tracking.NOTE_LIMIT]
 

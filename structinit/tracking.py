@@ -501,8 +501,9 @@ def where(uri: str, experiment: str, parent: str | None = None) -> list[str]:
     server = shown(uri).rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
     first = (f"MLflow: {server}/{path}" if uri.startswith(("http://", "https://")) else
              f"MLflow: run `mlflow ui --backend-store-uri {shown(uri)}`, then open {server}/{path}")
-    return [first, *(f"  compare {c} ({params.get(f'config.{c}', '?')}, {len(ids)} runs): "
-                     f"{server}/{compare_path(exp.experiment_id, ids)}" for c, ids in sorted(runs.items()))]
+    names = {c: params.get(f"config.{c}", "?") for c in runs}
+    return [first, *(f"  compare {c} ({names[c]}, {len(runs[c])} runs): {server}/{compare_path(exp.experiment_id, runs[c])}"
+                     for c in sorted(runs, key=lambda c: (names[c], c)))]  # as the description orders them
 
 
 def latest_run(uri: str, experiment: str, tag: str, value: str) -> Run | None:
