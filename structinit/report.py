@@ -203,9 +203,11 @@ def by_config(trials: pd.DataFrame, table: pd.DataFrame, paired: pd.DataFrame):
 
 def summary_metrics(trials: pd.DataFrame, pairs: tuple = PAIRS, reference: dict | None = None) -> tuple[dict, dict]:
     """A study's summary as (metrics, params) for its parent MLflow run, from `summarize`'s tables
-    `by_config`, keyed init or pair first, then the configuration's short id, so that MLflow's
-    chart view groups them by init and pair: per configuration x init the mean final test top-1
-    and test top-1 at best val (`impulse/ce611/final_test_top1`, `.../test_top1_at_best_val`);
+    `by_config`, keyed init or pair first, then the configuration's short id (MLflow's chart view
+    makes a section of each key up to its last `/`: impulse-mimetic/ce611 holds that difference's
+    mean, CI bounds and Holm p side by side, each chart titled in full): per configuration x init
+    the mean final test top-1 and test top-1 at best val (`impulse/ce611/final_test_top1`,
+    `.../test_top1_at_best_val`);
     per paired difference its mean, 95 % CI bounds and Holm p (`impulse-mimetic/ce611/mean`,
     `.../ci95_low`, `.../ci95_high`, `.../p_holm`: Holm over the pairs of these `trials`); the
     trials finished, failed, stopped early, trained and reused (`trials_*`). NaN values (a CI or
@@ -303,7 +305,8 @@ def summary_plots(folder: str, cells: pd.DataFrame, diffs: pd.DataFrame, names: 
             ax.axhline(y, color="0.9", lw=0.8)
         ax.set_yticks(np.arange(len(ids))[::-1], [wrap[c] for c in ids], fontsize=8)
         ax.set_ylim(-0.5, len(ids) - 0.5)
-        ax.set(xlabel="final test top-1 (%), mean ± 95 % CI over seeds", title="Final test top-1 per configuration and init")
+        ax.set(xlabel="final test top-1 (%), mean ± 95 % CI over seeds",
+               title="Final test top-1 per configuration and init")
         fig.legend(fontsize=8, loc="outside lower center", ncol=len(inits))
         made.append(_save(fig, os.path.join(folder, SUMMARY_PLOTS[1])))
     return made
@@ -343,8 +346,8 @@ def overview(study: str, trials: pd.DataFrame, cells: pd.DataFrame, diffs: pd.Da
     inits = list(dict.fromkeys(cells["init"])) if len(cells) else []
     table, rows = [], []
     if len(cells):
-        table = ["Final test top-1 (%), mean ± 95 % CI over seeds (n); a configuration's id is the tag `config` of its "
-                 "trial runs, its params the param `config.<id>`:", "",
+        table = ["Final test top-1 (%), mean ± 95 % CI over seeds (n); a configuration's id is the tag `config` of "
+                 "its trial runs, its params the param `config.<id>`:", "",
                  _row(["id", "configuration", *inits]), "|---" * (len(inits) + 2) + "|"]
         for c, name in names.items():
             g = cells[cells["id"] == c].set_index("init")
@@ -357,24 +360,25 @@ def overview(study: str, trials: pd.DataFrame, cells: pd.DataFrame, diffs: pd.Da
     paired, diff_rows = [], []
     if len(diffs):
         tested = int(diffs.drop_duplicates(["pair", "config"])["p"].notna().sum())
-        paired = ["", "Paired differences of final test top-1 (same configuration and seed): mean ± 95 % CI, p (Holm) "
-                  f"over the {tested} comparisons with a p (each p and its test: report.md); **bold**: p (Holm) < 0.05:",
+        paired = ["", "Paired differences of final test top-1 (same configuration and seed): mean ± 95 % CI, "
+                  f"p (Holm) over the {tested} comparisons with a p (each p and its test: report.md); **bold**: "
+                  "p (Holm) < 0.05:",
                   "", _row(["id", "difference", "n", "mean ± CI", "p (Holm)"]), "|---" * 5 + "|"]
         order = {c: i for i, c in enumerate(names)}
         pair_order = {p: i for i, p in enumerate(dict.fromkeys(diffs["pair"]))}
         for r in diffs.assign(o=diffs["id"].map(order), q=diffs["pair"].map(pair_order)).sort_values(
                 ["o", "q"], kind="stable").itertuples():
             shown = _pm(r.mean, r.ci95)
-            diff_rows.append(_row([r.id, r.pair.replace(" - ", " − "), r.n, f"**{shown}**" if r.p_holm < 0.05 else shown,
-                                   _p(r.p_holm)]))
+            diff_rows.append(_row([r.id, r.pair.replace(" - ", " − "), r.n,
+                                   f"**{shown}**" if r.p_holm < 0.05 else shown, _p(r.p_holm)]))
     missing = unformed(trials, diffs if len(diffs) else pd.DataFrame({"pair": []}), pairs)
     gaps = ["", "Declared pairs not formed:", "", *(f"- {p.replace(' - ', ' − ')}: {why}" for p, why in missing)] \
         if missing else []
     keep = [len(rows), len(diff_rows), len(linked)]
 
     def text():
-        shown = [[*part[:k], *([f"| … | {len(part) - k} more: report/report.md, the plots |"] if k < len(part) else [])]
-                 for part, k in zip((rows, diff_rows), keep)]
+        shown = [[*part[:k], *([f"| … | {len(part) - k} more: report/report.md, the plots |"]
+                               if k < len(part) else [])] for part, k in zip((rows, diff_rows), keep)]
         rest = (f"the others: `structinit report {study}` prints them" if keep[2] else
                 f"`structinit report {study}` prints a link for each") if keep[2] < len(linked) else ""
         compare = ["", "Compare a configuration's runs (its inits and seeds): " + " · ".join(

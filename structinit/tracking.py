@@ -330,7 +330,8 @@ def filtered_path(experiment_id: str, parent: str) -> str:
 
 def compare_path(experiment_id: str, run_ids) -> str:
     """MLflow's compare view of `run_ids` (their params, metrics, parallel coordinates)."""
-    runs, experiments = (quote(json.dumps(v, separators=(",", ":")), safe="[],") for v in (sorted(run_ids), [experiment_id]))
+    runs, experiments = (quote(json.dumps(v, separators=(",", ":")), safe="[],")
+                         for v in (sorted(run_ids), [experiment_id]))
     return f"#/compare-runs?runs={runs}&experiments={experiments}&{TRAINING_VIEW}"  # 39 characters a run
 
 
@@ -502,7 +503,8 @@ def where(uri: str, experiment: str, parent: str | None = None) -> list[str]:
     first = (f"MLflow: {server}/{path}" if uri.startswith(("http://", "https://")) else
              f"MLflow: run `mlflow ui --backend-store-uri {shown(uri)}`, then open {server}/{path}")
     names = {c: params.get(f"config.{c}", "?") for c in runs}
-    return [first, *(f"  compare {c} ({names[c]}, {len(runs[c])} runs): {server}/{compare_path(exp.experiment_id, runs[c])}"
+    return [first, *(f"  compare {c} ({names[c]}, {len(runs[c])} runs): "
+                     f"{server}/{compare_path(exp.experiment_id, runs[c])}"
                      for c in sorted(runs, key=lambda c: (names[c], c)))]  # as the description orders them
 
 

@@ -26,7 +26,8 @@ def trials(proposals=((64, 0.5), (64, 0.9), (32, 0.5)), seeds=range(5)) -> pd.Da
             for seed in seeds:
                 acc = (80.0 + 10 * mass + seed) if init == "impulse" else 75.0 + dim / 64 + 0.5 * seed
                 rows.append(dict(study="s", execution="s-1", trial_id=f"t{len(rows)}", status="TERMINATED",
-                                 dataset="digits", config_key=config_key(params), params=json.dumps(params, sort_keys=True), init=init,
+                                 dataset="digits", config_key=config_key(params),
+                                 params=json.dumps(params, sort_keys=True), init=init,
                                  seed=seed, final_test_top1=acc, test_top1_at_best_val=acc - 1, best_val_top1=acc,
                                  base_key=f"b{dim}", setting_key=json.dumps(setting), setting=json.dumps(setting),
                                  identity=f"{dim}/{init}/{json.dumps(setting)}/{seed}", embed_dim=dim,
@@ -48,8 +49,8 @@ def test_parent_keys_are_init_or_pair_first_then_the_configuration_id():
     ids = config_ids(rows.config_key)
     a, b, c = (ids[config_key({"model.embed_dim": d, "init.target_mass": m})] for d, m in ((64, 0.5), (64, 0.9),
                                                                                             (32, 0.5)))
-    assert {params[f"config.{i}"] for i in (a, b, c)} == {"embed_dim=64 target_mass=0.5", "embed_dim=64 target_mass=0.9",
-                                                          "embed_dim=32 target_mass=0.5"}
+    assert {params[f"config.{i}"] for i in (a, b, c)} == {
+        "embed_dim=64 target_mass=0.5", "embed_dim=64 target_mass=0.9", "embed_dim=32 target_mass=0.5"}
     assert metrics[f"impulse/{b}/final_test_top1"] == pytest.approx(91.0)  # 80 + 9, + seeds 0..4 averaged
     assert metrics[f"mimetic/{a}/final_test_top1"] == metrics[f"mimetic/{b}/final_test_top1"] == pytest.approx(77.0)
     assert metrics[f"impulse-mimetic/{b}/mean"] == pytest.approx(14.0)  # one mimetic arm on base 64, both ids
