@@ -173,13 +173,14 @@ def realised(setting: str) -> str:
     return "→" + setting.partition("→")[2] if "→" in setting else ""
 
 
-def by_config(trials: pd.DataFrame, table: pd.DataFrame, paired: pd.DataFrame):
+def by_config(trials: pd.DataFrame, table: pd.DataFrame, paired: pd.DataFrame, pairs: tuple = PAIRS):
     """`summarize`'s tables by configuration: a proposal of the study (its config_key), named by its
     short id (config.config_ids over these `trials`: the id its trial runs carry as tag `config`).
     Each row comes once per proposal it stands for (`configs`: an arm of an init that reads no
     searched field serves every proposal of its base). Returns (cells: `table`'s rows with `id`;
     diffs: `paired`'s rows with `id` and `key` (pair_key); names: id -> the configuration's params
-    as a reader names them, ordered by name)."""
+    as a reader names them, ordered by name). Cells come init by init in the order `pairs` names
+    them (impulse, then what it is compared with), then the others by name."""
     ids = config_ids(trials["config_key"])
     params = trials.drop_duplicates("config_key").set_index("config_key")["params"].map(lambda p: json.loads(p or "{}"))
 
@@ -195,7 +196,8 @@ def by_config(trials: pd.DataFrame, table: pd.DataFrame, paired: pd.DataFrame):
         return frame.assign(id=frame["configs"].str.split()).explode("id").assign(
             id=lambda f: f["id"].map(ids)).reset_index(drop=True)
 
-    rank = {init: i for i, init in enumerate(dict.fromkeys(trials["init"]))}  # the study's order: impulse first
+    order = [*dict.fromkeys(i for pair in pairs for i in pair), *sorted(set(trials["init"]))]
+    rank = {init: order.index(init) for init in set(trials["init"])}
     cells = explode(table).sort_values("init", key=lambda s: s.map(rank), kind="stable")
     diffs = explode(paired)
     return cells, diffs.assign(key=diffs["pair"].map(pair_key)), names
@@ -214,7 +216,7 @@ def summary_metrics(trials: pd.DataFrame, pairs: tuple = PAIRS, reference: dict 
     p of one seed) are left out. Params: each configuration's params by id (`config.ce611`: the
     same text at every resume and sync, as MLflow requires of a param) and the pairs declared;
     the seeds are the run's `seeds` param."""
-    return _summary(trials, *by_config(trials, *summarize(trials, pairs, reference)), pairs)
+    return _summary(trials, *by_config(trials, *summarize(trials, pairs, reference), pairs), pairs)
 
 
 def _summary(trials: pd.DataFrame, cells: pd.DataFrame, diffs: pd.DataFrame, names: dict, pairs: tuple):
@@ -402,7 +404,7 @@ def log_summary(run: tracking.Run, trials: list[dict], pairs: tuple, reference: 
     if not trials:  # stopped before any trial
         return
     frame = pd.DataFrame(trials)
-    cells, diffs, names = by_config(frame, *summarize(frame, pairs, reference))
+    cells, diffs, names = by_config(frame, *summarize(frame, pairs, reference), pairs)
     metrics, params = _summary(frame, cells, diffs, names, pairs)
     searched = sorted({k for p in frame["params"] for k in json.loads(p or "{}")})
     tracking.save_trials_view(run, f"{frame['execution'].iloc[0]}: trials", searched)

@@ -69,7 +69,7 @@ def test_parent_keys_are_init_or_pair_first_then_the_configuration_id():
 
 
 def description(rows, compare=15):
-    cells, diffs, names = report.by_config(rows, *report.summarize(rows, PAIRS))
+    cells, diffs, names = report.by_config(rows, *report.summarize(rows, PAIRS), PAIRS)
     links = {"trials": "#/t", "report": "#/r", "images": {p: f"get-artifact?path={p}" for p in report.SUMMARY_PLOTS},
              "compare": {c: tracking.compare_path("1", [f"{i:032x}" for i in range(compare)]) for c in names}}
     return report.overview("s", rows, cells, diffs, names, PAIRS, links), names
@@ -84,6 +84,7 @@ def test_the_description_holds_the_tables_and_why_a_pair_was_not_formed():
     assert cells == [config_ids(trials().config_key)[config_key({"model.embed_dim": 32, "init.target_mass": 0.5})],
                      "embed_dim=32 target_mass=0.5", "87.00 ± 1.96 (5)", "76.50 ± 0.98 (5)"]
     assert "- impulse − default: default did not run" in text
+    assert description(trials().iloc[::-1].reset_index(drop=True))[0] == text  # whatever order the trials ended in
     assert all(f"[{c}](#/compare-runs?runs=[%22" in text for c in names)
     assert text.index(report.SUMMARY_PLOTS[0]) < text.index("| id") < text.index(report.SUMMARY_PLOTS[1])
 
@@ -101,7 +102,7 @@ def test_a_long_description_gives_way_to_the_printed_links_then_to_the_report():
 
 def test_the_summary_plots_are_drawn_and_named_to_come_first(tmp_path):
     rows = trials()
-    made = report.summary_plots(str(tmp_path), *report.by_config(rows, *report.summarize(rows, PAIRS)))
+    made = report.summary_plots(str(tmp_path), *report.by_config(rows, *report.summarize(rows, PAIRS), PAIRS))
     assert [p.rsplit("/", 1)[1] for p in made] == list(report.SUMMARY_PLOTS) == sorted(report.SUMMARY_PLOTS)
     assert all(open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n" for p in made)
     assert sorted([*report.SUMMARY_PLOTS, "init", "report"])[:2] == list(report.SUMMARY_PLOTS)
