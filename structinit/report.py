@@ -198,7 +198,8 @@ def by_config(trials: pd.DataFrame, table: pd.DataFrame, paired: pd.DataFrame, p
 
     order = [*dict.fromkeys(i for pair in pairs for i in pair), *sorted(set(trials["init"]))]
     rank = {init: order.index(init) for init in set(trials["init"])}
-    cells = explode(table).sort_values("init", key=lambda s: s.map(rank), kind="stable")
+    cells = explode(table)
+    cells = cells.sort_values("init", key=lambda s: s.map(rank), kind="stable") if len(cells) else cells
     diffs = explode(paired)
     return cells, diffs.assign(key=diffs["pair"].map(pair_key)), names
 

@@ -89,6 +89,15 @@ def test_the_description_holds_the_tables_and_why_a_pair_was_not_formed():
     assert text.index(report.SUMMARY_PLOTS[0]) < text.index("| id") < text.index(report.SUMMARY_PLOTS[1])
 
 
+def test_an_execution_whose_trials_all_failed_still_says_so():
+    rows = trials(proposals=((64, 0.5),)).assign(status="ERROR", final_test_top1=None)
+    metrics, params = report.summary_metrics(rows, PAIRS)
+    assert metrics["trials_failed"] == 10 and not any("/" in k for k in metrics) and len(params) == 2
+    text, _ = description(rows)
+    assert "10 trials (10 error" in text and "- impulse − mimetic: no trial of impulse and mimetic finished" in text
+    assert report.summary_plots("/nonexistent", *report.by_config(rows, *report.summarize(rows, PAIRS), PAIRS)) == []
+
+
 def test_a_long_description_gives_way_to_the_printed_links_then_to_the_report():
     big = trials(proposals=[(dim, mass) for dim in (32, 64, 96, 128) for mass in (0.3, 0.5, 0.7, 0.9, 0.95)])
     text, names = description(big)
