@@ -106,8 +106,6 @@ def cli(name: str, presets: dict[str, Callable], argv=None, default: str = "cpu"
     if out["finished"] < out["expected"]:  # stopped early (Ctrl-C): exit as an interrupted command does
         raise SystemExit(130)
     if out["failed"] == out["expected"]:  # nothing to report: say what failed and where to look
-        from structinit import tracking
-
         first = [line.strip() for line in (out["first_error"] or "").splitlines() if line.strip()]
         p.exit(1, f"{p.prog}: error: every trial of {out['execution']} failed ({out['failed']} of {out['expected']}; "
                   f"the first: {first[-1][:300] if first else 'no error recorded'}); its records: {out['trials']}, "
