@@ -238,5 +238,5 @@ def test_the_report_pairs_each_fraction_with_the_smallest_and_says_whether_impul
             "over all blocks 1.66 → 2.65 patches" in text and "keeps less on its initial taps (mass -0.40" in text)
     assert "- default: timm's unstructured init" in text  # what impulse - default is measured against
     assert "## Attention" not in markdown("s", table, paired, trials)  # no rows, no sections
-    made = plots(str(tmp_path), trials, rows.iloc[:0], paired, "sqlite:///none.db", None, ("attention",), rows)
+    made = plots(str(tmp_path), trials, rows.iloc[:0], paired, {}, ("attention",), rows)
     assert [p.rsplit("/", 1)[1] for p in made] == ["attention.png"]
