@@ -97,3 +97,30 @@ def test_the_check_reads_every_kind_of_import():
                         "    from structinit.results import load", "    from . import report",
                         "    from .paths import StudyPaths"])
     assert imports(source, "structinit") == {"train", "tracking", "structinit", "inits", "results", "report", "paths"}
+
+
+def test_every_third_party_import_is_declared():
+    """Every package that structinit/, bench/, studies/ or tests/ imports by name (at the top or in
+    a function) is declared in pyproject.toml, the test-only ones under the `test` extra: none
+    arrives only because another package happens to pull it in."""
+    import importlib.metadata
+    import re
+    import sys
+    import tomllib
+
+    root = PACKAGE.parent
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    declared = {re.split(r"[\[<>=!~ ;]", d, maxsplit=1)[0].lower().replace("_", "-")
+                for d in [*project["dependencies"], *sum(project["optional-dependencies"].values(), [])]}
+    dists = importlib.metadata.packages_distributions()
+    local = {"structinit", "tests", *(p.stem for p in (root / "tests").glob("*.py"))}
+    missing = {}
+    for folder in ("structinit", "bench", "studies", "tests"):
+        for path in (root / folder).rglob("*.py"):
+            for node_ in ast.walk(ast.parse(path.read_text())):
+                names = ([a.name for a in node_.names] if isinstance(node_, ast.Import) else
+                         [node_.module] if isinstance(node_, ast.ImportFrom) and node_.level == 0 else [])
+                for top in {n.split(".")[0] for n in names} - local - set(sys.stdlib_module_names):
+                    if not {d.lower().replace("_", "-") for d in dists.get(top, [top])} & declared:
+                        missing.setdefault(top, path.relative_to(root).as_posix())
+    assert not missing, f"imported but not declared in pyproject.toml: {missing}"
