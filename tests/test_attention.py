@@ -83,6 +83,7 @@ def test_grid_distances_and_block_metrics():
                                    "attn_mass/b1": 0.5, "attn_hit/b1": 0.5}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("init", ["impulse", "torch_default"])
 def test_on_a_model_the_mass_and_hit_are_fidelitys(init):
     """On the nano model with a class token, the mass and hit per block and head are exactly what
@@ -125,6 +126,7 @@ class Saved:
         return contextlib.nullcontext(self.folder)
 
 
+@pytest.mark.slow
 def test_the_loop_records_attention_at_the_init_the_checkpoints_and_the_end(tmp_path, monkeypatch):
     """The real loop, in this process with a local Session and a real MLflow store (SQLite): 3
     epochs with a checkpoint every 2 measure at 0 (the init), 2 and 3 epochs trained; MLflow holds

@@ -15,6 +15,7 @@ def run(*args):
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_json_contract_for_the_papers_model():
     out = run("inspect-init", "--model", "vit_tiny_patch2_32", "--init", "impulse", "--filter-size", "3",
               "--pseudo-input", "pe", "--solver", "closed_form", "--target-mass", "0.9", "--json")
@@ -37,6 +38,7 @@ def test_json_contract_for_the_papers_model():
     assert data["weights"][0]["wq_norm"] == pytest.approx(data["notes"]["blocks"][0]["wq_norm"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_plot_writes_a_png(tmp_path):
     path = tmp_path / "maps.png"
     out = run("inspect-init", "--depth", "2", "--init", "mimetic", "--plot", str(path))
@@ -45,12 +47,15 @@ def test_plot_writes_a_png(tmp_path):
     assert "block head" in out.stdout
 
 
+@pytest.mark.slow
 def test_entry_point_is_installed():
     exe = os.path.join(os.path.dirname(sys.executable), "structinit")
     out = subprocess.run([exe, "inspect-init", "--depth", "1", "--json"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and json.loads(out.stdout)["blocks"][0]["block"] == 0
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_train_end_to_end_with_mlflow_and_rank_on_its_checkpoint(tmp_path):
     """`structinit train` to the end, tracked in MLflow; its checkpoint carries its TrialConfig, so
     `structinit rank --checkpoint` without model flags measures the model that run trained (a
@@ -101,6 +106,7 @@ PARSE_ONLY = [["--help"], ["train", "--help"], ["inspect-init", "--help"], ["ran
               ["inspect-init", "--no-such-flag"], ["inspect-init", "--init.target_mas", "0.5"], ["report", "--help"]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv", PARSE_ONLY, ids=" ".join)
 def test_the_cli_answers_before_it_loads_the_world(argv):
     """--help and argument errors come before torch, timm, Ray or MLflow are imported (checked in
@@ -122,6 +128,7 @@ def test_the_cli_answers_before_it_loads_the_world(argv):
         assert len(message) == 1 and message[0].startswith("structinit") and "error:" in message[0], message
 
 
+@pytest.mark.slow
 def test_python_dash_m_structinit_is_the_cli():
     out = subprocess.run([sys.executable, "-m", "structinit", "train", "--epochs", "0"], capture_output=True, text=True,
                          timeout=60)
@@ -131,6 +138,7 @@ def test_python_dash_m_structinit_is_the_cli():
                                             text=True, timeout=60).stdout
 
 
+@pytest.mark.slow
 def test_inspect_init_on_a_dataset_reports_pseudo_and_real_image_fidelity():
     out = run("inspect-init", "--model", "vit_tiny_patch2_32", "--init", "impulse", "--pseudo-input", "data",
               "--dataset", "digits", "--target-mass", "0.5", "--json")

@@ -87,6 +87,8 @@ def child_tags(uri: str, study: str, parent: str) -> list[dict]:
     return [r.data.tags | {"status": r.info.status} for r in runs]
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_gpu_trial_runs_on_the_gpu_node(two_nodes, tmp_path):
     _, gpu_node = two_nodes
     study = gpu_study(tmp_path, "two_nodes")
@@ -98,6 +100,8 @@ def test_gpu_trial_runs_on_the_gpu_node(two_nodes, tmp_path):
     assert tags["device"] == "cpu"  # the fake GPU has no CUDA behind it: the worker fell back, loudly
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_trials_with_a_share_of_a_gpu_are_packed_on_one(two_nodes, tmp_path):
     """gpu_share 0.5: two one-worker trials train at once on the node's one (fake) GPU."""
     import dataclasses
@@ -119,6 +123,8 @@ def test_trials_with_a_share_of_a_gpu_are_packed_on_one(two_nodes, tmp_path):
     assert max(r.info.start_time for r in runs) < min(r.info.end_time for r in runs)  # they overlapped
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_gpu_study_needs_a_cluster_with_gpus(ray_local, tmp_path):
     with pytest.raises(ValueError, match=r"gpus_per_trial=1 is not allowed: expected a cluster with GPUs"):
         run(gpu_study(tmp_path, "no_gpus"))
@@ -135,6 +141,8 @@ WATCH = """
 import json, sys, time, ray
 ray.init(address=sys.argv[1], log_to_driver=False)
 while True:
+@pytest.mark.slow
+@pytest.mark.cluster
     nodes = [n for n in ray.nodes() if n["Alive"]]
     print(json.dumps({"t": time.time(), "nodes": {n["NodeID"]: n["Resources"].get("GPU", 0) for n in nodes}}),
           flush=True)

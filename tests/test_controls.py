@@ -122,6 +122,7 @@ def realised(trial, kind, seed, **init):
     return fidelity.summary(blocks)["target_mass"]["mean"], per_block, model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["cpu", "cpu_v1"])
 def test_init_comparison_matches_the_data_arm_to_the_pe_arms_mass_on_held_out_images(preset):
     """The preset's data arm is calibrated, block by block, to the mass its seed's pe arm realises

@@ -78,6 +78,7 @@ def test_validation_cap_is_a_stratified_seeded_subset_of_the_held_out_share():
     assert data.split_indices(labels, 0.5, 0.25, 3, val_size=10_000)[1] == full  # a cap above the share: all
 
 
+@pytest.mark.slow
 def test_the_papers_randaugment_never_asks_pillow_for_zero_bits(tmp_path):
     """timm's PosterizeIncreasing at magnitude 10 is 0 bits, which Pillow 13 refuses: the recipes
     cap the magnitude at 9 (about 1 image in 1,000 crashed a v1_small run before)."""
@@ -105,6 +106,7 @@ def test_build_applies_timm_transforms_and_dataset_normalisation(tmp_path):
     torch.testing.assert_close(d.test[0][0], expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_held_out_images_are_validation_images_never_test_ones(tmp_path):
     """`held_out` (what epoch-0 measures, inspect-init and rank read): a fixed seeded draw of
     validation images, none of them a test image or a training image (so none in an init's batch);

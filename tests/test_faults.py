@@ -26,6 +26,8 @@ from structinit.runner import run
 from structinit.spaces import categorical
 from structinit.study import Study
 
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]  # every test here runs a study or a Ray cluster
+
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = [sys.executable, str(ROOT / "studies" / "heads_vs_dim.py"), "--preset", "smoke"]
 

@@ -31,6 +31,7 @@ def weights(name: str, **fields) -> str:
     return weights_digest(model)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(INITS))
 def test_an_init_reads_no_field_but_those_it_declares(name):
     """Every field an init does not declare leaves its weights bit for bit as they were: the
@@ -69,6 +70,7 @@ def heads_vs_dim():
     return module.PRESETS["cpu"]()
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:target_mass")
 def test_masses_a_cell_cannot_express_are_one_trial():
     """heads_vs_dim's cell D = 64, h = 16 (head dim 4) solved on training images: masses 0.8
@@ -148,6 +150,8 @@ def test_a_comparison_counts_the_seeds_it_lost():
     assert paired[["n", "lost"]].values.tolist() == [[3, 1]]
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_a_study_trains_each_model_once(ray_local, tmp_path):
     """Three executions of init_comparison's smoke preset in one storage: a base, another base
     (one more epoch), the first base again. The third trains nothing: every trial reuses the

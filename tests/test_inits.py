@@ -81,6 +81,7 @@ def test_mimetic_qk_on_many_heads_is_a_rank_d_truncation():
 
 # ---- impulse ---------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mass", [0.3, 0.6, 0.9])
 @pytest.mark.parametrize("kw", [dict(), dict(pos_embed="learn", global_pool="token")])
 def test_closed_form_reaches_the_requested_mass(mass, kw):
@@ -92,6 +93,7 @@ def test_closed_form_reaches_the_requested_mass(mass, kw):
             assert head["argmax_hit"] >= 0.98
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pseudo", ["uniform", "gaussian", "pe+uniform", "pe+gaussian"])
 def test_closed_form_on_random_pseudo_inputs(pseudo):
     model = small(embed_dim=96, num_heads=4)  # D = 96 > N = 64 tokens, d = 24
@@ -116,6 +118,7 @@ def test_model_attention_uses_the_solved_maps():
     torch.testing.assert_close(captured["p"], fidelity.attention_probs(blk.attn, x))
 
 
+@pytest.mark.slow
 def test_gradient_solver_v1_is_soft_and_calibration_sets_the_mass():
     raw = small()
     r = apply_init(raw, InitConfig(solver="gradient", target_mass=None, solver_steps=300, solver_lr=1e-2,
@@ -193,6 +196,7 @@ def test_default_and_torch_default_differ_as_documented():
 
 # ---- reproducibility -------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cfg", [InitConfig(name=n, solver_steps=20) for n in sorted(INITS)] +
                          [InitConfig(offsets="random", pseudo_input="pe+gaussian"),
                           InitConfig(solver="gradient", solver_steps=20, target_mass=None),
@@ -300,6 +304,7 @@ def head_norms(model):
 DAMPED_NORM_FACTOR = 10  # README: the damped solve keeps ||W_q||_F per head within 10x the timm base's
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pos_embed", ["sincos", "learn"])
 def test_default_closed_form_is_well_conditioned_on_real_digits(pos_embed):
     base = nano(pos_embed)
@@ -315,6 +320,7 @@ def test_default_closed_form_is_well_conditioned_on_real_digits(pos_embed):
     assert fidelity.summary(got["pseudo"])["target_mass"]["mean"] == pytest.approx(0.9, abs=0.05)
 
 
+@pytest.mark.slow
 def test_undamped_solve_on_the_sincos_pe_is_the_defect_damping_fixes():
     """damping=0 inverts the PE's ~1.5 % directions: huge W_q, attention on the wrong key."""
     model = nano("sincos")
@@ -328,6 +334,7 @@ def test_undamped_solve_on_the_sincos_pe_is_the_defect_damping_fixes():
     assert damped["gain"] <= 1 / (2 * 0.1) + 1e-9  # no direction amplified beyond 1/(2 damping)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("base", ["timm", "torch"])
 @pytest.mark.parametrize("pos_embed", ["sincos", "learn"])
 def test_forward_fidelity_equals_a_hook_on_timms_own_attention(base, pos_embed):
@@ -389,6 +396,7 @@ def footing_model(name, **init):
     return cfg, model, result
 
 
+@pytest.mark.slow
 def test_v1_footing_builds_v1s_model_and_init():
     cfg, model, result = footing_model("v1", solver_steps=200)
     assert (cfg.model.pos_embed, cfg.model.global_pool) == ("sincos", "avg")
@@ -444,6 +452,7 @@ def upscaled_digits(n):
     return torch.nn.functional.interpolate(digits(n), size=32, mode="bilinear")
 
 
+@pytest.mark.slow
 def test_data_solve_on_images_whose_tokens_are_the_pe_is_the_pe_solve():
     """An image with a zero patch embedding enters block 0 as the PE: the data-aware solve is
     then the pe solve, bit for bit (block 0; every block with qk='shared', which copies it)."""
@@ -461,6 +470,7 @@ def test_data_solve_on_images_whose_tokens_are_the_pe_is_the_pe_solve():
         assert torch.equal(pe, data)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("images, model_kw, init_kw", [
     (upscaled_digits, dict(in_chans=1), dict(base="torch")),  # v1's footing: sin-cos PE x1, average pool
     (colour_images, {}, dict(base="timm")),
@@ -481,6 +491,7 @@ def test_data_solve_reaches_the_requested_mass_on_real_images_in_every_block(ima
     assert fidelity.summary(fidelity.data_fidelity(fixed, pe, batch))["target_mass"]["min"] < 0.4
 
 
+@pytest.mark.slow
 def test_data_solve_is_deterministic_in_seed_and_images():
     images = colour_images(16)
     states = []

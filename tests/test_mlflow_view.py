@@ -25,6 +25,8 @@ from structinit import tracking
 from structinit.config import config_ids
 from structinit.report import SUMMARY_PLOTS, pair_key
 
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]  # each reads the smoke study (its own Ray cluster)
+
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"  # git-ignored; CI keeps what the tests leave here
 PACKAGES = ("python", "structinit", "torch", "torchvision", "timm", "ray", "optuna", "mlflow")

@@ -58,6 +58,7 @@ def test_a_tampered_checkpoint_is_refused_not_run(tampered):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_rank_cli_refuses_a_tampered_checkpoint(tampered):
     path, marker = tampered
     out = subprocess.run([str(Path(sys.executable).parent / "structinit"), "rank", "--checkpoint", str(path),
@@ -66,6 +67,8 @@ def test_rank_cli_refuses_a_tampered_checkpoint(tampered):
     assert "weights_only" in out.stderr and not marker.exists()
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_a_local_cluster_serves_its_dashboard_on_loopback_only():
     import ray
 

@@ -224,6 +224,8 @@ def test_per_cell_picks_the_impulse_setting_by_validation_not_test():
     assert "target_mass=0.3" in line and "impulse - torch_default: 20.00 ± 0.00" in line
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_smoke_study_end_to_end(smoke_study):
     from mlflow.tracking import MlflowClient
 

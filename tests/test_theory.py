@@ -73,6 +73,7 @@ def test_convmixer_embeddings_are_its_stem_output():
     (["--model", "convmixer_64_4_p1", "--init", "learned", "--kernel-size", "5"], {"N": 64, "D": 64,
                                                                                    "filter_size": 5}),
 ])
+@pytest.mark.slow
 def test_rank_cli_on_digits(args, expect):
     """`structinit rank` in this process (its entry point runs as a subprocess in test_cli.py)."""
     out = io.StringIO()
@@ -179,6 +180,8 @@ def test_mimetic_mix_beyond_the_solvable_rank_warns():
 
 # ---- the ConvMixer filter study ------------------------------------------------------------------
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_convmixer_filter_study_smoke(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "studies" / "convmixer_filters.py"), "--preset", "smoke"],
                          capture_output=True, text=True, timeout=900, cwd=tmp_path)

@@ -13,6 +13,8 @@ from structinit.config import make
 from structinit.train import fit
 
 QUICK = dict(epochs=8, batch_size=32, lr=2e-3, warmup_epochs=1)
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]  # each trains on the shared local Ray cluster
+
 
 
 def digits(**kw):
