@@ -4,8 +4,6 @@ import copy
 import json
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +22,7 @@ from structinit.config import make
 from structinit.runner import run
 from structinit.spaces import heads_and_dims
 from structinit.study import Study
+from tests.helpers import free_port, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "cluster").glob("*.yaml"))
@@ -131,18 +130,10 @@ def test_gpu_study_needs_a_cluster_with_gpus(ray_local, tmp_path):
     assert not (tmp_path / "mlflow.db").exists()  # refused before anything was recorded
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 WATCH = """
 import json, sys, time, ray
 ray.init(address=sys.argv[1], log_to_driver=False)
 while True:
-@pytest.mark.slow
-@pytest.mark.cluster
     nodes = [n for n in ray.nodes() if n["Alive"]]
     print(json.dumps({"t": time.time(), "nodes": {n["NodeID"]: n["Resources"].get("GPU", 0) for n in nodes}}),
           flush=True)
@@ -150,6 +141,8 @@ while True:
 """
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_autoscaler_adds_fake_gpu_nodes_for_gpu_trials_and_removes_them(tmp_path):
     """`ray start --head --autoscaling-config cluster/local-fake-gpu.yaml` (no GPU on the head); a
     smoke study asks for GPU trials; the autoscaler adds fake GPU nodes, the trials train there,
@@ -215,10 +208,6 @@ def test_autoscaler_adds_fake_gpu_nodes_for_gpu_trials_and_removes_them(tmp_path
         print(f"GPU nodes used: {len(gpu_nodes)}; all gone {gone:.1f} s after the study ended")
     finally:
         for proc in (intruder, watch, head):
-            if proc is not None and proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
+            if proc is not None:
+                stop(proc)
         log.close()

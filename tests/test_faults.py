@@ -25,6 +25,7 @@ from structinit.paths import StudyPaths
 from structinit.runner import run
 from structinit.spaces import categorical
 from structinit.study import Study
+from tests.helpers import free_port, stop
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]  # every test here runs a study or a Ray cluster
 
@@ -225,18 +226,7 @@ def mlflow_server(db: Path, port: int, log) -> subprocess.Popen:
     return server
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(30)
-
-
 def test_mlflow_down_mid_study_training_goes_on_and_sync_writes_the_rest(tmp_path):
-    from tests.test_cluster import free_port
 
     port, db = free_port(), tmp_path / "server" / "mlflow.db"
     db.parent.mkdir()

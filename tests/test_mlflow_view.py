@@ -8,7 +8,6 @@ import math
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from structinit import tracking
 from structinit.config import config_ids
 from structinit.report import SUMMARY_PLOTS, pair_key
+from tests.helpers import free_port, stop
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]  # each reads the smoke study (its own Ray cluster)
 
@@ -124,12 +124,6 @@ def test_training_runs_have_mlflows_system_metrics(smoke_study):
     assert not any(k.startswith("system/") for k in parent.data.metrics)  # the study's driver trains nothing
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(smoke_study):
     """A real `mlflow server` on 127.0.0.1 over the smoke study's store (one worker, no job
@@ -153,8 +147,7 @@ def mlflow_server(smoke_study):
                 time.sleep(0.5)
         yield url
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        stop(server)
 
 
 def chromium(*args: str) -> str:
