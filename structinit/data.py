@@ -213,8 +213,6 @@ class Data:
     val: Dataset
     test: Dataset
     num_classes: int
-    in_chans: int
-    img_size: int
 
 
 def build(name: str, root: str | None, *, img_size: int | None, fraction: float, val_fraction: float, seed: int,
@@ -234,7 +232,7 @@ def build(name: str, root: str | None, *, img_size: int | None, fraction: float,
     eval_tf = create_transform((spec.in_chans, size, size), is_training=False, **norm)
     return Data(train=Transformed(pool, train_idx, train_tf), val=Transformed(pool, val_idx, eval_tf),
                 test=Transformed(test, list(range(len(test))), eval_tf),
-                num_classes=num_classes(name, pool), in_chans=spec.in_chans, img_size=size)
+                num_classes=num_classes(name, pool))
 
 
 def _order(size: int, seed: int) -> list[int]:

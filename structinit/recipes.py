@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 
 from structinit.validate import check, choice, finite
 
@@ -53,9 +53,6 @@ class Recipe:
               and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1)
         check("loader_workers", self.loader_workers, "an integer >= 0",
               isinstance(self.loader_workers, int) and self.loader_workers >= 0)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 # The papers' RandAugment (m9, std 0.5, increasing ops) with the sampled magnitude capped at 9: at

@@ -108,15 +108,6 @@ class Study:
         return StudyPaths(self.storage, self.name, self.checkpoints, self.optuna_url)
 
     @property
-    def folder(self) -> str:
-        return self.paths.folder
-
-    @property
-    def ray_storage(self) -> str:
-        """Where Tune and Train keep state and checkpoints (see StudyPaths.ray)."""
-        return self.paths.ray
-
-    @property
     def base(self) -> str:
         """The base trial by what it trains (config.trained): a report pools the executions of one base."""
         return config_key(trained(self.trial))

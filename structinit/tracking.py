@@ -382,11 +382,6 @@ def finish(run: Run, status: str = "FINISHED") -> None:
     attempt(run.uri, f"status {status} of run {run.run_id}", lambda c: c.set_terminated(run.run_id, status))
 
 
-def history(run: Run, key: str) -> list[tuple[int, float]]:
-    """(step, value) of a metric, in step order."""
-    return sorted((m.step, m.value) for m in MlflowClient(run.uri).get_metric_history(run.run_id, key))
-
-
 def children(client: MlflowClient, parent: str) -> list:
     """The runs nested under the run `parent`."""
     exp = client.get_run(parent).info.experiment_id

@@ -80,7 +80,7 @@ def test_killed_trial_is_restarted_and_resumes_with_the_right_progress(ray_local
     outcome = {}
     thread = threading.Thread(target=lambda: outcome.update(out=run(study)))
     thread.start()
-    tune = Path(study.ray_storage) / "tune"
+    tune = Path(study.paths.ray) / "tune"
     wait_for(lambda: any(checkpointed_epochs(t) >= 2 for t in tune.glob("*/run_trial_*")), 240,
              "two epochs checkpointed")
     (trial,) = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if a.class_name == "ImplicitFunc"]

@@ -62,7 +62,7 @@ def test_same_search_seed_proposes_the_same_configurations(tmp_path):
     b = small_study(tmp_path / "b", search_seed=7)
     c = small_study(tmp_path / "c", search_seed=8)
     for s in (a, b, c):
-        Path(s.folder).mkdir(parents=True)
+        Path(s.paths.folder).mkdir(parents=True)
     n = 6 * len(a.repeats)
     pa, pb, pc = proposals(a, "x", n), proposals(b, "x", n), proposals(c, "x", n)
     assert pa == pb and pa != pc
@@ -74,7 +74,7 @@ def test_grid_study_visits_every_cell_in_a_seeded_order(tmp_path):
     study = dataclasses.replace(small_study(tmp_path, seeds=(0,), inits=("impulse",)),
                                 space=partial(categorical, **grid), grid=grid,
                                 trial=make("digits", model_overrides=dict(patch_size=1)))
-    Path(study.folder).mkdir(parents=True)
+    Path(study.paths.folder).mkdir(parents=True)
     cells = proposals(study, "g", 4)
     assert sorted((c["init.filter_size"], c["fraction"]) for c in cells) == [(3, 0.5), (3, 1.0), (5, 0.5), (5, 1.0)]
 

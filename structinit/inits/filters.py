@@ -38,14 +38,14 @@ def set_frozen(model: ConvMixer, cfg: InitConfig, make) -> InitResult:
         channels, f = conv.weight.shape[0], conv.weight.shape[-1]
         conv.weight.copy_(shared(make(cfg.distinct_filters or channels, f), channels))
         conv.weight.requires_grad_(False)
-    return InitResult(offsets=[], pseudo_inputs=[], notes={"frozen_filters": True})
+    return InitResult(offsets=[], pseudo_inputs=[])
 
 
 @register("learned")
 def learned(model: ConvMixer, cfg: InitConfig) -> InitResult:
     """PyTorch's defaults (depthwise conv U(+-1/f)), every filter trained: the reference."""
     reset(model)
-    return InitResult(offsets=[], pseudo_inputs=[], notes={"frozen_filters": False})
+    return InitResult(offsets=[], pseudo_inputs=[])
 
 
 @register("frozen_random", reads=("distinct_filters",))
