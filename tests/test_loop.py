@@ -10,6 +10,7 @@ from structinit.train import (Context, amp_dtype, build, evaluate, loss_function
                               train_one_epoch)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [None, torch.bfloat16])
 def test_one_epoch_trains_in_fp32_and_under_autocast(dtype):
     cfg = make("digits", recipe_overrides=dict(epochs=2, warmup_epochs=0, batch_size=64), fraction=0.5)
@@ -45,6 +46,7 @@ def test_mixup_recipe_uses_soft_targets():
     assert torch.isfinite(loss_function(cfg)(model(mixed), soft))
 
 
+@pytest.mark.slow
 def test_a_data_aware_run_solves_on_a_seeded_batch_of_its_training_images():
     """pseudo_input='data': the run draws `data_images` training images (no augmentation) by its
     seed, the same ones on every worker and every retry, and solves on them."""
