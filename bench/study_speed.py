@@ -74,6 +74,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from structinit.config import TrialConfig, build_model, data_kwargs
 from structinit.data import DATASETS, labels_of, load_splits, split_indices
+from structinit.train import optimizer_and_schedule
 
 ROOT = Path(__file__).resolve().parents[1]
 VAL_SIZE = next(f.default for f in dataclasses.fields(TrialConfig) if f.name == "val_size")
@@ -291,7 +292,9 @@ def count_flops(model, x) -> tuple[float, float, bool]:
 
 
 def bare_loop(cfg: TrialConfig, warmup: int, steps: int, min_seconds: float) -> dict:
-    """images/s of forward + backward + AdamW on random tensors, and FLOPs per image."""
+    """images/s of forward + backward + the trials' optimizer and per-update lr schedule
+    (train.optimizer_and_schedule: timm's AdamW, no decay on biases, norms, PE) on random tensors,
+    and FLOPs per image."""
     torch.manual_seed(0)
     model, _ = build_model(cfg.model, **data_kwargs(cfg, num_classes(cfg)))
     model.train()
@@ -304,15 +307,19 @@ def bare_loop(cfg: TrialConfig, warmup: int, steps: int, min_seconds: float) -> 
     analytic = analytic_forward(model)
     flops = counted if seen or analytic is None else counted + 3 * analytic[1]
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=r.lr, weight_decay=r.weight_decay, eps=r.opt_eps)
+    optimizer, scheduler = optimizer_and_schedule(cfg, model, steps_per_epoch=max(warmup + steps, 1))
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=r.label_smoothing)
+    updates = 0
 
     def step():
+        nonlocal updates
         optimizer.zero_grad(set_to_none=True)
         loss_fn(model(x), y).backward()
         if r.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), r.grad_clip)
         optimizer.step()
+        updates += 1
+        scheduler.step_update(updates)
 
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.cpus_per_worker)
