@@ -134,14 +134,15 @@ def source(cfg: TrialConfig) -> tuple:
     return cfg.dataset, cfg.data_root, cfg.download, cfg.verify
 
 
-def check_space(study: Study, bytes_per_parameter: int = 4, samples: int = 64) -> dict:
+def check_space(study: Study, bytes_per_parameter: int = 4, samples: int = 64, data: bool = True) -> dict:
     """Dry-run the space on an in-memory Optuna study: every proposal, with every init, must give a
     valid TrialConfig whose splits of its data keep every class and a batch, which reports the
     study's metric, and whose model at `bytes_per_parameter` fits in this machine's memory
     (config.validate_model); every param must be a TrialConfig field or one the space declares
     (spaces.helper_params). Bad bounds, unknown fields or broken constraints fail before any
     cluster work. Returns each dataset it read, by `source`: the study's one read, which its trials
-    share."""
+    share. `data=False` reads no data (a preset whose data is on the cluster's workers, as `paper`'s
+    /data): the splits go unchecked, and so does memory with `bytes_per_parameter=0`."""
     from structinit.config import validate_data, validate_model, validate_split
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -159,10 +160,10 @@ def check_space(study: Study, bytes_per_parameter: int = 4, samples: int = 64) -
         seen.add(config_key(params))
         for index in range(len(study.inits)):
             cfg = trial_config(study, {**params, TRIAL_INDEX: index * len(study.seeds)})[0]
-            if source(cfg) not in sources:  # read each dataset once, not once per configuration and init
+            if data and source(cfg) not in sources:  # read each dataset once, not per configuration and init
                 sources[source(cfg)] = validate_data(cfg)
             split = (source(cfg), cfg.fraction, cfg.val_fraction, cfg.val_size, cfg.recipe, cfg.workers)
-            if split not in splits:
+            if data and split not in splits:
                 validate_split(cfg, sources[source(cfg)])
                 splits.add(split)
             check("val_fraction", cfg.val_fraction, f"a number in (0, 1) in a study that selects on "
