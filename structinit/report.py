@@ -23,21 +23,13 @@ import pandas as pd
 
 from structinit import fidelity, results, tracking
 from structinit.config import config_ids, label
+from structinit.declarations import PAIRS, PLOTS
 from structinit.paths import StudyPaths
 from structinit.stats import (EXACT_BELOW, across_fractions, arms, attention_by_seed, attention_curves,
                               attention_summary, by_seed, ci95, comparisons, decomposition, holm, lost_seeds,
                               paired_test, per_cell, varies_width, vit_conditions, whole_rank)
 from structinit.validate import check, sqlite_path, sqlite_store, writable
 
-IMPULSE_PAIRS = (("impulse", "mimetic"), ("impulse", "default"), ("impulse", "torch_default"),
-                 ("impulse", "pe_scaled"),  # ViT inits (torch_default: the footings' baseline)
-                 ("impulse", "conditioned"), ("impulse", "dct"), ("impulse", "mimetic_vo"),  # the attention-init
-                 ("conditioned", "torch_default"), ("dct", "torch_default"),  # baselines a reviewer asks for, and
-                 ("mimetic_vo", "torch_default"),  # whether each beats the footing's unstructured init at all
-                 ("pe_scaled", "torch_default"), ("pe_scaled", "default"))  # the decomposition's PE part
-FILTER_PAIRS = (("frozen_random", "learned"), ("frozen_impulse", "learned"), ("frozen_box", "learned"))  # ConvMixer
-PAIRS = IMPULSE_PAIRS + FILTER_PAIRS  # a study that declares none: each pair where both inits ran
-PLOTS = ("curves", "heads_vs_dim", "filter_gap", "param_importances", "attention")  # each where the results allow
 # What b is in a paired difference a - b, as the report names it
 BASELINES = {
     "torch_default": "the unstructured init of PyTorch's defaults (the footings' baseline)",

@@ -19,8 +19,8 @@ from typing import Callable
 import optuna
 
 from structinit.config import SEEDS, TRIAL_INDEX, TrialConfig, config_key, search_params, trained, with_overrides
+from structinit.declarations import PAIRS, PLOTS
 from structinit.paths import StudyPaths
-from structinit.report import PAIRS, PLOTS
 from structinit.spaces import helper_params
 from structinit.validate import check, choice, component, database_url
 
@@ -49,7 +49,7 @@ class Study:
     optuna_url: str | None = None  # any SQLAlchemy URL; default sqlite in the storage folder
     tracking_uri: str | None = None
     pairs: tuple = PAIRS  # (a, b): the paired differences a - b its report shows, where both ran
-    plots: tuple = PLOTS  # which of report.PLOTS its report draws, each where the results allow
+    plots: tuple = PLOTS  # which of PLOTS its report draws, each where the results allow
     reference: dict | None = None  # a setting of dotted init fields, e.g. {"init.pseudo_input": "pe"}: its report
     # pairs every other setting of an init against this one (same base, same seed)
 

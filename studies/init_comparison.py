@@ -25,7 +25,7 @@ The `cpu` and paper presets also train the attention-init baselines a reviewer a
 29): `conditioned`, `dct` and `mimetic_vo` (mimetic's V/proj alone: on this footing impulse's own
 V/proj init, so impulse - mimetic_vo is impulse's Q/K and PE scale on the same V/proj init), paired
 by seed like every arm, each against impulse and against the footing's baseline
-(report.IMPULSE_PAIRS).
+(declarations.IMPULSE_PAIRS).
 
     python studies/init_comparison.py [--preset smoke|cpu|cpu_v1|paper] [--seeds 0,1,2,3,4] ...
     structinit report init_comparison         (cpu_v1: init_comparison_v1)
@@ -35,7 +35,7 @@ from functools import partial
 from structinit.commands.study import cli
 from structinit.config import make
 from structinit.footings import FOOTINGS
-from structinit.report import IMPULSE_PAIRS
+from structinit.declarations import IMPULSE_PAIRS
 from structinit.spaces import categorical
 from structinit.study import Study
 

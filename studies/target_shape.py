@@ -13,7 +13,7 @@ from functools import partial
 
 from structinit.commands.study import cli
 from structinit.config import make
-from structinit.report import IMPULSE_PAIRS
+from structinit.declarations import IMPULSE_PAIRS
 from structinit.spaces import categorical
 from structinit.study import Study
 

@@ -282,6 +282,32 @@ def test_every_preset_of_every_study_builds():
         assert {"smoke", "paper"} <= set(built) and all(isinstance(s, Study) for s in built.values()), script.stem
 
 
+HELP_PROBE = """
+import runpy, sys
+for script in sys.argv[1:]:
+    sys.argv = [script, "--help"]
+    try:
+        runpy.run_path(script, run_name="__main__")
+    except SystemExit as e:
+        assert e.code == 0, (script, e.code)
+    heavy = sorted({m.split(".")[0] for m in sys.modules} & {"torch", "timm", "ray", "mlflow", "pandas", "scipy"})
+    print(repr((script, heavy)), file=sys.stderr)
+"""
+
+
+@pytest.mark.slow
+def test_a_study_scripts_help_imports_no_torch():
+    """`python studies/x.py --help` answers from the declarations alone: no torch, timm, Ray, MLflow,
+    pandas or scipy (one interpreter for every script; what one imported would stay imported)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", HELP_PROBE, *map(str, STUDY_SCRIPTS)], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    answers = [eval(line) for line in out.stderr.splitlines() if line.startswith("(")]
+    assert len(answers) == len(STUDY_SCRIPTS) and all(heavy == [] for _, heavy in answers), answers
+
 @pytest.mark.slow
 @pytest.mark.parametrize("script", STUDY_SCRIPTS, ids=[s.stem for s in STUDY_SCRIPTS])
 def test_every_preset_passes_its_checks(script):
