@@ -27,6 +27,15 @@ def stable_rank(x: torch.Tensor) -> float:
     return float((s ** 2).sum() / s[0] ** 2) if s[0] > 0 else 0.0
 
 
+def conditions(D: int, k: int, f: int, h: int | None = None) -> dict:
+    """The paper's width conditions for embedding width D, embedding rank k and filter size f:
+    D >= k f^2 (ConvMixer, Proposition 1) and, for a ViT with h heads, h >= f^2 and D/h >= k."""
+    out = {"D_ge_k_f2": bool(D >= k * f * f)}
+    if h is not None:
+        out.update(h_ge_f2=bool(h >= f * f), head_dim_ge_k=bool(D // h >= k))
+    return out
+
+
 @torch.no_grad()
 def embeddings(model, images: torch.Tensor) -> torch.Tensor:
     """(B, N, D) patch embeddings the first block sees: a ViT's patch tokens with their position
@@ -50,14 +59,14 @@ def measure(model, images: torch.Tensor, filter_size: int, rtol: float = 1e-2) -
     n, d = x.shape[1], x.shape[2]
     ranks = [numerical_rank(xi, rtol) for xi in x]
     k = int(statistics.median_low(ranks))
-    f2 = filter_size * filter_size
     out = {"k": k, "k_min": min(ranks), "k_max": max(ranks), "stable_rank": statistics.fmean(stable_rank(xi) for xi in x),
            "rtol": rtol, "images": len(x), "N": n, "D": d, "min_N_D": min(n, d), "filter_size": filter_size,
-           "width_needed": k * f2, "D_ge_k_f2": d >= k * f2}
+           "width_needed": k * filter_size * filter_size}
     heads = getattr(getattr(model, "blocks", [None])[0], "attn", None)
-    if heads is not None:
-        h = heads.num_heads
-        out.update({"heads": h, "head_dim": d // h, "h_ge_f2": h >= f2, "head_dim_ge_k": d // h >= k})
+    h = heads.num_heads if heads is not None else None
+    if h is not None:
+        out.update({"heads": h, "head_dim": d // h})
+    out.update(conditions(d, k, filter_size, h))
     out["conditions_met"] = all(v for key, v in out.items() if key in ("D_ge_k_f2", "h_ge_f2", "head_dim_ge_k"))
     return out
 

@@ -25,6 +25,7 @@ from structinit import fidelity, results, tracking
 from structinit.config import config_ids, label
 from structinit.declarations import PAIRS, PLOTS
 from structinit.paths import StudyPaths
+from structinit.rank import conditions
 from structinit.stats import (EXACT_BELOW, across_fractions, arms, attention_by_seed, attention_curves,
                               attention_summary, by_seed, ci95, comparisons, decomposition, holm, lost_seeds,
                               paired_test, per_cell, varies_width, vit_conditions, whole_rank)
@@ -670,7 +671,7 @@ def plots(folder: str, trials: pd.DataFrame, history: pd.DataFrame, paired: pd.D
             grid = cells.pivot_table(index="num_heads", columns="embed_dim", values="final_test_top1", aggfunc="mean")
             ks = cells.pivot_table(index="num_heads", columns="embed_dim", values="init_rank_k",
                                    aggfunc="mean").reindex(index=grid.index, columns=grid.columns).values
-            f2 = int(cells["filter_size"].iloc[0]) ** 2
+            f = int(cells["filter_size"].iloc[0])
             im = ax.imshow(grid.values, cmap="viridis", norm=scale, aspect="auto")
             ax.set_xticks(range(len(grid.columns)), grid.columns)
             ax.set_yticks(range(len(grid.index)), grid.index)
@@ -678,7 +679,8 @@ def plots(folder: str, trials: pd.DataFrame, history: pd.DataFrame, paired: pd.D
                 if not math.isnan(v):
                     h, dim = grid.index[i], grid.columns[j]
                     k = ks[i, j]
-                    met = not math.isnan(k) and h >= f2 and dim // h >= whole_rank(k)
+                    met = not math.isnan(k) and all(conditions(dim, whole_rank(k), f, h)[c]
+                                                     for c in ("h_ge_f2", "head_dim_ge_k"))
                     ax.text(j, i, f"{v:.1f}{'*' if met else ''}", ha="center", va="center", fontsize=8,
                             color="k" if scale(v) > 0.6 else "w")  # viridis turns light from about 0.6
             ax.set(xlabel="embed dim", ylabel="heads", title=f"{init} (* h≥f², D/h≥k)")

@@ -17,6 +17,7 @@ from scipy import stats
 from structinit import results
 from structinit.attention import MEASURES
 from structinit.config import label
+from structinit.rank import conditions
 
 
 def finite(values) -> np.ndarray:
@@ -132,8 +133,8 @@ def vit_conditions(trial, k: float) -> tuple[bool, bool] | None:
     ConvMixer or without a measured k)."""
     if pd.isna(k) or pd.isna(trial.embed_dim) or pd.isna(trial.num_heads) or not pd.isna(trial.kernel_size):
         return None
-    h = trial.num_heads
-    return bool(h >= trial.filter_size ** 2), bool(trial.embed_dim // h >= whole_rank(k))
+    met = conditions(trial.embed_dim, whole_rank(k), trial.filter_size, trial.num_heads)
+    return met["h_ge_f2"], met["head_dim_ge_k"]
 
 
 def varies_width(done: pd.DataFrame) -> bool:

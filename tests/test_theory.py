@@ -17,7 +17,7 @@ from structinit.cli import main
 from structinit.inits import InitConfig, apply_init
 from structinit.inits.targets import shift_matrix, target_maps
 from structinit.models import create, spatial_filters, vit
-from structinit.rank import embeddings, measure, numerical_rank, stable_rank
+from structinit.rank import conditions, embeddings, measure, numerical_rank, stable_rank
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -57,6 +57,14 @@ def test_measure_reads_the_conditions_off_known_embeddings():
     assert m["width_needed"] == 9 and m["D_ge_k_f2"] and m["h_ge_f2"] and m["head_dim_ge_k"]
     assert not measure(model, images, filter_size=5)["h_ge_f2"]  # 9 heads < 25 taps
 
+
+def test_the_width_conditions_by_hand():
+    """D >= k f^2 alone for a ConvMixer; h >= f^2 and D/h >= k (D/h rounded down) for a ViT."""
+    assert conditions(D=36, k=4, f=3) == {"D_ge_k_f2": True}
+    assert conditions(D=35, k=4, f=3) == {"D_ge_k_f2": False}
+    assert conditions(D=36, k=4, f=3, h=9) == {"D_ge_k_f2": True, "h_ge_f2": True, "head_dim_ge_k": True}
+    assert conditions(D=64, k=8, f=3, h=8) == {"D_ge_k_f2": False, "h_ge_f2": False, "head_dim_ge_k": True}
+    assert conditions(D=70, k=8, f=3, h=9)["head_dim_ge_k"] is False  # 70 // 9 = 7 channels per head
 
 def test_convmixer_embeddings_are_its_stem_output():
     model = create("convmixer_64_4_p1", embed_dim=16, in_chans=1, num_classes=10)
