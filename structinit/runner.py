@@ -134,7 +134,7 @@ def trial_resources(study: Study) -> dict:
     driver's sliver (cluster.driver_resources), its TorchTrainer reserving the workers."""
     t = study.trial
     if t.workers == 1:
-        return {"CPU": t.cpus_per_worker, **({"GPU": t.gpu_share} if t.gpu else {})}
+        return t.worker_resources()
     return cluster.driver_resources()
 
 

@@ -499,7 +499,7 @@ def fit(cfg: TrialConfig, *, storage_path: str, name: str | None = None, run: tr
 
     for key, value in HEALTH_CHECK.items():  # the controller inherits this process's environment
         os.environ.setdefault(key, value)
-    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpu_share} if cfg.gpu else {})}
+    resources = cfg.worker_resources()
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"trial": cfg, "tracking": run, "data": data, "identity": expected},

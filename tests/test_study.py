@@ -104,6 +104,11 @@ def test_evaluation_checkpoint_and_gpu_share_fields_are_checked(fields, needle):
     assert needle in str(err.value)
 
 
+def test_a_worker_holds_its_cpus_and_on_a_gpu_its_share():
+    assert make("digits", cpus_per_worker=2).worker_resources() == {"CPU": 2}
+    assert make("digits", gpu=True, gpu_share=0.25).worker_resources() == {"CPU": 1, "GPU": 0.25}
+
+
 def test_report_statistics_by_hand():
     rows = []
     for seed, (imp, mim) in enumerate([(90.0, 85.0), (92.0, 86.0), (88.0, 87.0)]):

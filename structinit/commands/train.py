@@ -57,9 +57,9 @@ def preflight(args: argparse.Namespace, parser: argparse.ArgumentParser):
         cfg = trial_config(fields, args.recipe)
         local = starts_here(args.address)  # a new local cluster: its workers train on this machine
         config.validate(cfg, config.TRAINING_BYTES * cfg.workers if local and not cfg.gpu else config.WEIGHT_BYTES)
-        check_target(args.address, cfg.workers * cfg.gpu_share if cfg.gpu else 0, uri, name="gpu", value=cfg.gpu)
+        check_target(args.address, cfg.workers * cfg.worker_resources().get("GPU", 0), uri, name="gpu", value=cfg.gpu)
         if local:
-            fits(cfg.workers, cfg.cpus_per_worker, cfg.gpu_share if cfg.gpu else 0, local_resources(),
+            fits(cfg.workers, cfg.cpus_per_worker, cfg.worker_resources().get("GPU", 0), local_resources(),
                  "this machine (the local Ray cluster train starts)")
         name = args.name or run_name(cfg)
         component("name", name)
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     cluster.connect(args.address, num_cpus=max(2, cfg.workers * cfg.cpus_per_worker),
                     num_gpus=cfg.workers if cfg.gpu else None)
     try:  # an existing cluster: what it can give, before anything is recorded
-        cluster.check_resources(cfg.workers, cfg.cpus_per_worker, cfg.gpu_share if cfg.gpu else 0)
+        cluster.check_resources(cfg.workers, cfg.cpus_per_worker, cfg.worker_resources().get("GPU", 0))
     except ValueError as err:
         ray.shutdown()
         parser.refuse(err)
