@@ -98,6 +98,7 @@ def test_an_execution_whose_trials_all_failed_still_says_so():
     assert report.summary_plots("/nonexistent", *report.by_config(rows, *report.summarize(rows, PAIRS), PAIRS)) == []
 
 
+@pytest.mark.slow
 def test_a_long_description_gives_way_to_the_printed_links_then_to_the_report():
     big = trials(proposals=[(dim, mass) for dim in (32, 64, 96, 128) for mass in (0.3, 0.5, 0.7, 0.9, 0.95)])
     text, names = description(big)
