@@ -28,7 +28,8 @@ from structinit.config import config_ids, label
 from structinit.paths import StudyPaths
 from structinit.stats import (EXACT_BELOW, across_fractions, arms, attention_by_seed, attention_curves,
                               attention_summary, by_seed, ci95, comparisons, configurations, decomposition, holm,
-                              importance, lost_seeds, paired_test, per_cell, varies_width, vit_conditions, whole_rank)
+                              importances as importance_views, lost_seeds, paired_test, per_cell, varies_width,
+                              vit_conditions, whole_rank)
 from structinit.validate import check, sqlite_store, writable
 
 IMPULSE_PAIRS = (("impulse", "mimetic"), ("impulse", "default"), ("impulse", "torch_default"),
@@ -233,10 +234,11 @@ def summary_metrics(trials: pd.DataFrame, pairs: tuple = PAIRS, reference: dict 
     per paired difference its mean, 95 % CI bounds and Holm p (`impulse-mimetic/ce611/mean`,
     `.../ci95_low`, `.../ci95_high`, `.../p_holm`: Holm over the pairs of these `trials`); the
     trials finished, failed, stopped early, trained and reused (`trials_*`); the configurations
-    finished and stopped (`configurations_*`) and each param's importance over the finished ones
-    (`importance/<param>`: stats.importance on the declared `objective` of `metric`; `history`
-    gives a metric without a column in the trials table). NaN values (a CI or p of one seed) are
-    left out. Params: each configuration's params by id (`config.ce611`: the same text at every
+    finished and stopped (`configurations_*`) and each param's importance over configurations
+    (`importance/<param>` over the finished ones, `importance_at_<N>/<param>` over every
+    configuration at the N epochs all reached where some stopped: stats.importances on the
+    declared `objective` of `metric`; `history` gives a metric without a column in the trials
+    table). NaN values (a CI or p of one seed) are left out. Params: each configuration's params by id (`config.ce611`: the same text at every
     resume and sync, as MLflow requires of a param), the pairs declared and the objective; the
     seeds are the run's `seeds` param."""
     return _summary(trials, *by_config(trials, *summarize(trials, pairs, reference), pairs), pairs, history,
@@ -259,7 +261,10 @@ def _summary(trials: pd.DataFrame, cells: pd.DataFrame, diffs: pd.DataFrame, nam
                         f"{at}/p_holm": r.p_holm})
     configs = configurations(trials, pd.DataFrame() if history is None else history, objective, metric)
     metrics.update({f"configurations_{s}": int((configs["status"] == s).sum()) for s in ("finished", "stopped")})
-    metrics.update({f"importance/{k}": v for k, v in importance(configs).items()})
+    for view, (_, found) in importance_views(trials, pd.DataFrame() if history is None else history, objective,
+                                             metric).items():
+        prefix = "importance" if view == "final" else "importance_" + view.replace(" epochs", "").replace(" ", "_")
+        metrics.update({f"{prefix}/{k}": v for k, v in found.items()})
     params = {f"config.{c}": name for c, name in names.items()}
     params["pairs"] = ", ".join(f"{a} - {b}" for a, b in pairs)
     params["objective"] = f"{objective} of {metric}"
@@ -524,7 +529,7 @@ def markdown(study: str, table: pd.DataFrame, paired: pd.DataFrame, trials: pd.D
     _, summary, fractions = attention_tables(done, attention)
     lines += attention_lines(summary) + fraction_lines(fractions)
     lines += stopped_lines(configs, objective, metric)
-    lines += importance_lines(configs, importances or {}, objective, metric)
+    lines += importance_lines(importances or {}, objective, metric)
     failed = trials[~trials["status"].isin(["TERMINATED", results.STOPPED])]
     if len(failed):
         lines += ["", "Failed trials:", ""]
@@ -542,26 +547,35 @@ def stopped_lines(configs: pd.DataFrame | None, objective: str, metric: str) -> 
     finished = int((configs["status"] == "finished").sum())
     lines = ["", "## Stopped early", "",
              f"{len(stopped)} of {len(configs)} configurations were stopped before their last epoch ({finished} "
-             f"finished): their trials keep their epochs (status STOPPED) but enter no table or pair above. A grouped "
-             f"scheduler stops a configuration's whole group at one rung; its objective ({objective} of {metric}) "
-             "there is what the search received.", "", "| configuration | stopped at (epochs) | objective there | "
-             "members |", "|---|---|---|---|"]
-    lines += [f"| {label(r.params)} | {r.stopped_at} | {_pm(r.objective, math.nan)} | {r.members} |"
+             "finished). Their stopped trials keep their epochs (status STOPPED) and enter no table or pair above; "
+             "a trial of theirs that finished does, paired where both sides finished (the paired table counts the "
+             "rest as lost). A grouped scheduler stops a configuration's whole group at one rung, and its objective "
+             f"({objective} of {metric}) there is what the search received; a per-trial one stops some of its "
+             "trials, each where it was (stopped at: the latest).", "",
+             "| configuration | stopped at (epochs) | objective there | trials stopped | members |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {label(r.params)} | {r.stopped_at} | {_pm(r.objective, math.nan)} | {r.stopped} | {r.members} |"
               for r in stopped.itertuples()]
     return lines
 
 
-def importance_lines(configs: pd.DataFrame | None, importances: dict, objective: str, metric: str) -> list[str]:
-    """Parameter importance over configurations (stats.importance), as a table."""
+def importance_lines(importances: dict, objective: str, metric: str) -> list[str]:
+    """Parameter importance over configurations (stats.importances: by view, (n, {param: value})),
+    as a table with a column per view."""
     if not importances:
         return []
-    n = int(((configs["status"] == "finished") & configs["objective"].notna()).sum())
+    views = list(importances)
+    params = list(dict.fromkeys(k for _, found in importances.values() for k in found))
     lines = ["", "## Parameter importance", "",
-             f"fANOVA (Optuna's FanovaImportanceEvaluator, seed 0) over the {n} finished configurations, one "
-             f"observation each: its objective ({objective} of {metric}, final epoch), not single trials. Stopped "
-             "configurations, judged at fewer epochs, are left out; so are params some configurations lack. "
-             "Importances sum to 1; with few configurations they are rough.", "", "| param | importance |", "|---|---|"]
-    lines += [f"| {k} | {v:.3f} |" for k, v in importances.items()]
+             f"fANOVA (Optuna's FanovaImportanceEvaluator, seed 0) over configurations, one observation each: its "
+             f"objective ({objective} of {metric}), never single trials. *final*: the finished configurations at "
+             "their last epoch; *at N epochs*, where some were stopped early: every configuration at the epochs all "
+             "of them reached (one fidelity; the finished ones are only the search's survivors). Params some "
+             "configurations lack are left out. Each column sums to 1; with few configurations they are rough.", "",
+             "| param | " + " | ".join(f"{v} (n={importances[v][0]})" for v in views) + " |",
+             "|---" * (len(views) + 1) + "|"]
+    lines += [f"| {p} | " + " | ".join(f"{importances[v][1][p]:.3f}" if p in importances[v][1] else "–"
+                                       for v in views) + " |" for p in params]
     return lines
 
 
@@ -756,9 +770,10 @@ def plots(folder: str, trials: pd.DataFrame, history: pd.DataFrame, paired: pd.D
     if len(curves):
         made.append(attention_plot(curves, os.path.join(folder, "attention.png")))
     if "param_importances" in wanted and importances:
-        fig, ax = plt.subplots(figsize=(5, 0.5 + 0.4 * len(importances)))
-        ax.barh(list(importances)[::-1], list(importances.values())[::-1])
-        ax.set(xlabel="importance (fANOVA over configurations)", title="parameter importance")
+        view, (n, found) = next(iter(importances.items()))  # the finished configurations' where there are enough
+        fig, ax = plt.subplots(figsize=(5, 0.5 + 0.4 * len(found)))
+        ax.barh(list(found)[::-1], list(found.values())[::-1])
+        ax.set(xlabel=f"importance (fANOVA over {n} configurations, {view})", title="parameter importance")
         made.append(_save(fig, os.path.join(folder, "param_importances.png")))
     return made
 
@@ -821,14 +836,16 @@ def report(study: str, storage: str = "runs", tracking_uri: str | None = None, o
     writable("report folder", out, folder=True)
     table, paired = summarize(trials, pairs, reference)
     configs = configurations(trials, history, objective, metric)
-    importances = importance(configs)
+    importances = importance_views(trials, history, objective, metric)
     text = markdown(study, table, paired, trials, note, attention, configs, importances, objective, metric)
     done = arms(trials)
     _, summary, fractions = attention_tables(done, attention)
     tables = {"table.csv": table, "paired.csv": paired, "decomposition.csv": decomposition(done, paired),
               "cells.csv": per_cell(done, table, paired), "attention.csv": summary, "fractions.csv": fractions,
               "configurations.csv": configs,
-              "importance.csv": pd.DataFrame(list(importances.items()), columns=["param", "importance"])}
+              "importance.csv": pd.DataFrame([{"view": view, "configurations": n, "param": k, "importance": v}
+                                              for view, (n, found) in importances.items() for k, v in found.items()],
+                                             columns=["view", "configurations", "param", "importance"])}
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write(text)

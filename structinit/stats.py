@@ -516,13 +516,21 @@ def final_values(trials: pd.DataFrame, history: pd.DataFrame, metric: str) -> pd
     return source.map(last).astype(float)
 
 
-def configurations(trials: pd.DataFrame, history: pd.DataFrame, objective: str, metric: str) -> pd.DataFrame:
+def _whole(x) -> int | None:
+    return None if pd.isna(x) else int(x)
+
+
+def configurations(trials: pd.DataFrame, history: pd.DataFrame, objective: str, metric: str,
+                   at: int | None = None) -> pd.DataFrame:
     """One row per configuration (`config_key`: one proposal's params, in any execution): its
     `params` (JSON), `status` ("finished": no member stopped early; "stopped": its group was, at
-    `stopped_at` epochs), `members` (the (init, seed) that count) and `objective`: the declared
-    objective (group_objective) over the members' last values of `metric` -- for a stopped group
-    their values at `stopped_at`, where it was judged (from `history`; a member that reused a
-    finished trial's result: that trial's epochs). Each (init, seed) once: the latest trained."""
+    `stopped_at` epochs -- under a per-trial scheduler, `stopped` of its trials were, the latest
+    there), `reached` (the epochs it reached: its last, or `stopped_at`), `members` (the (init,
+    seed) that count) and `objective`: the declared objective (group_objective) over the members'
+    last values of `metric` -- for a stopped group their values at `stopped_at`, where it was
+    judged; with `at`, every configuration's values after `at` epochs (from `history`; a member
+    that reused a finished trial's result: that trial's epochs). Each (init, seed) once: the
+    latest trained."""
     t = trials.reindex(columns=[*trials.columns, *(c for c in results.TRIALS.names if c not in trials.columns)])
     t = t.assign(last_value=final_values(t, history, metric))
     curve = (history.set_index(["trial_id", "epoch"])[metric].to_dict() if len(history) and metric in history
@@ -530,20 +538,44 @@ def configurations(trials: pd.DataFrame, history: pd.DataFrame, objective: str, 
     rows = []
     for key, g in t.groupby("config_key", sort=True):
         stopped = g[g["status"] == results.STOPPED]
-        at = int(stopped["epochs_done"].max()) if len(stopped) else None
-        ran = g[g["status"].isin(["TERMINATED", results.STOPPED] if at else ["TERMINATED"])]
+        stopped_at = _whole(stopped["epochs_done"].max()) if len(stopped) else None
+        epochs = at or stopped_at
+        ran = g[g["status"].isin(["TERMINATED", results.STOPPED] if epochs else ["TERMINATED"])]
         members = _latest_trained_last(ran).drop_duplicates(["init", "seed"], keep="last")
-        if at is None:
+        if epochs is None:
             values = {(r.init, int(r.seed)): r.last_value for r in members.itertuples()}
         else:
             source = members["reused_from"].fillna(members["trial_id"])
-            values = {(r.init, int(r.seed)): curve.get((s, at - 1)) for r, s in zip(members.itertuples(), source)}
-        rows.append({"config_key": key, "params": g["params"].iloc[0], "status": "stopped" if at else "finished",
-                     "stopped_at": at, "members": len(values), "objective": group_objective(objective, values)})
-    return pd.DataFrame(rows, columns=["config_key", "params", "status", "stopped_at", "members", "objective"])
+            values = {(r.init, int(r.seed)): curve.get((s, epochs - 1)) for r, s in zip(members.itertuples(), source)}
+        finished = stopped_at is None
+        rows.append({"config_key": key, "params": g["params"].iloc[0], "status": "finished" if finished else "stopped",
+                     "stopped_at": stopped_at, "stopped": len(stopped),
+                     "reached": _whole(g["epochs_done"].max()) if finished else stopped_at, "members": len(values),
+                     "objective": group_objective(objective, values)})
+    return pd.DataFrame(rows, columns=["config_key", "params", "status", "stopped_at", "stopped", "reached",
+                                       "members", "objective"])
 
 
 IMPORTANCE_MIN = 3  # configurations below which no importance is computed
+
+
+def importances(trials: pd.DataFrame, history: pd.DataFrame, objective: str, metric: str) -> dict[str, tuple]:
+    """Parameter importance (`importance`) over configurations, by what it is computed on, as
+    (configurations, {param: importance}): "final", the finished configurations at their last
+    epoch; where some were stopped early, also "at N epochs", every configuration at the epochs
+    all of them reached (the first rung), one observation each at one fidelity -- under early
+    stopping the finished ones are few, and only the search's survivors. A view without enough
+    configurations is left out."""
+    views = {"final": configurations(trials, history, objective, metric)}
+    if (views["final"]["status"] == "stopped").any() and views["final"]["reached"].notna().all():
+        at = int(views["final"]["reached"].min())
+        views[f"at {at} epochs"] = configurations(trials, history, objective, metric, at=at).assign(status="finished")
+    out = {}
+    for name, configs in views.items():
+        found = importance(configs)
+        if found:
+            out[name] = (int(((configs["status"] == "finished") & configs["objective"].notna()).sum()), found)
+    return out
 
 
 def importance(configs: pd.DataFrame, seed: int = 0) -> dict[str, float]:

@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from structinit.config import GROUP, make
 from structinit.halving import CURVE, GroupedHalving, GroupRepeater, promoted
 from structinit.spaces import categorical
-from structinit.stats import configurations, group_objective, importance
+from structinit.stats import configurations, group_objective, importance, importances
 from structinit.study import TRIAL_INDEX, Study
 
 # ---- the rule and the objective ----------------------------------------------------------------
@@ -241,6 +241,24 @@ def test_configurations_score_stopped_groups_where_they_stopped():
     got = configurations(trials, history, "gap:impulse-default", "val_top1").set_index("config_key")
     assert got.loc["k1", "status"] == "finished" and got.loc["k1", "objective"] == 10.0
     assert got.loc["k2", "status"] == "stopped" and got.loc["k2", "stopped_at"] == 1 and got.loc["k2", "objective"] == 1.0
+
+
+def test_under_early_stopping_importance_is_also_read_where_every_configuration_was():
+    """Three finished configurations and two stopped after one epoch: importance over the three at
+    their last epoch, and over all five at the one epoch all of them reached."""
+    trials, history = [], []
+    for k, (lr, stopped) in enumerate([(1e-3, False), (3e-3, False), (1e-4, False), (1e-6, True), (3e-6, True)]):
+        for init, base in (("impulse", 20.0), ("default", 10.0)):
+            t = f"t{k}{init}"
+            epochs = 1 if stopped else 4
+            trials.append(dict(trial_id=t, execution="e", config_key=f"k{k}", params=json.dumps({"recipe.lr": lr}),
+                               init=init, seed=0, status="STOPPED" if stopped else "TERMINATED", epochs_done=epochs,
+                               reused_from=None, final_val_top1=base + 1000 * lr * (init == "impulse") + epochs))
+            history += [dict(trial_id=t, epoch=e, val_top1=base + 1000 * lr * (init == "impulse") + e + 1)
+                        for e in range(epochs)]
+    views = importances(pd.DataFrame(trials), pd.DataFrame(history), "gap:impulse-default", "val_top1")
+    assert {k: n for k, (n, _) in views.items()} == {"final": 3, "at 1 epochs": 5}
+    assert all(set(found) == {"recipe.lr"} for _, found in views.values())
 
 
 # ---- studies on a real local Ray cluster -------------------------------------------------------
