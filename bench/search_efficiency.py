@@ -15,7 +15,8 @@ finds, trained to the end. About 6 minutes on 2 cores with the defaults.
 
 Printed per run:
   epochs trained  over the trials that trained (a trial that reused an identical trial's result
-                  trains nothing, in any run), and as a share of FIFO's
+                  trains nothing, in any run), from what each reported to Tune, and as a share of
+                  FIFO's
   wall            seconds around the study's process: start-up, Ray, every trial, results, MLflow
   finished        configurations whose every (init, seed) trial reached the last epoch
   best            the finished configuration with the best objective (validation), its objective
@@ -72,7 +73,7 @@ def run(scheduler: str, script: Path, tmp: Path, args) -> tuple[float, dict]:
     folder = tmp / scheduler
     folder.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "STRUCTINIT_CHECKPOINTS")}
-    env["RAY_TMPDIR"] = str(folder / "ray")
+    env["RAY_TMPDIR"] = str(tmp / "ray")  # short (`tmp` is): Ray's socket paths live under it
     cmd = [sys.executable, str(script), "--scheduler", scheduler, "--grace-epochs", str(args.grace),
            "--reduction-factor", str(args.eta), "--search-seed", str(args.search_seed), "--address", "local",
            "--storage", str(folder / "runs"), "--tracking-uri", f"sqlite:///{folder}/mlflow.db"]
@@ -101,13 +102,28 @@ def broken_pairs(trials: pd.DataFrame, inits: tuple) -> int:
     return broken
 
 
+def trained_epochs(summary: dict, trials: pd.DataFrame) -> int:
+    """Epochs the trials trained, from what each reported to Tune (its last `epoch` + 1): the
+    Parquet history holds a trial's epochs up to its latest checkpoint, which a trial that per-trial
+    ASHA stopped before its first checkpoint does not have. Reused trials trained nothing."""
+    reused = set(trials.loc[trials["reused_from"].notna(), "trial_id"])
+    folder = Path(summary["trials"]).parents[2] / "tune" / summary["execution"]  # <storage>/<study>/tune
+    total = 0
+    for log in folder.glob("*/result.json"):
+        rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        epochs = [r["epoch"] for r in rows if r.get("epoch") is not None]
+        if rows and rows[0]["trial_id"] not in reused and epochs:
+            total += max(epochs) + 1
+    return total
+
+
 def summarize(scheduler: str, wall: float, summary: dict, objective: str) -> dict:
     trials, history = pd.read_parquet(summary["trials"]), pd.read_parquet(summary["history"])
     configs = configurations(trials, history, objective, "val_top1")
     finished = configs[(configs["status"] == "finished") & configs["objective"].notna()]
     best = finished.loc[finished["objective"].idxmax()] if len(finished) else None
     out = {"scheduler": scheduler, "wall": wall, "summary": summary, "trials": trials, "configs": configs,
-           "epochs": int(trials.loc[trials["reused_from"].isna(), "epochs_done"].sum()),
+           "epochs": trained_epochs(summary, trials),
            "finished": len(finished), "stopped": int((configs["status"] == "stopped").sum()),
            "broken": broken_pairs(trials, tuple(sorted(trials["init"].unique()))), "best": best}
     if best is not None:
@@ -129,7 +145,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (runs, logs)")
     args = parser.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="search_efficiency_"))
+    tmp = Path(tempfile.mkdtemp(prefix="se", dir="/tmp"))  # short: a run's Ray socket paths live under it
     try:
         script = tmp / "heads_vs_dim_bench.py"
         seeds = tuple(int(s) for s in args.seeds.split(","))
