@@ -25,7 +25,7 @@ Printed per run:
   test            the best configuration's impulse final test top-1 (mean over seeds) and its
                   paired test difference impulse - torch_default (mean over seeds)
   broken pairs    (configuration, declared pair, seed) with one side trained to the end and the
-                  other stopped early: pairs the report cannot use
+                  other stopped early, neither reused: pairs the report cannot use
 And the FIFO run's compute floor, as bench/study_speed.py states it: its training FLOPs (images
 trained x FLOPs per image, counted by FlopCounterMode over forward + backward) over the FLOP/s of
 a bare, warmed-up PyTorch loop of the same model on this machine, with wall / floor.
@@ -90,10 +90,13 @@ def run(scheduler: str, script: Path, tmp: Path, args) -> tuple[float, dict]:
 
 
 def broken_pairs(trials: pd.DataFrame, inits: tuple) -> int:
-    """(configuration, declared pair, seed) with one side trained to the end and the other stopped."""
+    """(configuration, declared pair, seed) with one side trained to the end and the other stopped.
+    A side that reused an identical trial's result trained nothing here: it is the same model as a
+    finished arm of another configuration, and its partner was stopped with its whole group (under
+    grouped) or alone (under asha), so it counts as neither side."""
     pairs = [(a, b) for a, b in PAIRS if a in inits and b in inits]
     broken = 0
-    for _, g in trials.groupby("config_key"):
+    for _, g in trials[trials["reused_from"].isna()].groupby("config_key"):
         status = {(r.init, r.seed): r.status for r in g.itertuples()}
         for a, b in pairs:
             for seed in g["seed"].unique():
