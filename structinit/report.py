@@ -479,7 +479,8 @@ def markdown(study: str, table: pd.DataFrame, paired: pd.DataFrame, trials: pd.D
     """The report's Markdown; `attention`: the attention rows (results.ATTENTION) of `trials`' models,
     for its sections on the attention through training (none where it is None or empty); `configs`:
     stats.configurations of `trials`, for its configurations stopped early, `importances` the
-    parameter importance over them (stats.importance), of the declared `objective` of `metric`."""
+    parameter importance over them (stats.importances' views), of the declared `objective` of
+    `metric`."""
     executions = sorted(trials["execution"].dropna().unique()) if "execution" in trials else []
     reused = int(trials["reused_from"].notna().sum()) if "reused_from" in trials else 0
     lines = [f"# {study}", "", f"{len(trials)} trials: " + ", ".join(
