@@ -80,6 +80,8 @@ class TrialConfig:
     test_every_epoch: bool = False  # False: the test set is evaluated only where it is read (the end)
     eval_batch_size: int = 256  # per worker, for validation and test (timm's validate.py default)
     checkpoint_every: int = 5  # epochs between checkpoints (always the last one); a resume replays the rest
+    checkpoint_at: tuple = ()  # epochs (counted from 1) after which a checkpoint is written too: the
+    # rungs a grouped study judges, where its trials wait for their group (study.trial_config sets them)
     seed: int = 0  # the init's draw, the data's splits and order, augmentation
     workers: int = 1  # Ray Train workers (DDP)
     gpu: bool = False  # one GPU per worker (a share: gpu_share), AMP (bf16 where supported)
@@ -105,6 +107,10 @@ class TrialConfig:
         for name in ("checkpoint_every", "eval_batch_size"):
             check(name, getattr(self, name), "an integer >= 1",
                   isinstance(getattr(self, name), int) and getattr(self, name) >= 1)
+        check("checkpoint_at", self.checkpoint_at, "a list of integers >= 1 (epochs, counted from 1)",
+              isinstance(self.checkpoint_at, (list, tuple)) and all(
+                  isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in self.checkpoint_at))
+        object.__setattr__(self, "checkpoint_at", tuple(self.checkpoint_at))  # from_dict and JSON give a list
         check("gpu_share", self.gpu_share, "a number in (0, 1]", 0 < self.gpu_share <= 1)
         check("gpu_share", self.gpu_share, f"1 with workers={self.workers} (a worker of a multi-worker trial needs a "
               "GPU of its own)", self.gpu_share == 1 or self.workers == 1)
@@ -148,15 +154,19 @@ class TrialConfig:
         return out
 
     def digest(self) -> str:
-        """Short stable hash: the same config names the same run (so a rerun resumes it)."""
-        return _hash(self.to_dict())
+        """Short stable hash: the same config names the same run (so a rerun resumes it). A config
+        without rung checkpoints hashes as it did before `checkpoint_at` existed."""
+        values = self.to_dict()
+        if not values["checkpoint_at"]:
+            del values["checkpoint_at"]
+        return _hash(values)
 
 
 # ---- what a trial is -----------------------------------------------------------------------
 
 RUN_ONLY = ("data_root", "download", "verify", "test_every_epoch", "eval_batch_size", "checkpoint_every",
-            "gpu_share", "cpus_per_worker", "backend", "compile", "max_failures")  # where and how fast a
-# trial runs, where its files are and what it logs: none of them changes the model it trains or its
+            "checkpoint_at", "gpu_share", "cpus_per_worker", "backend", "compile", "max_failures")  # where and how
+# fast a trial runs, where its files are and what it logs: none of them changes the model it trains or its
 # accuracies (the data's files are named by `dataset`; DDP's backend reduces the same gradients)
 
 
@@ -236,16 +246,18 @@ def label(params: str) -> str:
 
 
 TRIAL_INDEX = "__trial_index__"  # ray.tune.search.repeater.TRIAL_INDEX: which (init, seed) a Tune trial runs
+GROUP = "__group__"  # which proposal a Tune trial belongs to, in proposal order (halving.GroupRepeater)
 
 
 def search_params(config: dict, helpers=frozenset()) -> dict:
     """The TrialConfig fields of a proposal (dotted `section.field` or top-level names), without
-    Tune's `__trial_index__` and the params its space declares as helpers (`helpers`, e.g.
-    `heads_e192`: spaces.helper_params); any other key is refused naming it and the nearest fields
-    (a typo in a grid would otherwise leave every cell the base config)."""
+    Tune's `__trial_index__`, the group the Repeater put it in (`__group__`) and the params its
+    space declares as helpers (`helpers`, e.g. `heads_e192`: spaces.helper_params); any other key
+    is refused naming it and the nearest fields (a typo in a grid would otherwise leave every cell
+    the base config)."""
     out = {}
     for key, value in config.items():
-        if key == TRIAL_INDEX or key in helpers:
+        if key in (TRIAL_INDEX, GROUP) or key in helpers:
             continue
         field_of(key)
         out[key] = value

@@ -6,11 +6,13 @@ Holm-adjusted over the table; the decomposition impulse − baseline = (pe_scale
 (embed_dim, num_heads) cell the width conditions and the impulse setting the validation set picks;
 the attention through training per arm (mean distance and the mass on the init's taps, at the init
 and at the end) and, for a study across training fractions, how much further it moves with more
-data; failed trials with their reasons; the plots it declares.
+data; the configurations a grouped scheduler stopped early, apart (where they stopped, their
+objective there); parameter importance over configurations (one value each: its declared
+objective); failed trials with their reasons; the plots it declares.
 
-A study declares its pairs and plots (Study.pairs, Study.plots); its runner records them in the
-study folder (`declare`), where `structinit report STUDY`, which knows the study by name only,
-reads them."""
+A study declares its pairs, plots, objective and metric (Study.pairs, ...); its runner records
+them in the study folder (`declare`), where `structinit report STUDY`, which knows the study by
+name only, reads them."""
 from __future__ import annotations
 
 import json
@@ -27,9 +29,10 @@ from structinit.declarations import PAIRS, PLOTS
 from structinit.paths import StudyPaths
 from structinit.rank import conditions
 from structinit.stats import (EXACT_BELOW, across_fractions, arms, attention_by_seed, attention_curves,
-                              attention_summary, by_seed, ci95, comparisons, decomposition, holm, lost_seeds,
-                              paired_test, per_cell, varies_width, vit_conditions, whole_rank)
-from structinit.validate import check, sqlite_path, sqlite_store, writable
+                              attention_summary, by_seed, ci95, comparisons, configurations, decomposition, holm,
+                              importances as importance_views, lost_seeds, paired_test, per_cell, varies_width,
+                              vit_conditions, whole_rank)
+from structinit.validate import check, sqlite_store, writable
 
 # What b is in a paired difference a - b, as the report names it
 BASELINES = {
@@ -45,10 +48,25 @@ BASELINES = {
     "learned": "learned ConvMixer filters",
 }
 
-def declare(paths: StudyPaths, pairs: tuple, plots: tuple, reference: dict | None = None) -> None:
-    """Record a study's pairs, plots and reference setting in its folder, for `structinit report`."""
+def declare(paths: StudyPaths, pairs: tuple, plots: tuple, reference: dict | None = None, objective: str = "mean",
+            metric: str = "val_top1") -> None:
+    """Record a study's pairs, plots, reference setting, objective and metric in its folder, for
+    `structinit report`."""
     with open(paths.report_spec, "w") as f:
-        json.dump({"pairs": pairs, "plots": plots, "reference": reference}, f)
+        json.dump({"pairs": pairs, "plots": plots, "reference": reference, "objective": objective, "metric": metric},
+                  f)
+
+
+def declared_objective(paths: StudyPaths) -> tuple[str, str]:
+    """(objective, metric) a study recorded; the mean of val_top1 where it recorded none."""
+    spec = {}
+    if os.path.exists(paths.report_spec):
+        with open(paths.report_spec) as f:
+            try:
+                spec = json.load(f)
+            except ValueError:
+                spec = {}  # `declared` names the damaged file
+    return spec.get("objective", "mean"), spec.get("metric", "val_top1")
 
 
 def declared(paths: StudyPaths) -> tuple[tuple, tuple, dict | None]:
@@ -197,7 +215,9 @@ def by_config(trials: pd.DataFrame, table: pd.DataFrame, paired: pd.DataFrame, p
     return cells, diffs.assign(key=diffs["pair"].map(pair_key)), names
 
 
-def summary_metrics(trials: pd.DataFrame, pairs: tuple = PAIRS, reference: dict | None = None) -> tuple[dict, dict]:
+def summary_metrics(trials: pd.DataFrame, pairs: tuple = PAIRS, reference: dict | None = None,
+                    history: pd.DataFrame | None = None, objective: str = "mean",
+                    metric: str = "val_top1") -> tuple[dict, dict]:
     """A study's summary as (metrics, params) for its parent MLflow run, from `summarize`'s tables
     `by_config`, keyed init or pair first, then the configuration's short id (MLflow's chart view
     makes a section of each key up to its last `/`: impulse-mimetic/ce611 holds that difference's
@@ -206,14 +226,20 @@ def summary_metrics(trials: pd.DataFrame, pairs: tuple = PAIRS, reference: dict 
     `.../test_top1_at_best_val`);
     per paired difference its mean, 95 % CI bounds and Holm p (`impulse-mimetic/ce611/mean`,
     `.../ci95_low`, `.../ci95_high`, `.../p_holm`: Holm over the pairs of these `trials`); the
-    trials finished, failed, stopped early, trained and reused (`trials_*`). NaN values (a CI or
-    p of one seed) are left out. Params: each configuration's params by id (`config.ce611`: the
-    same text at every resume and sync, as MLflow requires of a param) and the pairs declared;
-    the seeds are the run's `seeds` param."""
-    return _summary(trials, *by_config(trials, *summarize(trials, pairs, reference), pairs), pairs)
+    trials finished, failed, stopped early, trained and reused (`trials_*`); the configurations
+    finished and stopped (`configurations_*`) and each param's importance over configurations
+    (`importance/<param>` over the finished ones, `importance_at_<N>/<param>` over every
+    configuration at the N epochs all reached where some stopped: stats.importances on the
+    declared `objective` of `metric`; `history` gives a metric without a column in the trials
+    table). NaN values (a CI or p of one seed) are left out. Params: each configuration's params by id (`config.ce611`: the same text at every
+    resume and sync, as MLflow requires of a param), the pairs declared and the objective; the
+    seeds are the run's `seeds` param."""
+    return _summary(trials, *by_config(trials, *summarize(trials, pairs, reference), pairs), pairs, history,
+                    objective, metric)
 
 
-def _summary(trials: pd.DataFrame, cells: pd.DataFrame, diffs: pd.DataFrame, names: dict, pairs: tuple):
+def _summary(trials: pd.DataFrame, cells: pd.DataFrame, diffs: pd.DataFrame, names: dict, pairs: tuple,
+             history: pd.DataFrame | None = None, objective: str = "mean", metric: str = "val_top1"):
     statuses = trials["status"].value_counts()
     reused = int(trials["reused_from"].notna().sum()) if "reused_from" in trials else 0
     metrics = {"trials_finished": int(statuses.get("TERMINATED", 0)), "trials_failed": int(statuses.get("ERROR", 0)),
@@ -226,8 +252,15 @@ def _summary(trials: pd.DataFrame, cells: pd.DataFrame, diffs: pd.DataFrame, nam
         at = f"{r.key}/{r.id}"
         metrics.update({f"{at}/mean": r.mean, f"{at}/ci95_low": r.mean - r.ci95, f"{at}/ci95_high": r.mean + r.ci95,
                         f"{at}/p_holm": r.p_holm})
+    configs = configurations(trials, pd.DataFrame() if history is None else history, objective, metric)
+    metrics.update({f"configurations_{s}": int((configs["status"] == s).sum()) for s in ("finished", "stopped")})
+    for view, (_, found) in importance_views(trials, pd.DataFrame() if history is None else history, objective,
+                                             metric).items():
+        prefix = "importance" if view == "final" else "importance_" + view.replace(" epochs", "").replace(" ", "_")
+        metrics.update({f"{prefix}/{k}": v for k, v in found.items()})
     params = {f"config.{c}": name for c, name in names.items()}
     params["pairs"] = ", ".join(f"{a} - {b}" for a, b in pairs)
+    params["objective"] = f"{objective} of {metric}"
     return {k: v for k, v in metrics.items() if not math.isnan(v)}, params
 
 
@@ -389,17 +422,20 @@ def overview(study: str, trials: pd.DataFrame, cells: pd.DataFrame, diffs: pd.Da
     return text()[:tracking.NOTE_LIMIT]
 
 
-def log_summary(run: tracking.Run, trials: list[dict], pairs: tuple, reference: dict | None = None) -> None:
-    """The summary of one study execution's `trials` (its Parquet rows) on its parent run: its
-    metrics and params (summary_metrics), its plots at the top of its artifacts (summary_plots),
-    its description (overview) and a saved view of its trials (tracking.save_trials_view)."""
+def log_summary(run: tracking.Run, trials: list[dict], pairs: tuple, reference: dict | None = None,
+                history: list[dict] | None = None, objective: str = "mean", metric: str = "val_top1") -> None:
+    """The summary of one study execution's `trials` and `history` (its Parquet rows) on its parent
+    run: its metrics and params (summary_metrics, with the study's declared `objective` of
+    `metric`), its plots at the top of its artifacts (summary_plots), its description (overview)
+    and a saved view of its trials (tracking.save_trials_view)."""
     import tempfile
 
     if not trials:  # stopped before any trial
         return
     frame = pd.DataFrame(trials)
     cells, diffs, names = by_config(frame, *summarize(frame, pairs, reference), pairs)
-    metrics, params = _summary(frame, cells, diffs, names, pairs)
+    metrics, params = _summary(frame, cells, diffs, names, pairs, None if history is None else pd.DataFrame(history),
+                               objective, metric)
     searched = sorted({k for p in frame["params"] for k in json.loads(p or "{}")})
     tracking.save_trials_view(run, f"{frame['execution'].iloc[0]}: trials", searched)
     exp, runs = tracking.study_runs(run) or ("0", {})
@@ -431,9 +467,13 @@ def _diff(r) -> str:
 
 
 def markdown(study: str, table: pd.DataFrame, paired: pd.DataFrame, trials: pd.DataFrame, note: str = "",
-             attention: pd.DataFrame | None = None) -> str:
+             attention: pd.DataFrame | None = None, configs: pd.DataFrame | None = None,
+             importances: dict | None = None, objective: str = "mean", metric: str = "val_top1") -> str:
     """The report's Markdown; `attention`: the attention rows (results.ATTENTION) of `trials`' models,
-    for its sections on the attention through training (none where it is None or empty)."""
+    for its sections on the attention through training (none where it is None or empty); `configs`:
+    stats.configurations of `trials`, for its configurations stopped early, `importances` the
+    parameter importance over them (stats.importances' views), of the declared `objective` of
+    `metric`."""
     executions = sorted(trials["execution"].dropna().unique()) if "execution" in trials else []
     reused = int(trials["reused_from"].notna().sum()) if "reused_from" in trials else 0
     lines = [f"# {study}", "", f"{len(trials)} trials: " + ", ".join(
@@ -482,12 +522,55 @@ def markdown(study: str, table: pd.DataFrame, paired: pd.DataFrame, trials: pd.D
     lines += cell_lines(per_cell(done, table, paired), paired)
     _, summary, fractions = attention_tables(done, attention)
     lines += attention_lines(summary) + fraction_lines(fractions)
-    failed = trials[trials["status"] != "TERMINATED"]
+    lines += stopped_lines(configs, objective, metric)
+    lines += importance_lines(importances or {}, objective, metric)
+    failed = trials[~trials["status"].isin(["TERMINATED", results.STOPPED])]
     if len(failed):
         lines += ["", "Failed trials:", ""]
         lines += [f"- {r.trial_id} ({r.init}, seed {r.seed}, {label(r.params)}): {r.status}: {r.error}"
                   for r in failed.itertuples()]
     return "\n".join(lines) + "\n"
+
+
+def stopped_lines(configs: pd.DataFrame | None, objective: str, metric: str) -> list[str]:
+    """The configurations a scheduler stopped early, apart from the tables above (which hold
+    finished trials only), with where they stopped and their objective there."""
+    if configs is None or not (configs["status"] == "stopped").any():
+        return []
+    stopped = configs[configs["status"] == "stopped"].sort_values(["stopped_at", "objective"], ascending=[False, False])
+    finished = int((configs["status"] == "finished").sum())
+    lines = ["", "## Stopped early", "",
+             f"{len(stopped)} of {len(configs)} configurations were stopped before their last epoch ({finished} "
+             "finished). Their stopped trials keep their epochs (status STOPPED) and enter no table or pair above; "
+             "a trial of theirs that finished does, paired where both sides finished (the paired table counts the "
+             "rest as lost). A grouped scheduler stops a configuration's whole group at one rung, and its objective "
+             f"({objective} of {metric}) there is what the search received; a per-trial one stops some of its "
+             "trials, each where it was (stopped at: the latest).", "",
+             "| configuration | stopped at (epochs) | objective there | trials stopped | members |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {label(r.params)} | {r.stopped_at} | {_pm(r.objective, math.nan)} | {r.stopped} | {r.members} |"
+              for r in stopped.itertuples()]
+    return lines
+
+
+def importance_lines(importances: dict, objective: str, metric: str) -> list[str]:
+    """Parameter importance over configurations (stats.importances: by view, (n, {param: value})),
+    as a table with a column per view."""
+    if not importances:
+        return []
+    views = list(importances)
+    params = list(dict.fromkeys(k for _, found in importances.values() for k in found))
+    lines = ["", "## Parameter importance", "",
+             f"fANOVA (Optuna's FanovaImportanceEvaluator, seed 0) over configurations, one observation each: its "
+             f"objective ({objective} of {metric}), never single trials. *final*: the finished configurations at "
+             "their last epoch; *at N epochs*, where some were stopped early: every configuration at the epochs all "
+             "of them reached (one fidelity; the finished ones are only the search's survivors). Params some "
+             "configurations lack are left out. Each column sums to 1; with few configurations they are rough.", "",
+             "| param | " + " | ".join(f"{v} (n={importances[v][0]})" for v in views) + " |",
+             "|---" * (len(views) + 1) + "|"]
+    lines += [f"| {p} | " + " | ".join(f"{importances[v][1][p]:.3f}" if p in importances[v][1] else "–"
+                                       for v in views) + " |" for p in params]
+    return lines
 
 
 def decomposition_lines(parts: pd.DataFrame) -> list[str]:
@@ -617,34 +700,12 @@ def cell_lines(cells: pd.DataFrame, paired: pd.DataFrame) -> list[str]:
     return lines
 
 
-def param_importances(optuna_url: str, execution: str | None) -> dict:
-    """Optuna's parameter importances (fANOVA) of an execution's search: none without one, an
-    SQLite storage not made, fewer than 3 complete trials or a parameter that varied. A storage that
-    cannot be read is refused naming it (the report reads every input before it writes)."""
-    store = sqlite_path(optuna_url)
-    if not execution or (store is not None and not os.path.exists(store)):  # read, not made
-        return {}
-    import optuna
-
-    try:
-        study = optuna.load_study(study_name=execution, storage=optuna_url)
-    except KeyError:  # no such study
-        return {}
-    except Exception as err:  # not a database, a missing driver, a server that does not answer
-        check("optuna_url", optuna_url, f"an Optuna storage that can be read ({type(err).__name__}: "
-              f"{(str(err).strip().splitlines() or [''])[0][:200]})", False)
-    try:
-        complete = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
-        return optuna.importance.get_param_importances(study) if len(complete) >= 3 else {}
-    except (ValueError, RuntimeError):  # no parameter varied
-        return {}
-
-
-def plots(folder: str, trials: pd.DataFrame, history: pd.DataFrame, paired: pd.DataFrame, importance: dict,
+def plots(folder: str, trials: pd.DataFrame, history: pd.DataFrame, paired: pd.DataFrame, importances: dict,
           wanted: tuple = PLOTS, attention: pd.DataFrame | None = None) -> list:
     """The `wanted` plots (of PLOTS) the results allow, as PNGs in `folder`; returns their paths.
-    `importance`: Optuna's parameter importances (`param_importances`); `attention`: the attention
-    rows of the trials' models (results.ATTENTION), for `attention`."""
+    `importances`: the parameter importance over configurations (stats.importance,
+    `param_importances`); `attention`: the attention rows of the trials' models
+    (results.ATTENTION), for `attention`."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -703,10 +764,11 @@ def plots(folder: str, trials: pd.DataFrame, history: pd.DataFrame, paired: pd.D
     curves = attention_tables(arms(trials), attention)[0] if "attention" in wanted else []
     if len(curves):
         made.append(attention_plot(curves, os.path.join(folder, "attention.png")))
-    if "param_importances" in wanted and importance:
-        fig, ax = plt.subplots(figsize=(5, 0.5 + 0.4 * len(importance)))
-        ax.barh(list(importance)[::-1], list(importance.values())[::-1])
-        ax.set(xlabel="importance (fANOVA)", title="Optuna parameter importances")
+    if "param_importances" in wanted and importances:
+        view, (n, found) = next(iter(importances.items()))  # the finished configurations' where there are enough
+        fig, ax = plt.subplots(figsize=(5, 0.5 + 0.4 * len(found)))
+        ax.barh(list(found)[::-1], list(found.values())[::-1])
+        ax.set(xlabel=f"importance (fANOVA over {n} configurations, {view})", title="parameter importance")
         made.append(_save(fig, os.path.join(folder, "param_importances.png")))
     return made
 
@@ -750,34 +812,41 @@ def report(study: str, storage: str = "runs", tracking_uri: str | None = None, o
            execution: str | None = None) -> str:
     """Build the report of a study's results -- of the executions that share the base of
     `execution` (default: the latest; `select`): print-ready Markdown; also written as report.md,
-    table.csv, paired.csv, decomposition.csv, cells.csv, attention.csv, fractions.csv and plots
-    under <storage>/<study>/report/, and logged to the MLflow run of that execution. Every input
-    (results, report spec, Optuna and MLflow records, the report folder) is read and checked before
-    anything is written."""
+    table.csv, paired.csv, decomposition.csv, cells.csv, attention.csv, fractions.csv,
+    configurations.csv (each configuration's objective, finished or where it stopped),
+    importance.csv and plots under <storage>/<study>/report/, and logged to the MLflow run of that
+    execution. Every input (results, report spec, the Optuna and MLflow records, the report
+    folder) is read and checked before anything is written."""
     paths = StudyPaths(storage, study, optuna_url=optuna_url)
     pooled, history = results.load(paths.folder)
     trials, history, note = select(pooled, history, execution)
     attention = results.load_attention(paths.folder)
     attention = attention[attention["trial_id"].isin(set(history["trial_id"]))]  # the selected models' own
     pairs, wanted, reference = declared(paths)
+    objective, metric = declared_objective(paths)
     sqlite_store("optuna storage", paths.optuna)
     execution = execution or paths.execution()
-    importance = param_importances(paths.optuna, execution) if "param_importances" in wanted else {}
     run = execution and tracking.latest_run(tracking_uri or tracking.default_uri(), study, "execution", execution)
     out = paths.report
     writable("report folder", out, folder=True)
     table, paired = summarize(trials, pairs, reference)
-    text = markdown(study, table, paired, trials, note, attention)
+    configs = configurations(trials, history, objective, metric)
+    importances = importance_views(trials, history, objective, metric)
+    text = markdown(study, table, paired, trials, note, attention, configs, importances, objective, metric)
     done = arms(trials)
     _, summary, fractions = attention_tables(done, attention)
     tables = {"table.csv": table, "paired.csv": paired, "decomposition.csv": decomposition(done, paired),
-              "cells.csv": per_cell(done, table, paired), "attention.csv": summary, "fractions.csv": fractions}
+              "cells.csv": per_cell(done, table, paired), "attention.csv": summary, "fractions.csv": fractions,
+              "configurations.csv": configs,
+              "importance.csv": pd.DataFrame([{"view": view, "configurations": n, "param": k, "importance": v}
+                                              for view, (n, found) in importances.items() for k, v in found.items()],
+                                             columns=["view", "configurations", "param", "importance"])}
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write(text)
     for name, frame in tables.items():
         frame.to_csv(os.path.join(out, name), index=False)
-    plots(out, trials, history, paired, importance, wanted, attention)
+    plots(out, trials, history, paired, importances, wanted, attention)
     if run:
         tracking.log_folder(run, out, "report")
     return text

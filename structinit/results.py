@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from structinit.config import base_key, canonical, config_key, field_types, setting_key
+from structinit.config import GROUP, base_key, canonical, config_key, field_types, setting_key
 from structinit.inits import setting
 from structinit.paths import StudyPaths
 from structinit.validate import check
@@ -45,6 +45,8 @@ IDENTITY = (("identity", pa.string()), ("weights", pa.string()), ("base_key", pa
 TRIALS = pa.schema([
     ("study", pa.string()), ("execution", pa.string()), ("trial_id", pa.string()), ("status", pa.string()),
     ("error", pa.string()), ("config_key", pa.string()), ("init", pa.string()), ("seed", pa.int64()), *IDENTITY,
+    ("group", pa.int64()),  # its proposal in its execution (the Repeater's group: every (init, seed) of it)
+    ("stopped_at", pa.int64()),  # a STOPPED trial: the epochs it had trained when its scheduler stopped it
     *((column(k), ARROW[t]) for k, t in field_types().items() if k in CONFIG),
     ("epochs_done", pa.int64()), ("final_val_top1", pa.float64()), ("best_val_top1", pa.float64()),
     ("final_test_top1", pa.float64()), ("test_top1_at_best_val", pa.float64()), ("best_val_epoch", pa.int64()),
@@ -98,13 +100,18 @@ def train_history(paths: StudyPaths, trial) -> tuple[list[dict], list[dict]]:
         return [], []
 
 
+def epochs_of(paths: StudyPaths, trial) -> list[dict]:
+    """Every epoch a Tune trial trained, from its latest checkpoint (`train_history`'s epochs)."""
+    return train_history(paths, trial)[0]
+
+
 def attention_rows(base: dict, measured: list[dict]) -> list[dict]:
     """A trial's rows of the attention table: its measures (train.watch_attention's rows) with the
     trial's study, execution, id, init and seed (`base`)."""
     return [{**base, **{k: m.get(k) for k in ATTENTION.names if k not in base}} for m in measured]
 
 
-STOPPED = "STOPPED"  # a trial a scheduler stopped before its last epoch (Tune says TERMINATED)
+STOPPED = "STOPPED"  # a trial a scheduler stopped before its last epoch (Tune says TERMINATED); `stopped_at`: where
 
 
 def collect(study: str, execution: str, paths: StudyPaths, configure,
@@ -131,12 +138,14 @@ def collect(study: str, execution: str, paths: StudyPaths, configure,
             return max(values) if values else None
 
         flat = cfg.flat()
+        done = last["epoch"] + 1 if reused_from else len(epochs)
         trials.append({**base, "status": status, "error": _error(t) if t.status == "ERROR" else None,
+                       "group": t.config.get(GROUP), "stopped_at": done if status == STOPPED else None,
                        "identity": last.get("identity"), "weights": last.get("weights"), "base_key": base_key(cfg),
                        "setting_key": setting_key(cfg), "setting": canonical(setting(cfg.init)),
                        "study_base": study_base, "reused_from": reused_from,
                        **{column(k): flat[k] for k in CONFIG},
-                       "epochs_done": last["epoch"] + 1 if reused_from else len(epochs),
+                       "epochs_done": done,
                        "final_val_top1": last.get("val_top1"), "best_val_top1": best("val_top1"),
                        "final_test_top1": last.get("final_test_top1"),
                        "test_top1_at_best_val": last.get("test_top1_at_best_val"),
@@ -209,20 +218,22 @@ def read_attention(folder: str, execution: str) -> list[dict]:
     return _table(path, ATTENTION).to_pylist() if os.path.exists(path) else []
 
 
-def trained(folder: str) -> list[tuple[dict, dict]]:
-    """(trial row, its last epoch's metrics) of every trial that trained to its end under a study
-    folder, in any execution (none before its first): what a later trial of the same identity reuses."""
+def trained(folder: str) -> list[tuple[dict, dict, list[dict]]]:
+    """(trial row, its last epoch's metrics, every epoch's) of every trial that trained to its end
+    under a study folder, in any execution (none before its first): what a later trial of the same
+    identity reuses."""
     if not os.path.isdir(os.path.join(folder, "results", "trials")):
         return []
     trials, history = load(folder)
     done = trials[(trials["status"] == "TERMINATED") & trials["reused_from"].isna() & trials["identity"].notna()]
-    last = history.sort_values("epoch").groupby("trial_id").tail(1).set_index("trial_id")
+    epochs = {k: g.to_dict("records") for k, g in history.sort_values("epoch").groupby("trial_id")}
     out = []
     for row in done.to_dict("records"):
-        if row["trial_id"] in last.index:
-            metrics = {k: v for k, v in last.loc[row["trial_id"]].to_dict().items()
+        if row["trial_id"] in epochs:
+            metrics = {k: v for k, v in epochs[row["trial_id"]][-1].items()
                        if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}
-            out.append((row, {**metrics, "identity": row["identity"], "weights": row["weights"]}))
+            out.append((row, {**metrics, "identity": row["identity"], "weights": row["weights"]},
+                        epochs[row["trial_id"]]))
     return out
 
 

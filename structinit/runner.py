@@ -2,7 +2,10 @@
 
     run(study)
       -> OptunaSearch (TPE, or a grid) proposes a configuration (dotted TrialConfig fields)
-      -> Repeater runs it once per (init, seed): the paired runs every comparison needs
+      -> Repeater runs it once per (init, seed): the paired runs every comparison needs (its group;
+         halving.GroupRepeater tells Optuna the group's declared objective)
+      -> a scheduler runs every trial to its end (fifo), stops single trials (asha) or stops and
+         continues whole groups at rungs (grouped: halving.GroupedHalving)
       -> each Tune trial builds its TrialConfig (study.trial_config) and trains it: itself, for
          one worker (`train.train_in_trial`: metrics and checkpoints straight to Tune, the trial's
          process reused for the next trial), or through a TorchTrainer for several (`train.fit`,
@@ -14,6 +17,7 @@ The only module that wires Tune.
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 import uuid
@@ -33,18 +37,23 @@ def run_trial(config: dict, study: Study, execution: str, parent: str, tracking_
     """The Tune trainable: one (configuration, init, seed), trained in this trial (one worker) or
     by a TorchTrainer (several), on the dataset the study read once (`data`: ObjectRefs by source;
     a source not there reads its files) -- unless its identity already finished (`trials`, the
-    execution's registry.Registry): then it reports that trial's result and trains nothing."""
+    execution's registry.Registry): then it reports that trial's result once, with that trial's
+    metric at every epoch (`curve`, what a grouped scheduler reads at its rungs), and trains
+    nothing. A trial that resumes from its own checkpoint (restarted, or paused by the grouped
+    scheduler) goes on training."""
     import ray
     import ray.tune
 
+    from structinit.checkpoint import history_of
+    from structinit.halving import CURVE
     from structinit.train import fit, train_in_trial, trial_identity
 
     trial_id = ray.tune.get_context().get_trial_id()
     cfg, params = trial_config(study, config)
     shared = data.get(source(cfg))
     identity, built = trial_identity(cfg, None if shared is None else ray.get(shared))
-    try:
-        record = ray.get(trials.lookup.remote(identity))
+    try:  # a trial resuming from its own checkpoint (restarted, paused at a rung) goes on training
+        record = ray.get(trials.lookup.remote(identity)) if ray.tune.get_checkpoint() is None else None
     except ray.exceptions.RayActorError:  # the registry is gone (its node with the driver's): train
         record = None
     name, tags = tracking.trial_run(study.name, {
@@ -54,25 +63,32 @@ def run_trial(config: dict, study: Study, execution: str, parent: str, tracking_
     run = tracking.attempt(tracking_uri, f"the run of trial {trial_id}", lambda _: tracking.start_run(
         tracking_uri, study.name, name, cfg.flat(), tags, parent=parent))  # None: the study's sync creates it
     if record is not None:  # trained already: its result stands for this trial
-        ray.tune.report({**record["result"], "reused_from": record["trial_id"]})
+        ray.tune.report({**record["result"], "reused_from": record["trial_id"],
+                         **({CURVE: record["curve"]} if record.get("curve") else {})})
         if run is not None:
             tracking.log_epoch(run, record["result"], step=record["result"].get("epoch", 0))
             tracking.finish(run)
         return
     try:
         if cfg.workers == 1:
-            last = train_in_trial(cfg, run=run, data=shared, expected=identity, built=built)
+            epochs = train_in_trial(cfg, run=run, data=shared, expected=identity, built=built)
         else:
             from ray.tune.integration.ray_train import TuneReportCallback
 
-            last = fit(cfg, storage_path=study.paths.train, name=study.paths.train_name(trial_id), run=run,
-                       callbacks=[TuneReportCallback()], data=shared, expected=identity).metrics
+            result = fit(cfg, storage_path=study.paths.train, name=study.paths.train_name(trial_id), run=run,
+                         callbacks=[TuneReportCallback()], data=shared, expected=identity)
+            epochs = history_of(result) or [result.metrics]
+    except SystemExit:  # Tune ended the trial's thread: its scheduler paused or stopped it (the sync sets the status)
+        if run is not None:
+            tracking.finish(run, "KILLED")
+        raise
     except BaseException as err:
         if run is not None:
             tracking.set_tags(run, {"error": str(err)[-5000:]})
             tracking.finish(run, "FAILED")
         raise
-    trials.finish.remote(identity, {"trial_id": trial_id, "execution": execution, "result": last})
+    trials.finish.remote(identity, {"trial_id": trial_id, "execution": execution, "result": epochs[-1],
+                                    "curve": [e.get(study.metric) for e in epochs]})
     if run is not None:
         tracking.finish(run)
 
@@ -86,8 +102,9 @@ def registry(study: Study):
     from structinit.registry import Registry
 
     finished = {}
-    for trial, last in results.trained(study.paths.folder):
-        finished[trial["identity"]] = {"trial_id": trial["trial_id"], "execution": trial["execution"], "result": last}
+    for trial, last, epochs in results.trained(study.paths.folder):
+        finished[trial["identity"]] = {"trial_id": trial["trial_id"], "execution": trial["execution"], "result": last,
+                                       "curve": [e.get(study.metric) for e in epochs]}
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     return Registry.options(scheduling_strategy=here).remote(finished)  # on the driver's node: it lives as
     # long as the study does, whichever worker nodes come and go
@@ -95,9 +112,12 @@ def registry(study: Study):
 
 def searcher(study: Study, execution: str):
     """OptunaSearch (seeded TPE, or a seeded grid) over the study's space with persistent storage,
-    wrapped in a Repeater that runs each proposal once per (init, seed)."""
-    from ray.tune.search import Repeater
+    wrapped in a Repeater that runs each proposal once per (init, seed) and tells Optuna one value
+    per proposal: the study's objective over its group (halving.GroupRepeater), which the Optuna
+    study names in its user attribute `objective`."""
     from ray.tune.search.optuna import OptunaSearch
+
+    from structinit.halving import GroupRepeater
 
     sampler = (optuna.samplers.GridSampler(study.grid, seed=study.search_seed) if study.grid
                else optuna.samplers.TPESampler(seed=study.search_seed))
@@ -106,7 +126,10 @@ def searcher(study: Study, execution: str):
         os.makedirs(os.path.dirname(os.path.abspath(store)), exist_ok=True)
     optuna_search = OptunaSearch(space=study.space, metric=study.metric, mode=study.mode, sampler=sampler,
                                  storage=optuna.storages.RDBStorage(study.paths.optuna), study_name=execution)
-    return Repeater(optuna_search, repeat=len(study.repeats), set_index=True)
+    optuna.load_study(study_name=execution, storage=study.paths.optuna).set_user_attr(
+        "objective", f"{study.objective} of {study.metric}")
+    return GroupRepeater(optuna_search, repeats=study.repeats, objective=study.objective,
+                         epochs=study.trial.recipe.epochs)
 
 
 def close_orphans(study: Study, execution: str) -> int:
@@ -121,12 +144,34 @@ def close_orphans(study: Study, execution: str) -> int:
 
 
 def scheduler(study: Study):
-    """ASHA on the worker-reported epoch (restarts do not reset it), or run every trial to the end."""
+    """Successive halving over whole groups (grouped: halving.GroupedHalving), ASHA per trial on
+    the worker-reported epoch (restarts do not reset it), or every trial to the end (fifo)."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    if study.scheduler == "grouped":
+        from structinit.halving import GroupedHalving
+
+        return GroupedHalving(epochs=study.trial.recipe.epochs, rungs=study.rungs,
+                              reduction_factor=study.reduction_factor, objective=study.objective,
+                              repeats=study.repeats, history=partial(results.epochs_of, study.paths))
     if study.scheduler == "asha":
-        return ASHAScheduler(time_attr="epoch", max_t=study.trial.recipe.epochs, grace_period=study.grace_epochs)
+        return ASHAScheduler(time_attr="epoch", max_t=study.trial.recipe.epochs, grace_period=study.grace_epochs,
+                             reduction_factor=study.reduction_factor)
     return FIFOScheduler()
+
+
+def live_trials(study: Study) -> int:
+    """Tune's limit on trials proposed and not ended (max_concurrent_trials): what trains at once
+    (`max_concurrent`, else what the cluster holds). Under the grouped scheduler a member paused
+    at a rung still counts, and a group can only be judged once all its members have been
+    proposed: the limit is whole groups, one more than what trains at once needs (the next
+    group fills the slots of one waiting at a rung); the cluster's CPUs/GPUs bound what trains."""
+    t = study.trial
+    at_once = study.max_concurrent or cluster.concurrency(t.workers, t.cpus_per_worker, t.gpu_share if t.gpu else 0)
+    if study.scheduler != "grouped":
+        return at_once
+    size = len(study.repeats)
+    return size * (math.ceil(at_once / size) + 1)
 
 
 def trial_resources(study: Study) -> dict:
@@ -240,7 +285,7 @@ def _run(study: Study, resume: bool, data: dict, execution: str, parent: trackin
     paths = study.paths
     paths.set_execution(execution)
     tracking.log_study_data(parent, data, study.trial.fraction, study.seeds)
-    report.declare(paths, study.pairs, study.plots, study.reference)
+    report.declare(paths, study.pairs, study.plots, study.reference, study.objective, study.metric)
 
     shared = {key: ray.put(splits) for key, splits in data.items()}
     trainable = ray.tune.with_resources(
@@ -257,9 +302,7 @@ def _run(study: Study, resume: bool, data: dict, execution: str, parent: trackin
                 metric=study.metric, mode=study.mode, num_samples=study.configs * len(study.repeats),
                 search_alg=searcher(study, execution), scheduler=scheduler(study),
                 reuse_actors=True,  # a one-worker trial's process (torch, timm imported) serves the next
-                max_concurrent_trials=study.max_concurrent or cluster.concurrency(
-                    study.trial.workers, study.trial.cpus_per_worker,
-                    study.trial.gpu_share if study.trial.gpu else 0)),
+                max_concurrent_trials=live_trials(study)),
             run_config=ray.tune.RunConfig(
                 name=execution, storage_path=paths.tune,
                 checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=2),  # of one-worker trials
@@ -269,7 +312,7 @@ def _run(study: Study, resume: bool, data: dict, execution: str, parent: trackin
                                                  study.base)
     ids = tracking.attempt(uri, "the study's records", lambda _: tracking.sync(uri, study.name, execution,
                                                                                 trials, history, attention))
-    report.log_summary(parent, trials, study.pairs, study.reference)
+    report.log_summary(parent, trials, study.pairs, study.reference, history, study.objective, study.metric)
     for t in trials:
         t["mlflow_run_id"] = (ids or {}).get(t["trial_id"])
     out = results.write(paths.folder, execution, trials, history, attention)

@@ -1,10 +1,12 @@
 """The statistics a study's report rests on, as plain functions: of numbers (the 95 % t-interval
 of a mean over seeds, the paired test of per-seed differences: exact sign flips for few seeds or
 equal differences, else the t-test; Holm's step-down adjustment for the many comparisons one
-study makes at once), and of a study's trials (its arms and their pairs; the decomposition of a
-gain into what pe_scaled adds, PE scale and V/proj, and Q/K structure; the impulse setting each
-heads x dim cell's validation accuracy picks; the attention through training per arm, and across
-training fractions). report.py builds its tables from these and presents them."""
+study makes at once), of a study's trials (its arms and their pairs; the decomposition of a gain
+into what pe_scaled adds, PE scale and V/proj, and Q/K structure; the impulse setting each heads x
+dim cell's validation accuracy picks; the attention through training per arm, and across training
+fractions), and of its configurations (a group's declared objective, which the search and the
+grouped scheduler read; parameter importance over one objective value per configuration).
+report.py builds its tables from these and presents them."""
 from __future__ import annotations
 
 import json
@@ -18,6 +20,7 @@ from structinit import results
 from structinit.attention import MEASURES
 from structinit.config import label
 from structinit.rank import conditions
+from structinit.validate import check
 
 
 def finite(values) -> np.ndarray:
@@ -465,3 +468,148 @@ def across_fractions(seeds: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(rows, columns=columns)
     out["p_holm"] = holm(out["p"])
     return out
+
+
+# ---- configurations: a group's objective, and parameter importance over configurations --------
+
+OBJECTIVES = "mean, arm:<init> (e.g. arm:impulse) or gap:<a>-<b> (e.g. gap:impulse-torch_default)"
+
+
+def parse_objective(objective: str) -> tuple[str, tuple[str, ...]]:
+    """(kind, inits) of a declared objective: ("mean", ()), ("arm", (init,)) or ("gap", (a, b));
+    a ValueError naming it otherwise."""
+    kind, _, rest = str(objective).partition(":")
+    inits = tuple(rest.split("-")) if rest else ()
+    ok = ((kind == "mean" and not rest) or (kind == "arm" and len(inits) == 1 and all(inits))
+          or (kind == "gap" and len(inits) == 2 and all(inits) and inits[0] != inits[1]))
+    check("objective", objective, OBJECTIVES, ok)
+    return kind, inits
+
+
+def group_objective(objective: str, values: dict) -> float:
+    """What a configuration scores, from its group's members' values ({(init, seed): value}, all
+    at one epoch): `mean` over every member; `arm:X` over X's seeds; `gap:A-B` the mean over the
+    seeds where both ran of A − B, seed by seed (the paired difference the report shows). Missing
+    values (None, NaN: a member that failed) do not count; NaN where nothing does."""
+    kind, inits = parse_objective(objective)
+    v = {k: float(x) for k, x in values.items() if x is not None and not math.isnan(x)}
+    if kind == "mean":
+        picked = list(v.values())
+    elif kind == "arm":
+        picked = [x for (init, _), x in v.items() if init == inits[0]]
+    else:
+        a, b = inits
+        picked = [x - v[(b, seed)] for (init, seed), x in v.items() if init == a and (b, seed) in v]
+    return float(np.mean(picked)) if picked else math.nan
+
+
+FINAL = {"val_top1": "final_val_top1"}  # a study metric's column in the trials table (its last epoch's value)
+
+
+def final_values(trials: pd.DataFrame, history: pd.DataFrame, metric: str) -> pd.Series:
+    """Each trial's value of `metric` at its last epoch (what the search received from it), by row:
+    from the trials table where it has the column, else from the last epoch in `history` (a
+    trial that reused another's result: that trial's)."""
+    if metric in FINAL:
+        return trials[FINAL[metric]].astype(float)
+    last = history.sort_values("epoch").groupby("trial_id")[metric].last() if metric in history else pd.Series()
+    source = trials["reused_from"].fillna(trials["trial_id"]) if "reused_from" in trials else trials["trial_id"]
+    return source.map(last).astype(float)
+
+
+def _whole(x) -> int | None:
+    return None if pd.isna(x) else int(x)
+
+
+def configurations(trials: pd.DataFrame, history: pd.DataFrame, objective: str, metric: str,
+                   at: int | None = None) -> pd.DataFrame:
+    """One row per configuration (`config_key`: one proposal's params, in any execution): its
+    `params` (JSON), `status` ("finished": no member stopped early; "stopped": its group was, at
+    `stopped_at` epochs -- under a per-trial scheduler, `stopped` of its trials were, the latest
+    there), `reached` (the epochs it reached: its last, or `stopped_at`), `members` (the (init,
+    seed) that count) and `objective`: the declared objective (group_objective) over the members'
+    last values of `metric` -- for a stopped group their values at `stopped_at`, where it was
+    judged; with `at`, every configuration's values after `at` epochs (from `history`; a member
+    that reused a finished trial's result: that trial's epochs). Each (init, seed) once: the
+    latest trained."""
+    t = trials.reindex(columns=[*trials.columns, *(c for c in results.TRIALS.names if c not in trials.columns)])
+    t = t.assign(last_value=final_values(t, history, metric))
+    curve = (history.set_index(["trial_id", "epoch"])[metric].to_dict() if len(history) and metric in history
+             else {})
+    rows = []
+    for key, g in t.groupby("config_key", sort=True):
+        stopped = g[g["status"] == results.STOPPED]
+        stopped_at = _whole(stopped["epochs_done"].max()) if len(stopped) else None
+        epochs = at or stopped_at
+        ran = g[g["status"].isin(["TERMINATED", results.STOPPED] if epochs else ["TERMINATED"])]
+        members = _latest_trained_last(ran).drop_duplicates(["init", "seed"], keep="last")
+        if epochs is None:
+            values = {(r.init, int(r.seed)): r.last_value for r in members.itertuples()}
+        else:
+            source = members["reused_from"].fillna(members["trial_id"])
+            values = {(r.init, int(r.seed)): curve.get((s, epochs - 1)) for r, s in zip(members.itertuples(), source)}
+        finished = stopped_at is None
+        rows.append({"config_key": key, "params": g["params"].iloc[0], "status": "finished" if finished else "stopped",
+                     "stopped_at": stopped_at, "stopped": len(stopped),
+                     "reached": _whole(g["epochs_done"].max()) if finished else stopped_at, "members": len(values),
+                     "objective": group_objective(objective, values)})
+    return pd.DataFrame(rows, columns=["config_key", "params", "status", "stopped_at", "stopped", "reached",
+                                       "members", "objective"])
+
+
+IMPORTANCE_MIN = 3  # configurations below which no importance is computed
+
+
+def importances(trials: pd.DataFrame, history: pd.DataFrame, objective: str, metric: str) -> dict[str, tuple]:
+    """Parameter importance (`importance`) over configurations, by what it is computed on, as
+    (configurations, {param: importance}): "final", the finished configurations at their last
+    epoch; where some were stopped early, also "at N epochs", every configuration at the epochs
+    all of them reached (the first rung), one observation each at one fidelity -- under early
+    stopping the finished ones are few, and only the search's survivors. A view without enough
+    configurations is left out."""
+    views = {"final": configurations(trials, history, objective, metric)}
+    if (views["final"]["status"] == "stopped").any() and views["final"]["reached"].notna().all():
+        at = int(views["final"]["reached"].min())
+        views[f"at {at} epochs"] = configurations(trials, history, objective, metric, at=at).assign(status="finished")
+    out = {}
+    for name, configs in views.items():
+        found = importance(configs)
+        if found:
+            out[name] = (int(((configs["status"] == "finished") & configs["objective"].notna()).sum()), found)
+    return out
+
+
+def importance(configs: pd.DataFrame, seed: int = 0) -> dict[str, float]:
+    """Parameter importance (fANOVA, Optuna's FanovaImportanceEvaluator, seeded) over one
+    observation per finished configuration: its declared objective (`configurations`), not
+    single trials. Each param on the range the configurations cover (numbers; log where all are
+    positive and span at least 100x) or as categories; a param some configurations lack (a
+    conditional one) is left out, as Optuna leaves it out. {} with fewer than IMPORTANCE_MIN
+    configurations, or where no param varies or the objectives do not."""
+    import optuna
+
+    done = configs[(configs["status"] == "finished") & configs["objective"].notna()]
+    if len(done) < IMPORTANCE_MIN or done["objective"].nunique() < 2:
+        return {}
+    params = [json.loads(p) for p in done["params"]]
+    distributions = {}
+    for name in sorted(set.intersection(*(set(p) for p in params))):
+        values = [p[name] for p in params]
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        if numbers and min(values) < max(values):
+            lo, hi = float(min(values)), float(max(values))
+            distributions[name] = optuna.distributions.FloatDistribution(lo, hi, log=lo > 0 and hi / lo >= 100)
+        elif not numbers and len({json.dumps(v) for v in values}) > 1:
+            distributions[name] = optuna.distributions.CategoricalDistribution(
+                sorted({json.dumps(v) for v in values}))
+    if not distributions:
+        return {}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study()
+    for p, value in zip(params, done["objective"]):
+        study.add_trial(optuna.trial.create_trial(
+            params={k: float(p[k]) if isinstance(d, optuna.distributions.FloatDistribution) else json.dumps(p[k])
+                    for k, d in distributions.items()}, distributions=distributions, value=float(value)))
+    found = optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(
+        seed=seed))
+    return {k: float(v) for k, v in found.items()}

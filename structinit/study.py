@@ -4,6 +4,8 @@
       space: a proposal of dotted TrialConfig fields (spaces.py), proposed by Optuna (runner.py)
       repeats: each proposal runs once per (init, seed), the paired runs every comparison needs
       trial_config: the TrialConfig of one of those runs
+      objective: what the search optimises and the grouped scheduler judges a configuration by
+      rungs: the epochs where the grouped scheduler judges a configuration's whole group
 
 Running it is runner.py's; its command line is commands/study.py's.
 """
@@ -22,9 +24,10 @@ from structinit.config import SEEDS, TRIAL_INDEX, TrialConfig, config_key, searc
 from structinit.declarations import PAIRS, PLOTS
 from structinit.paths import StudyPaths
 from structinit.spaces import helper_params
+from structinit.stats import OBJECTIVES, parse_objective
 from structinit.validate import check, choice, component, database_url
 
-
+SCHEDULERS = ("fifo", "asha", "grouped")
 CHECKPOINT_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs", "file")  # what pyarrow's filesystems open
 
 
@@ -39,8 +42,14 @@ class Study:
     seeds: tuple = (0, 1, 2)
     metric: str = "val_top1"
     mode: str = "max"
-    scheduler: str = "fifo"  # or "asha" on the worker-reported epoch
-    grace_epochs: int = 1
+    # what the search optimises (and the grouped scheduler judges) per configuration, from its
+    # members' `metric` seed by seed (stats.group_objective): mean, arm:<init> or gap:<a>-<b>
+    objective: str = "mean"
+    # fifo: every trial to its last epoch; asha: ASHA per trial on the worker-reported epoch;
+    # grouped: successive halving over whole groups (halving.GroupedHalving)
+    scheduler: str = "fifo"
+    grace_epochs: int = 1  # the first rung (asha, grouped)
+    reduction_factor: int = 3  # eta: a rung every eta x the last; 1/eta of the configurations go on (asha, grouped)
     search_seed: int = 0
     max_concurrent: int | None = None  # None: from the cluster's resources
     storage: str = "runs"  # Optuna storage, results, reports (on the driver's machine): <storage>/<name>/...
@@ -76,9 +85,16 @@ class Study:
         check("num_configs", self.num_configs, "a positive integer",
               isinstance(self.num_configs, int) and self.num_configs > 0)
         choice("mode", self.mode, ("max", "min"))
-        choice("scheduler", self.scheduler, ("fifo", "asha"))
-        check("grace_epochs", self.grace_epochs, f"an integer in [1, epochs={self.trial.recipe.epochs}]",
-              isinstance(self.grace_epochs, int) and 1 <= self.grace_epochs <= self.trial.recipe.epochs)
+        choice("scheduler", self.scheduler, SCHEDULERS)
+        check("grace_epochs", self.grace_epochs, f"an integer in [1, epochs={self.trial.recipe.epochs}] under the "
+              f"{self.scheduler} scheduler", isinstance(self.grace_epochs, int) and self.grace_epochs >= 1 and (
+                  self.grace_epochs <= self.trial.recipe.epochs or self.scheduler == "fifo"))
+        check("reduction_factor", self.reduction_factor, "an integer >= 2",
+              isinstance(self.reduction_factor, int) and not isinstance(self.reduction_factor, bool)
+              and self.reduction_factor >= 2)
+        _, named = parse_objective(self.objective)
+        check("objective", self.objective, f"{OBJECTIVES}, naming inits of this study {self.inits}",
+              all(i in self.inits for i in named))
         check("max_concurrent", self.max_concurrent, "None or a positive integer",
               self.max_concurrent is None or (isinstance(self.max_concurrent, int) and self.max_concurrent > 0))
         for name in ("storage", "checkpoints"):  # absolute: Tune runs trials in their own working directories
@@ -120,13 +136,25 @@ class Study:
     def configs(self) -> int:
         return math.prod(len(v) for v in self.grid.values()) if self.grid else self.num_configs
 
+    @property
+    def rungs(self) -> tuple[int, ...]:
+        """Epochs (counted from 1) where the grouped scheduler judges a group: grace_epochs x
+        reduction_factor^k short of the last epoch (which every group that goes on reaches)."""
+        out, epoch = [], self.grace_epochs
+        while epoch < self.trial.recipe.epochs:
+            out.append(epoch)
+            epoch *= self.reduction_factor
+        return tuple(out)
+
 
 def trial_config(study: Study, config: dict) -> tuple[TrialConfig, dict]:
-    """The TrialConfig of one Tune trial, and its configuration's params (without init and seed)."""
+    """The TrialConfig of one Tune trial, and its configuration's params (without init and seed).
+    Under the grouped scheduler it also checkpoints at the rungs, where it waits for its group."""
     params = search_params(config, study.helpers)
     init, seed = study.repeats[config.get(TRIAL_INDEX, 0)]
     cfg = with_overrides(study.trial, {**params, "seed": seed})
-    return dataclasses.replace(cfg, init=dataclasses.replace(cfg.init, name=init)), params
+    rungs = study.rungs if study.scheduler == "grouped" else cfg.checkpoint_at
+    return dataclasses.replace(cfg, init=dataclasses.replace(cfg.init, name=init), checkpoint_at=rungs), params
 
 
 def source(cfg: TrialConfig) -> tuple:

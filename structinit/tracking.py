@@ -408,9 +408,10 @@ def sync(uri: str, study: str, execution: str, trials: list[dict], history: list
     """Make MLflow hold one study execution as its Parquet rows do, writing only what it lacks:
     the parent run; one child run per trial (params, tags); every epoch's metrics and every
     measured epoch's attention (per block, attention.block_metrics, at the epochs trained); each
-    run's final status and a failed trial's error. Child runs of trials that Tune no longer has (a study
-    driver killed before Tune saved them; their configurations ran again as new trials) are
-    deleted (recoverable: `mlflow runs restore`). Idempotent. Returns {trial_id: run id}."""
+    run's final status, a failed trial's error and the epochs a stopped one stopped at
+    (`stopped_at`). Child runs of trials that Tune no longer has (a study driver killed before Tune
+    saved them; their configurations ran again as new trials) are deleted (recoverable: `mlflow
+    runs restore`). Idempotent. Returns {trial_id: run id}."""
     client = MlflowClient(uri)
     done = all(t["status"] in STATUS for t in trials)
     parent, _ = _find_or_create(client, study, execution, {
@@ -448,6 +449,8 @@ def sync(uri: str, study: str, execution: str, trials: list[dict], history: list
             client.log_batch(run_id, metrics=batch[i:i + 1000])
         if t.get("error"):
             client.set_tag(run_id, "error", t["error"][:5000])
+        if t.get("stopped_at") is not None:  # its scheduler stopped it there (MLflow's status says FINISHED)
+            client.set_tag(run_id, "stopped_at", str(t["stopped_at"]))
         status = STATUS.get(t["status"], "KILLED")
         if (found.info.status if found else "RUNNING") != status:
             client.set_terminated(run_id, status)

@@ -283,26 +283,28 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 def train_in_trial(cfg: TrialConfig, run: tracking.Run | None = None, data=None, expected: str | None = None,
-                   built=None) -> dict:
+                   built=None) -> list[dict]:
     """Train in the calling Tune trial (one worker): metrics and checkpoints go to Tune, which
     restarts the trial from its latest checkpoint after a failure (its FailureConfig). `built`:
-    the data and initialised model `trial_identity` made for it. Returns the last epoch's metrics."""
+    the data and initialised model `trial_identity` made for it. Returns every epoch's metrics,
+    the last epoch's last."""
     return monitored({"trial": cfg, "tracking": run, "data": data, "identity": expected, "built": built},
                      tune_session())
 
 
-def monitored(config: dict, session: Session) -> dict | None:
+def monitored(config: dict, session: Session) -> list[dict]:
     """`train_loop`, with MLflow's system metrics logged on the run while rank 0 trains."""
     with tracking.system_metrics(config.get("tracking") if session.ctx.rank == 0 else None):
         return train_loop(config, session)
 
 
-def train_loop(config: dict, session: Session) -> dict | None:
+def train_loop(config: dict, session: Session) -> list[dict]:
     """config = {"trial": TrialConfig, "tracking": tracking.Run | None, "data": an ObjectRef of the
     dataset the study read once, or None to read its files, "identity": what the study expects
     this trial's identity to be (config.identity), or None, "built": the (data, model, InitResult)
-    `trial_identity` made for this trial in this process, or None}. Returns the last epoch's metrics;
-    every epoch's carry the trial's `identity` and initial `weights` digest.
+    `trial_identity` made for this trial in this process, or None}. Returns every epoch's metrics
+    (those before a resume from its checkpoint too); each carries the trial's `identity` and
+    initial `weights` digest.
 
     The epoch-0 measures (rank k, the attention's fidelity on real images, the near-chance warning)
     read `data.held_out`: a seeded batch of validation images (training images without a validation
@@ -310,8 +312,11 @@ def train_loop(config: dict, session: Session) -> dict | None:
     model selection; the weights of the best validation epoch are kept. The test set is read only at
     the end, in one pass that evaluates the final model (`final_test_top1`) and the best-validation
     one (`test_top1_at_best_val`); every epoch too with `test_every_epoch`. A checkpoint is written
-    every `checkpoint_every` epochs and at the end; a resume replays the epochs since the last one
-    exactly (each epoch is seeded from seed, rank and epoch) and logs to MLflow only what it lacks.
+    every `checkpoint_every` epochs, after each epoch of `checkpoint_at` (a grouped study's rungs)
+    and at the end; a resume replays the epochs since the last one exactly (each epoch is seeded
+    from seed, rank and epoch) and logs to MLflow only what it lacks. A resume at a rung reports
+    that epoch again before it trains on, so that its scheduler decides there first (the trial was
+    paused to wait for its group, which may since have been stopped).
 
     A ViT's attention is measured on the same held-out images at the init and wherever a checkpoint
     is written (attention.py), on rank 0: per block and head in the checkpoint (`attention.json`),
@@ -389,6 +394,8 @@ def train_loop(config: dict, session: Session) -> dict | None:
         logged = tracking.last_step(run, "train_loss")  # before the first): replayed exactly, logged once
     if start >= r.epochs and history:  # finished before a restart (its study driver was killed): report, train nothing
         session.report(history[-1])
+    elif start in cfg.checkpoint_at and history:  # at a rung: its scheduler decides before another epoch trains
+        session.report(history[-1])
 
     bar = None
     if ctx.rank == 0:
@@ -409,7 +416,8 @@ def train_loop(config: dict, session: Session) -> dict | None:
             updates = stats["updates"]
             t1, last = time.perf_counter(), epoch == r.epochs - 1
             # a checkpoint, attention measured
-            saved = ctx.rank == 0 and (last or (epoch + 1) % cfg.checkpoint_every == 0)
+            saved = ctx.rank == 0 and (last or (epoch + 1) % cfg.checkpoint_every == 0
+                                       or epoch + 1 in cfg.checkpoint_at)
             val = evaluate([raw], loaders["val"], **evaluation)[0] if len(d.val) else {}
             if val and val["top1"] > best["val_top1"]:  # every rank sees the same (all-reduced) accuracy
                 best = {"epoch": epoch, "val_top1": val["top1"],
@@ -451,7 +459,7 @@ def train_loop(config: dict, session: Session) -> dict | None:
     finally:
         if bar is not None:
             bar.close()
-    return history[-1] if history else None
+    return history
 
 
 def best_model(raw, best: dict):

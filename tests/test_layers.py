@@ -15,6 +15,7 @@ LAYERS = [  # bottom to top
     ["tracking"],
     ["train", "results", "report", "stats"],
     ["study"],
+    ["halving"],
     ["runner"],
     ["commands", "cli", "__main__"],
 ]

@@ -74,7 +74,9 @@ def test_the_parent_run_carries_the_reports_summary(smoke_study):
         assert metrics[f"{at}/mean"] == pytest.approx(r.mean)
         assert math.isnan(r.ci95) and f"{at}/ci95_low" not in metrics  # one seed: no interval, none logged
     assert (metrics["trials_finished"], metrics["trials_failed"]) == (3, 0)
-    assert len(metrics) == 5 + 3 * 2 + 2 and not any(k.endswith("/n") for k in metrics)  # seeds: a param
+    assert (metrics["configurations_finished"], metrics["configurations_stopped"]) == (1, 0)
+    assert params["objective"] == "mean of val_top1"  # one configuration: no importance over configurations
+    assert len(metrics) == 5 + 2 + 3 * 2 + 2 and not any(k.endswith("/n") for k in metrics)  # seeds: a param
     assert max(map(len, metrics)) <= 40 and params["seeds"] == "0"
     assert params["pairs"].startswith("impulse - mimetic, impulse - default")
     assert re.fullmatch(r"embed_dim=(32|64) num_heads=(2|4)", params[f"config.{cid}"])

@@ -16,6 +16,7 @@ def cli(name: str, presets: dict[str, Callable], argv=None, default: str = "cpu"
     """The command line every study script shares: a preset, then overrides of any field.
 
     --preset smoke|cpu|paper   --resume   --seeds 0,1,2   --inits impulse,mimetic   --num-configs N
+    --scheduler fifo|asha|grouped --grace-epochs N --reduction-factor ETA --objective mean|arm:X|gap:A-B
     --epochs N --dataset NAME --data-root DIR --workers-per-trial W --gpus-per-trial 0|1|0.25
     --set section.field=value (any TrialConfig field, e.g. --set recipe.lr=5e-4 --set init.target_mass=0.6)
     Bad input exits 2 with one line, before anything is created or started (runner.preflight); a
@@ -31,7 +32,13 @@ def cli(name: str, presets: dict[str, Callable], argv=None, default: str = "cpu"
     p.add_argument("--inits", help="comma-separated init names each configuration is run with")
     p.add_argument("--num-configs", type=int, help="configurations the search proposes")
     p.add_argument("--search-seed", type=int)
-    p.add_argument("--scheduler", help="fifo | asha")
+    p.add_argument("--scheduler", help="fifo: every trial to its last epoch | asha: stop single trials (breaks "
+                   "pairs) | grouped: stop or continue each configuration's whole group at rungs")
+    p.add_argument("--grace-epochs", type=int, help="the first rung, in epochs (asha, grouped)")
+    p.add_argument("--reduction-factor", type=int, help="eta: rungs at grace x eta^k epochs, 1/eta of the "
+                   "configurations go on at each (asha, grouped)")
+    p.add_argument("--objective", help="what the search optimises (and grouped judges) per configuration: mean, "
+                   "arm:INIT, or gap:A-B (A - B seed by seed)")
     p.add_argument("--max-concurrent", type=int)
     p.add_argument("--epochs", type=int)
     p.add_argument("--dataset")
@@ -86,8 +93,8 @@ def cli(name: str, presets: dict[str, Callable], argv=None, default: str = "cpu"
         if args.inits is not None:
             fields["inits"] = tuple(part.strip() for part in args.inits.split(","))
             check("inits", args.inits, "comma-separated init names, e.g. impulse,mimetic", all(fields["inits"]))
-        for flag in ("num_configs", "search_seed", "scheduler", "max_concurrent", "storage", "checkpoints",
-                     "optuna_url", "tracking_uri"):
+        for flag in ("num_configs", "search_seed", "scheduler", "grace_epochs", "reduction_factor", "objective",
+                     "max_concurrent", "storage", "checkpoints", "optuna_url", "tracking_uri"):
             if getattr(args, flag) is not None:
                 fields[flag] = getattr(args, flag)
         study = dataclasses.replace(study, **fields)

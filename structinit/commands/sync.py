@@ -34,6 +34,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         tables = {execution: (*results.read(folder, execution), results.read_attention(folder, execution))
                   for execution in names}  # all read before any write
         pairs, _, reference = report.declared(paths)
+        objective, metric = report.declared_objective(paths)
         for execution in tables:  # the tables it rewrites with the run ids
             writable("results file", os.path.join(folder, "results", "trials", f"{execution}.parquet"))
             writable("results file", os.path.join(folder, "results", "history", f"{execution}.parquet"))
@@ -42,7 +43,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.refuse(err)
     for execution, (trials, history, attention) in tables.items():
         ids = tracking.sync(uri, args.study, execution, trials, history, attention)
-        report.log_summary(tracking.latest_run(uri, args.study, "execution", execution), trials, pairs, reference)
+        report.log_summary(tracking.latest_run(uri, args.study, "execution", execution), trials, pairs, reference,
+                           history, objective, metric)
         for t in trials:
             t["mlflow_run_id"] = ids.get(t["trial_id"])
         results.write(folder, execution, trials, history)

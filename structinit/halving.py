@@ -1,0 +1,336 @@
+"""Early stopping that keeps the pairs: successive halving over whole groups, on Tune's interfaces.
+
+A group is one proposal's trials, all its (init, seed) -- the Repeater's group. Every comparison
+the report makes is paired within a group, so a group continues or stops as one:
+
+    GroupRepeater   a Repeater that tags each trial with its group (GROUP, in proposal order) and
+                    tells the searcher one value per group: the study's declared objective
+                    (stats.group_objective) over its members, seed by seed -- for a stopped group
+                    at the rung it reached, as an intermediate value Optuna prunes the trial at
+    GroupedHalving  a Tune TrialScheduler: at each rung (Study.rungs, grace x eta^k epochs) a
+                    member PAUSEs (its trial checkpoints there: TrialConfig.checkpoint_at, and
+                    frees its CPUs/GPU) until its whole group has reached it; the group is then
+                    judged, and all its members continue or all stop
+
+The judgment is asynchronous successive halving (ASHA's rule: a group goes on if its score is in
+the top 1/eta of the scores the rung has recorded), with one change that makes it a function of the
+scores alone: a group is compared with the groups proposed *before* it, never with those that
+happened to arrive first, so it waits at a rung until every earlier group has been judged there
+(or stopped below it). The same seeds give the same values, hence the same decisions, whatever
+the timing, and after a killed study driver resumes: Tune rebuilds this scheduler empty, each
+restored trial brings its values at the rungs it passed (its checkpoint's history) and the
+decisions are derived again. A member that reused a finished trial's result (runner.run_trial)
+reports once, at its last epoch, with that trial's `curve`: its value at every rung.
+
+Why not HyperBand's synchronous halving: it judges a fixed cohort of configurations together, so
+the searcher proposes the whole cohort before it learns anything, and the cohort's members (a
+group is inits x seeds trials) wait paused at every rung for the slowest. Asynchronous halving
+judges a group as soon as it and the groups before it are at the rung, and TPE learns from each.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Callable
+
+import numpy as np
+from ray.tune.experiment import Trial
+from ray.tune.result import DEFAULT_METRIC, TRAINING_ITERATION
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.search import Repeater
+
+from structinit.config import GROUP, TRIAL_INDEX
+from structinit.stats import group_objective
+
+logger = logging.getLogger(__name__)
+
+CURVE = "curve"  # in a reused trial's one report: the trained trial's metric at every epoch
+
+
+def value_at(result: dict, metric: str, epochs: int) -> float | None:
+    """A member's `metric` after `epochs` epochs: from the `curve` a reused result carries, else
+    from a result of exactly that epoch (`epoch` counts from 0); None if it says nothing there."""
+    curve = result.get(CURVE)
+    if curve is not None and len(curve) >= epochs:
+        return curve[epochs - 1]
+    if result.get("epoch") is not None and result["epoch"] + 1 == epochs:
+        return result.get(metric)
+    return None
+
+
+def promoted(score: float, earlier: list[float], reduction_factor: int, mode: str) -> bool:
+    """ASHA's rule for one group at one rung: go on unless the score falls below the (1 - 1/eta)
+    quantile of the scores `earlier` groups recorded at this rung (none recorded: go on). A NaN
+    score (no member left to judge by) stops."""
+    if math.isnan(score):
+        return False
+    recorded = [x for x in earlier if not math.isnan(x)]
+    if not recorded:
+        return True
+    sign = 1.0 if mode == "max" else -1.0
+    cutoff = np.percentile([sign * x for x in recorded], (1 - 1 / reduction_factor) * 100)
+    return bool(sign * score >= cutoff)
+
+
+class _Group:
+    """One proposal's members and what the scheduler knows of them."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.members: dict[str, int] = {}  # trial id -> its index in the group (__trial_index__)
+        self.values: dict[str, dict[int, float]] = {}  # trial id -> {rung: its metric there}
+        self.dropped: set[str] = set()  # members that failed for good: the group is judged without them
+        self.scores: dict[int, float] = {}  # rung -> the group's objective there
+        self.decided: dict[int, bool] = {}  # rung -> went on (True) or stopped (False)
+
+    def stopped_below(self, rung: int) -> bool:
+        return any(not go for r, go in self.decided.items() if r < rung)
+
+    def gone(self) -> bool:
+        return len(self.members) == self.size and self.dropped == set(self.members)
+
+    def ready(self, rung: int) -> bool:
+        """Every member is known and has a value at `rung`, or failed for good."""
+        return len(self.members) == self.size and all(
+            t in self.dropped or rung in self.values.get(t, {}) for t in self.members)
+
+
+def _record_status(tune_controller, trial: Trial) -> None:
+    """Have Tune's next experiment state hold `trial`'s new status. Tune 2.60 writes a trial's
+    state anew only where it marks the trial, and stop_trial does not mark a paused trial whose
+    actor another trial has taken: its saved state would stay PAUSED, so the study's records would
+    miss the stop and a resumed study would restart it. The mark is private (this Tune's gap; the
+    scheduler gets the controller behind a wrapper)."""
+    controller = getattr(tune_controller, "_tune_controller", tune_controller)
+    controller._mark_trial_to_checkpoint(trial)
+
+
+class GroupedHalving(FIFOScheduler):
+    """Successive halving over whole groups (see the module's docstring). `repeats`: the (init,
+    seed) of each __trial_index__; `history(trial)`: every epoch's metrics from a trial's latest
+    checkpoint (results.train_history), read for trials a resumed study brings back."""
+
+    _supports_buffered_results = False  # decide on every epoch's result as it comes
+
+    def __init__(self, *, epochs: int, rungs: tuple[int, ...], reduction_factor: int, objective: str,
+                 repeats: list[tuple[str, int]], history: Callable[[Trial], list[dict]],
+                 metric: str | None = None, mode: str | None = None):
+        super().__init__()
+        self.epochs, self.rungs, self.eta = epochs, tuple(rungs), reduction_factor
+        self.objective, self.repeats, self.history = objective, list(repeats), history
+        self._metric, self._mode = metric, mode
+        self.groups: dict[int, _Group] = {}
+        self.trials: dict[str, Trial] = {}
+        self.group_of: dict[str, int] = {}
+        self.resume: set[str] = set()  # paused members whose group went on: choose_trial_to_run starts them
+        self._settling = False
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec) -> bool:
+        if (self._metric and metric) or (self._mode and mode):
+            return False
+        self._metric = metric or self._metric or DEFAULT_METRIC
+        self._mode = mode or self._mode
+        return True
+
+    # ---- what the scheduler learns ------------------------------------------------------------
+
+    def on_trial_add(self, tune_controller, trial: Trial):
+        if GROUP not in trial.config:
+            raise ValueError(f"trial {trial.trial_id} has no {GROUP} in its config: the grouped scheduler needs "
+                             "the GroupRepeater, which tags each trial with its group")
+        gid = trial.config[GROUP]
+        group = self.groups.setdefault(gid, _Group(len(self.repeats)))
+        group.members[trial.trial_id] = trial.config.get(TRIAL_INDEX, 0)
+        self.trials[trial.trial_id], self.group_of[trial.trial_id] = trial, gid
+        if trial.last_result:  # restored by a resumed study: what it had reached, from its checkpoint
+            for metrics in [*self.history(trial), trial.last_result]:
+                self._observe(trial.trial_id, metrics)
+        if trial.status == Trial.ERROR:
+            group.dropped.add(trial.trial_id)
+
+    def _observe(self, trial_id: str, result: dict) -> None:
+        """Record a member's value at each rung `result` (a report, or a row of a checkpoint's
+        history) tells: the one it is at, or every one a reused result's curve covers."""
+        values = self.groups[self.group_of[trial_id]].values.setdefault(trial_id, {})
+        for rung in self.rungs:
+            v = None if rung in values else value_at(result, self._metric, rung)
+            if v is not None:
+                values[rung] = float(v)
+
+    def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
+        if self._metric not in result or result.get("epoch") is None:
+            return TrialScheduler.CONTINUE
+        self.resume.discard(trial.trial_id)
+        self._observe(trial.trial_id, result)
+        done = result["epoch"] + 1
+        group = self.groups[self.group_of[trial.trial_id]]
+        missing = [r for r in self.rungs if r < done and r not in group.values.get(trial.trial_id, {})]
+        if missing and not result.get(CURVE):  # a rung it passed unreported (a lost report): its checkpoint has it
+            for metrics in self.history(trial):
+                self._observe(trial.trial_id, metrics)
+        self._settle(tune_controller, current=trial)
+        if result.get("reused_from") is not None:  # reported once and ends: nothing to pause or stop
+            return TrialScheduler.CONTINUE
+        for rung in self.rungs:
+            if rung > done:
+                break
+            if rung not in group.decided:
+                return TrialScheduler.PAUSE  # at the rung (or past it, its report late): wait for the group
+            if not group.decided[rung]:
+                return TrialScheduler.STOP
+        return TrialScheduler.CONTINUE
+
+    def on_trial_complete(self, tune_controller, trial: Trial, result: dict):
+        if result:
+            self._observe(trial.trial_id, result)
+        if not self._settling:
+            self._settle(tune_controller)
+
+    def on_trial_remove(self, tune_controller, trial: Trial):
+        """A paused or pending member removed: by this scheduler's STOP, or by Tune (the study
+        ends, or a trial failed before it started) -- then the group goes on without it."""
+        group = self.groups.get(self.group_of.get(trial.trial_id))
+        if group is None or self._settling:
+            return
+        if not any(not go for go in group.decided.values()):
+            group.dropped.add(trial.trial_id)
+        self._settle(tune_controller)
+
+    def on_trial_error(self, tune_controller, trial: Trial):
+        """A member that failed for good (Tune will not restart it) no longer holds its group back."""
+        if trial.should_recover() and trial.status != Trial.PENDING:
+            return  # Tune restarts it from its checkpoint: it reports its rungs again
+        group = self.groups.get(self.group_of.get(trial.trial_id))
+        if group is not None:
+            group.dropped.add(trial.trial_id)
+            if not self._settling:
+                self._settle(tune_controller)
+
+    # ---- deciding ------------------------------------------------------------------------------
+
+    def _settled(self, gid: int, rung: int) -> bool:
+        """Whether group `gid` says all it will say at `rung`: judged there, stopped below it, or gone."""
+        g = self.groups[gid]
+        return rung in g.decided or g.stopped_below(rung) or g.gone()
+
+    def _settle(self, tune_controller, current: Trial | None = None) -> None:
+        """Judge every group that can be judged, in proposal order, and act on its other members:
+        those paused at the rung resume (choose_trial_to_run) or stop; `current`, whose result is
+        being processed, gets its decision from on_trial_result."""
+        self._settling = True
+        try:
+            for gid in sorted(self.groups):
+                g = self.groups[gid]
+                for rung in self.rungs:
+                    if rung in g.decided:
+                        if not g.decided[rung]:
+                            break
+                        continue
+                    if g.gone() or not g.ready(rung) or not all(self._settled(e, rung) for e in self.groups if e < gid):
+                        break
+                    values = {self.repeats[i]: g.values[t][rung] for t, i in g.members.items() if t not in g.dropped}
+                    g.scores[rung] = group_objective(self.objective, values)
+                    earlier = [self.groups[e].scores[rung] for e in sorted(self.groups) if e < gid
+                               and rung in self.groups[e].scores]
+                    g.decided[rung] = promoted(g.scores[rung], earlier, self.eta, self._mode)
+                    logger.info("group %s at %s epochs: %s %.4g (%s earlier)", gid, rung,
+                                "goes on with" if g.decided[rung] else "stops with", g.scores[rung], len(earlier))
+                    self._act(tune_controller, g, rung, current)
+                    if not g.decided[rung]:
+                        break
+        finally:
+            self._settling = False
+
+    def _act(self, tune_controller, group: _Group, rung: int, current: Trial | None) -> None:
+        for trial_id in group.members:
+            trial = self.trials[trial_id]
+            if trial is current or trial_id in group.dropped:
+                continue
+            waiting = trial.status == Trial.PAUSED or trial.is_saving
+            if group.decided[rung]:
+                if waiting:
+                    self.resume.add(trial_id)
+            elif waiting or trial.status == Trial.PENDING:
+                tune_controller.stop_trial(trial)
+                _record_status(tune_controller, trial)
+            # RUNNING (a restored member on its way back to the rung): STOP when it reports there
+
+    def choose_trial_to_run(self, tune_controller) -> Trial | None:
+        """A paused member whose group went on, earliest group first; pending trials Tune starts itself."""
+        for trial in tune_controller.get_trials():
+            if trial.status == Trial.PAUSED and trial.trial_id in self.resume:
+                return trial
+        return None
+
+    def debug_string(self) -> str:
+        stopped = sum(1 for g in self.groups.values() if any(not go for go in g.decided.values()))
+        return (f"Grouped successive halving: rungs at {list(self.rungs)} epochs, eta {self.eta}, "
+                f"{len(self.groups)} groups, {stopped} stopped")
+
+
+class GroupRepeater(Repeater):
+    """Tune's Repeater (one proposal, one trial per (init, seed)) that tags each trial with its
+    group and tells the searcher one value per group, once all its members have ended: the
+    declared `objective` over the members' values at the last epoch all of them reached -- the
+    last (`epochs`): the searcher completes the proposal with it; a rung (the group was
+    stopped): it reports it as the proposal's value at that step and the searcher prunes the
+    proposal there (Optuna keeps a pruned trial's last value). A reused member's `curve` gives
+    its value at that epoch. No member left: the proposal fails."""
+
+    def __init__(self, searcher, repeats: list[tuple[str, int]], objective: str, epochs: int):
+        super().__init__(searcher, repeat=len(repeats), set_index=True)
+        self.repeats, self.objective, self.epochs = list(repeats), objective, epochs
+        self.next_group = 0
+        self.member_of: dict[str, tuple[int, int]] = {}  # trial id -> (group, index)
+        self.members: dict[int, dict[int, str]] = {}  # group -> {index: trial id}
+        self.last: dict[str, dict] = {}  # trial id -> its last result's epoch, value and curve
+        self.ended: dict[str, bool] = {}  # trial id -> ended (True), failed (False)
+
+    def suggest(self, trial_id: str):
+        config = super().suggest(trial_id)
+        if isinstance(config, dict):
+            index = config[TRIAL_INDEX]
+            if index == 0:
+                self.next_group += 1
+            config[GROUP] = self.next_group - 1
+            self.member_of[trial_id] = (config[GROUP], index)
+            self.members.setdefault(config[GROUP], {})[index] = trial_id
+        return config
+
+    def _remember(self, trial_id: str, result: dict | None) -> None:
+        if result and self.searcher.metric in result and result.get("epoch") is not None:
+            self.last[trial_id] = {"epoch": result["epoch"], self.searcher.metric: result[self.searcher.metric],
+                                   CURVE: result.get(CURVE)}
+
+    def on_trial_result(self, trial_id: str, result: dict):
+        self._remember(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False, **kwargs):
+        if trial_id not in self.member_of:
+            logger.error("trial %s is in no group; its result is not told", trial_id)
+            return
+        self._remember(trial_id, result)
+        self.ended[trial_id] = not error and trial_id in self.last
+        gid, _ = self.member_of[trial_id]
+        members = self.members[gid]
+        if len(members) == self.repeat and all(t in self.ended for t in members.values()):
+            self._tell(members)
+
+    def _tell(self, members: dict[int, str]) -> None:
+        primary = members[0]  # the trial the searcher proposed; the others repeat it
+        alive = {self.repeats[i]: self.last[t] for i, t in members.items() if self.ended[t]}
+        if not alive:
+            self.searcher.on_trial_complete(primary, error=True)
+            return
+        metric = self.searcher.metric
+        at = min(r["epoch"] for r in alive.values()) + 1
+        values = {k: value_at(r, metric, at) if value_at(r, metric, at) is not None else r[metric]
+                  for k, r in alive.items()}
+        score = group_objective(self.objective, values)
+        if math.isnan(score):
+            self.searcher.on_trial_complete(primary, error=True)
+        elif at >= self.epochs:
+            self.searcher.on_trial_complete(primary, result={metric: score})
+        else:
+            self.searcher.on_trial_result(primary, {metric: score, TRAINING_ITERATION: at})
+            self.searcher.on_trial_complete(primary)  # pruned at `at`, with that value
