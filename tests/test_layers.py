@@ -114,7 +114,7 @@ def test_every_third_party_import_is_declared():
     declared = {re.split(r"[\[<>=!~ ;]", d, maxsplit=1)[0].lower().replace("_", "-")
                 for d in [*project["dependencies"], *sum(project["optional-dependencies"].values(), [])]}
     dists = importlib.metadata.packages_distributions()
-    local = {"structinit", "tests", *(p.stem for p in (root / "tests").glob("*.py"))}
+    local = {"structinit", "tests", *(p.stem for folder in ("tests", "bench") for p in (root / folder).glob("*.py"))}
     missing = {}
     for folder in ("structinit", "bench", "studies", "tests"):
         for path in (root / folder).rglob("*.py"):

@@ -57,7 +57,7 @@ def test_parent_keys_are_init_or_pair_first_then_the_configuration_id():
     assert metrics[f"impulse-mimetic/{c}/ci95_low"] < metrics[f"impulse-mimetic/{c}/mean"] < metrics[
         f"impulse-mimetic/{c}/ci95_high"]
     assert f"impulse-mimetic/{c}/p_holm" in metrics and not any(k.endswith(("/n", "/p")) for k in metrics)
-    assert len(metrics) == 5 + 3 * 2 * 2 + 3 * 4  # trials_*; 3 ids x 2 inits x 2; 3 differences x 4
+    assert len(metrics) == 5 + 2 + 3 * 2 * 2 + 3 * 4  # trials_*, configurations_*; 3 ids x 2 inits x 2; 3 differences x 4
     assert max(map(len, metrics)) <= 40 and all(validate_param_and_metric_name(k) for k in [*metrics, *params])
     assert {k.split("/")[0] for k in metrics if "/" in k} == {"impulse", "mimetic", "impulse-mimetic"}
     for t in rows.to_dict("records"):  # each trial run carries its configuration's id
@@ -92,7 +92,8 @@ def test_the_description_holds_the_tables_and_why_a_pair_was_not_formed():
 def test_an_execution_whose_trials_all_failed_still_says_so():
     rows = trials(proposals=((64, 0.5),)).assign(status="ERROR", final_test_top1=None)
     metrics, params = report.summary_metrics(rows, PAIRS)
-    assert metrics["trials_failed"] == 10 and not any("/" in k for k in metrics) and len(params) == 2
+    assert metrics["trials_failed"] == 10 and not any("/" in k for k in metrics) and set(params) == {
+        "pairs", "objective"}
     text, _ = description(rows)
     assert "10 trials (10 error" in text and "- impulse − mimetic: no trial of impulse and mimetic finished" in text
     assert report.summary_plots("/nonexistent", *report.by_config(rows, *report.summarize(rows, PAIRS), PAIRS)) == []
