@@ -21,3 +21,9 @@ def stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(30)
+
+
+def gcs(ray) -> str:
+    """The address of the cluster this test's driver is connected to: the State API asks it alone,
+    not whichever clusters run on the machine (several: 'Found multiple active Ray instances')."""
+    return ray.get_runtime_context().gcs_address

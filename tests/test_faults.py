@@ -25,7 +25,7 @@ from structinit.paths import StudyPaths
 from structinit.runner import run
 from structinit.spaces import categorical
 from structinit.study import Study
-from tests.helpers import free_port, stop
+from tests.helpers import free_port, gcs, stop
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]  # every test here runs a study or a Ray cluster
 
@@ -83,7 +83,8 @@ def test_killed_trial_is_restarted_and_resumes_with_the_right_progress(ray_local
     tune = Path(study.paths.ray) / "tune"
     wait_for(lambda: any(checkpointed_epochs(t) >= 2 for t in tune.glob("*/run_trial_*")), 240,
              "two epochs checkpointed")
-    (trial,) = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if a.class_name == "ImplicitFunc"]
+    (trial,) = [a for a in list_actors(address=gcs(ray_local), filters=[("state", "=", "ALIVE")])
+                if a.class_name == "ImplicitFunc"]
     os.kill(trial.pid, signal.SIGKILL)  # the Tune trial actor, which trains
     thread.join(timeout=400)
     out = outcome["out"]

@@ -12,6 +12,7 @@ from structinit import tracking
 from structinit.checkpoint import attention_of, history_of
 from structinit.config import make
 from structinit.train import fit
+from tests.helpers import gcs
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]  # each trains on the shared local Ray cluster
 
@@ -57,7 +58,8 @@ def test_killed_worker_resumes_from_a_cadenced_checkpoint_to_the_same_result(ray
                 and tracking.last_step(run, "train_loss") >= 3):
             break
         time.sleep(0.5)
-    workers = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if a.class_name == "RayTrainWorker"]
+    workers = [a for a in list_actors(address=gcs(ray_local), filters=[("state", "=", "ALIVE")])
+               if a.class_name == "RayTrainWorker"]
     assert len(workers) == 1
     os.kill(workers[0].pid, signal.SIGKILL)
     thread.join(timeout=300)
@@ -65,7 +67,7 @@ def test_killed_worker_resumes_from_a_cadenced_checkpoint_to_the_same_result(ray
     assert [h["epoch"] for h in history] == list(range(6))  # nothing missing, nothing twice
     logged = sorted(m.step for m in MlflowClient(uri).get_metric_history(run.run_id, "val_top1"))
     assert logged == list(range(6))  # the replayed epochs were not logged again
-    new_workers = [a for a in list_actors(filters=[("class_name", "=", "RayTrainWorker")])]
+    new_workers = [a for a in list_actors(address=gcs(ray_local), filters=[("class_name", "=", "RayTrainWorker")])]
     assert len({a.pid for a in new_workers}) >= 2  # a second worker process did the rest
     straight = history_of(fit(cfg, storage_path=storage, name="uninterrupted"))
     assert straight[-1]["val_top1"] >= 40 and straight[0]["init_mass_pseudo"] == pytest.approx(0.9, abs=0.05)
