@@ -19,8 +19,8 @@ from scipy import stats
 from structinit import results
 from structinit.attention import MEASURES
 from structinit.config import label
+from structinit.declarations import parse_objective
 from structinit.rank import conditions
-from structinit.validate import check
 
 
 def finite(values) -> np.ndarray:
@@ -471,19 +471,6 @@ def across_fractions(seeds: pd.DataFrame) -> pd.DataFrame:
 
 
 # ---- configurations: a group's objective, and parameter importance over configurations --------
-
-OBJECTIVES = "mean, arm:<init> (e.g. arm:impulse) or gap:<a>-<b> (e.g. gap:impulse-torch_default)"
-
-
-def parse_objective(objective: str) -> tuple[str, tuple[str, ...]]:
-    """(kind, inits) of a declared objective: ("mean", ()), ("arm", (init,)) or ("gap", (a, b));
-    a ValueError naming it otherwise."""
-    kind, _, rest = str(objective).partition(":")
-    inits = tuple(rest.split("-")) if rest else ()
-    ok = ((kind == "mean" and not rest) or (kind == "arm" and len(inits) == 1 and all(inits))
-          or (kind == "gap" and len(inits) == 2 and all(inits) and inits[0] != inits[1]))
-    check("objective", objective, OBJECTIVES, ok)
-    return kind, inits
 
 
 def group_objective(objective: str, values: dict) -> float:

@@ -21,10 +21,9 @@ from typing import Callable
 import optuna
 
 from structinit.config import SEEDS, TRIAL_INDEX, TrialConfig, config_key, search_params, trained, with_overrides
-from structinit.declarations import PAIRS, PLOTS
+from structinit.declarations import OBJECTIVES, PAIRS, PLOTS, parse_objective
 from structinit.paths import StudyPaths
 from structinit.spaces import helper_params
-from structinit.stats import OBJECTIVES, parse_objective
 from structinit.validate import check, choice, component, database_url
 
 SCHEDULERS = ("fifo", "asha", "grouped")
