@@ -511,7 +511,8 @@ def _whole(x) -> int | None:
 def configurations(trials: pd.DataFrame, history: pd.DataFrame, objective: str, metric: str,
                    at: int | None = None) -> pd.DataFrame:
     """One row per configuration (`config_key`: one proposal's params, in any execution): its
-    `params` (JSON), `status` ("finished": no member stopped early; "stopped": its group was, at
+    `params` (JSON), `status` ("finished": no member stopped early and one at least finished;
+    "failed": none finished; "stopped": its group was, at
     `stopped_at` epochs -- under a per-trial scheduler, `stopped` of its trials were, the latest
     there), `reached` (the epochs it reached: its last, or `stopped_at`), `members` (the (init,
     seed) that count) and `objective`: the declared objective (group_objective) over the members'
@@ -536,7 +537,8 @@ def configurations(trials: pd.DataFrame, history: pd.DataFrame, objective: str, 
             source = members["reused_from"].fillna(members["trial_id"])
             values = {(r.init, int(r.seed)): curve.get((s, epochs - 1)) for r, s in zip(members.itertuples(), source)}
         finished = stopped_at is None
-        rows.append({"config_key": key, "params": g["params"].iloc[0], "status": "finished" if finished else "stopped",
+        status = "stopped" if not finished else "finished" if (g["status"] == "TERMINATED").any() else "failed"
+        rows.append({"config_key": key, "params": g["params"].iloc[0], "status": status,
                      "stopped_at": stopped_at, "stopped": len(stopped),
                      "reached": _whole(g["epochs_done"].max()) if finished else stopped_at, "members": len(values),
                      "objective": group_objective(objective, values)})

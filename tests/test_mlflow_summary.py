@@ -57,14 +57,16 @@ def test_parent_keys_are_init_or_pair_first_then_the_configuration_id():
     assert metrics[f"impulse-mimetic/{c}/ci95_low"] < metrics[f"impulse-mimetic/{c}/mean"] < metrics[
         f"impulse-mimetic/{c}/ci95_high"]
     assert f"impulse-mimetic/{c}/p_holm" in metrics and not any(k.endswith(("/n", "/p")) for k in metrics)
-    assert len(metrics) == 5 + 2 + 3 * 2 * 2 + 3 * 4  # trials_*, configurations_*; 3 ids x 2 inits x 2; 3 differences x 4
+    assert (metrics["configurations_finished"], metrics["configurations_stopped"]) == (3, 0)
+    assert len(metrics) == 5 + 2 + 3 * 2 * 2 + 3 * 4  # trials_*, configurations_*; 3 ids x 2 inits x 2; 3 diffs x 4
     assert max(map(len, metrics)) <= 40 and all(validate_param_and_metric_name(k) for k in [*metrics, *params])
     assert {k.split("/")[0] for k in metrics if "/" in k} == {"impulse", "mimetic", "impulse-mimetic"}
     for t in rows.to_dict("records"):  # each trial run carries its configuration's id
         assert tracking.trial_run("s", t, ids)[1]["config"] == ids[t["config_key"]]
     fewer, _ = report.summary_metrics(rows[rows.embed_dim == 64], PAIRS)  # an execution without c's proposal
     assert set(fewer) == {k for k in metrics if c not in k}  # the same keys for the others
-    assert all(fewer[k] == metrics[k] for k in fewer if not k.startswith(("trials_", "configurations_")) and "p_holm" not in k)
+    assert all(fewer[k] == metrics[k] for k in fewer if not k.startswith(("trials_", "configurations_"))
+               and "p_holm" not in k)
     assert report.pair_key("impulse target_mass=0.9 - target_mass=0.5") == "impulse-reference"
 
 
@@ -92,8 +94,8 @@ def test_the_description_holds_the_tables_and_why_a_pair_was_not_formed():
 def test_an_execution_whose_trials_all_failed_still_says_so():
     rows = trials(proposals=((64, 0.5),)).assign(status="ERROR", final_test_top1=None)
     metrics, params = report.summary_metrics(rows, PAIRS)
-    assert metrics["trials_failed"] == 10 and not any("/" in k for k in metrics) and len(params) == 3 \
-        and "objective" in params
+    assert metrics["trials_failed"] == 10 and not any("/" in k for k in metrics) and len(params) == 3  # objective
+    assert (metrics["configurations_finished"], metrics["configurations_stopped"]) == (0, 0)
     text, _ = description(rows)
     assert "10 trials (10 error" in text and "- impulse − mimetic: no trial of impulse and mimetic finished" in text
     assert report.summary_plots("/nonexistent", *report.by_config(rows, *report.summarize(rows, PAIRS), PAIRS)) == []
