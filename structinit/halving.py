@@ -12,20 +12,23 @@ the report makes is paired within a group, so a group continues or stops as one:
                     frees its CPUs/GPU) until its whole group has reached it; the group is then
                     judged, and all its members continue or all stop
 
-The judgment is asynchronous successive halving (ASHA's rule: a group goes on if its score is in
-the top 1/eta of the scores the rung has recorded), with one change that makes it a function of the
-scores alone: a group is compared with the groups proposed *before* it, never with those that
-happened to arrive first, so it waits at a rung until every earlier group has been judged there
-(or stopped below it). The same seeds give the same values, hence the same decisions, whatever
-the timing, and after a killed study driver resumes: Tune rebuilds this scheduler empty, each
-restored trial brings its values at the rungs it passed (its checkpoint's history) and the
-decisions are derived again. A member that reused a finished trial's result (runner.run_trial)
-reports once, at its last epoch, with that trial's `curve`: its value at every rung.
+The judgment is synchronous successive halving (HyperBand's bracket): the cohort is every
+configuration the study proposes (Study.configs). At a rung, once every group of the cohort still
+going is there (or failed for good), the top max(1, floor(n / eta)) of those n groups by score go
+on, the rest stop; ties go to the earlier proposal. A decision is a function of the cohort's scores
+alone: the same seeds give the same values, hence the same decisions, whatever the timing, and
+after a killed study driver resumes: Tune rebuilds this scheduler empty, each restored trial
+brings its values at the rungs it passed (its checkpoint's history) and the decisions are derived
+again. A member that reused a finished trial's result (runner.run_trial) reports once, at its last
+epoch, with that trial's `curve`: its value at every rung.
 
-Why not HyperBand's synchronous halving: it judges a fixed cohort of configurations together, so
-the searcher proposes the whole cohort before it learns anything, and the cohort's members (a
-group is inits x seeds trials) wait paused at every rung for the slowest. Asynchronous halving
-judges a group as soon as it and the groups before it are at the rung, and TPE learns from each.
+Why not asynchronous halving (ASHA): it judges a configuration against those already at the rung,
+so the first few always go on -- with the handful of configurations a paired study affords (each is
+inits x seeds trials), that leniency is most of the search (bench/search_efficiency.py measured
+58 % of FIFO's epochs against the cohort's ~1/3). What synchronous halving costs: the searcher
+proposes the whole cohort before it hears a value, which for TPE, whose first 10 proposals are
+random anyway, changes nothing at up to 10 configurations; and members wait paused at each rung
+(their CPUs/GPUs freed for the others) until the cohort is there.
 """
 from __future__ import annotations
 
@@ -33,7 +36,6 @@ import logging
 import math
 from typing import Callable
 
-import numpy as np
 from ray.tune.experiment import Trial
 from ray.tune.result import DEFAULT_METRIC, TRAINING_ITERATION
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
@@ -58,18 +60,13 @@ def value_at(result: dict, metric: str, epochs: int) -> float | None:
     return None
 
 
-def promoted(score: float, earlier: list[float], reduction_factor: int, mode: str) -> bool:
-    """ASHA's rule for one group at one rung: go on unless the score falls below the (1 - 1/eta)
-    quantile of the scores `earlier` groups recorded at this rung (none recorded: go on). A NaN
-    score (no member left to judge by) stops."""
-    if math.isnan(score):
-        return False
-    recorded = [x for x in earlier if not math.isnan(x)]
-    if not recorded:
-        return True
-    sign = 1.0 if mode == "max" else -1.0
-    cutoff = np.percentile([sign * x for x in recorded], (1 - 1 / reduction_factor) * 100)
-    return bool(sign * score >= cutoff)
+def survivors(scores: dict[int, float], reduction_factor: int, mode: str) -> set[int]:
+    """Successive halving's rule at one rung: of the n groups judged there (group -> score), the
+    top max(1, floor(n / eta)) go on; ties go to the earlier group. A NaN score (no member left to
+    judge by) never goes on."""
+    sign = -1.0 if mode == "max" else 1.0
+    ranked = sorted((g for g, x in scores.items() if not math.isnan(x)), key=lambda g: (sign * scores[g], g))
+    return set(ranked[:max(1, len(scores) // reduction_factor)])
 
 
 class _Group:
@@ -106,17 +103,18 @@ def _record_status(tune_controller, trial: Trial) -> None:
 
 
 class GroupedHalving(FIFOScheduler):
-    """Successive halving over whole groups (see the module's docstring). `repeats`: the (init,
-    seed) of each __trial_index__; `history(trial)`: every epoch's metrics from a trial's latest
+    """Successive halving over whole groups (see the module's docstring). `configs`: the cohort,
+    how many groups the study proposes; `repeats`: the (init, seed) of each __trial_index__;
+    `history(trial)`: every epoch's metrics from a trial's latest
     checkpoint (results.train_history), read for trials a resumed study brings back."""
 
     _supports_buffered_results = False  # decide on every epoch's result as it comes
 
-    def __init__(self, *, epochs: int, rungs: tuple[int, ...], reduction_factor: int, objective: str,
+    def __init__(self, *, epochs: int, rungs: tuple[int, ...], reduction_factor: int, objective: str, configs: int,
                  repeats: list[tuple[str, int]], history: Callable[[Trial], list[dict]],
                  metric: str | None = None, mode: str | None = None):
         super().__init__()
-        self.epochs, self.rungs, self.eta = epochs, tuple(rungs), reduction_factor
+        self.epochs, self.rungs, self.eta, self.configs = epochs, tuple(rungs), reduction_factor, configs
         self.objective, self.repeats, self.history = objective, list(repeats), history
         self._metric, self._mode = metric, mode
         self.groups: dict[int, _Group] = {}
@@ -208,36 +206,36 @@ class GroupedHalving(FIFOScheduler):
 
     # ---- deciding ------------------------------------------------------------------------------
 
-    def _settled(self, gid: int, rung: int) -> bool:
-        """Whether group `gid` says all it will say at `rung`: judged there, stopped below it, or gone."""
-        g = self.groups[gid]
-        return rung in g.decided or g.stopped_below(rung) or g.gone()
+    def _cohort(self, rung: int) -> list[int] | None:
+        """The groups judged at `rung`, once they all can be: every proposed group neither stopped
+        below it nor gone, each with a value there from every member left. None while any is
+        missing (not yet proposed, or not yet at the rung)."""
+        if len(self.groups) < self.configs:
+            return None
+        cohort = [gid for gid, g in sorted(self.groups.items()) if not g.stopped_below(rung) and not g.gone()]
+        return cohort if all(self.groups[gid].ready(rung) for gid in cohort) else None
 
     def _settle(self, tune_controller, current: Trial | None = None) -> None:
-        """Judge every group that can be judged, in proposal order, and act on its other members:
-        those paused at the rung resume (choose_trial_to_run) or stop; `current`, whose result is
-        being processed, gets its decision from on_trial_result."""
+        """Judge every rung that can be judged, lowest first, and act on the groups' members: those
+        paused at the rung resume (choose_trial_to_run) or stop; `current`, whose result is being
+        processed, gets its decision from on_trial_result."""
         self._settling = True
         try:
-            for gid in sorted(self.groups):
-                g = self.groups[gid]
-                for rung in self.rungs:
-                    if rung in g.decided:
-                        if not g.decided[rung]:
-                            break
-                        continue
-                    if g.gone() or not g.ready(rung) or not all(self._settled(e, rung) for e in self.groups if e < gid):
-                        break
+            for rung in self.rungs:
+                cohort = self._cohort(rung)
+                if cohort is None:
+                    break
+                if all(rung in self.groups[gid].decided for gid in cohort):
+                    continue
+                for gid in cohort:
+                    g = self.groups[gid]
                     values = {self.repeats[i]: g.values[t][rung] for t, i in g.members.items() if t not in g.dropped}
                     g.scores[rung] = group_objective(self.objective, values)
-                    earlier = [self.groups[e].scores[rung] for e in sorted(self.groups) if e < gid
-                               and rung in self.groups[e].scores]
-                    g.decided[rung] = promoted(g.scores[rung], earlier, self.eta, self._mode)
-                    logger.info("group %s at %s epochs: %s %.4g (%s earlier)", gid, rung,
-                                "goes on with" if g.decided[rung] else "stops with", g.scores[rung], len(earlier))
-                    self._act(tune_controller, g, rung, current)
-                    if not g.decided[rung]:
-                        break
+                going = survivors({gid: self.groups[gid].scores[rung] for gid in cohort}, self.eta, self._mode)
+                logger.info("at %s epochs, of %s groups %s go on: %s", rung, len(cohort), len(going), sorted(going))
+                for gid in cohort:
+                    self.groups[gid].decided[rung] = gid in going
+                    self._act(tune_controller, self.groups[gid], rung, current)
         finally:
             self._settling = False
 
@@ -256,10 +254,20 @@ class GroupedHalving(FIFOScheduler):
             # RUNNING (a restored member on its way back to the rung): STOP when it reports there
 
     def choose_trial_to_run(self, tune_controller) -> Trial | None:
-        """A paused member whose group went on, earliest group first; pending trials Tune starts itself."""
-        for trial in tune_controller.get_trials():
+        """A paused member whose group went on, earliest group first; pending trials Tune starts
+        itself. Should the search end short of the cohort (nothing runs or waits to start, and
+        members wait at a rung), the cohort is the groups it proposed."""
+        trials = tune_controller.get_trials()
+        for trial in trials:
             if trial.status == Trial.PAUSED and trial.trial_id in self.resume:
                 return trial
+        stuck = any(t.status == Trial.PAUSED for t in trials) and not any(
+            t.status in (Trial.RUNNING, Trial.PENDING) for t in trials)
+        if stuck and len(self.groups) < self.configs:
+            logger.warning("the search proposed %s of %s configurations: judging those", len(self.groups), self.configs)
+            self.configs = len(self.groups)
+            self._settle(tune_controller)
+            return next((t for t in trials if t.status == Trial.PAUSED and t.trial_id in self.resume), None)
         return None
 
     def debug_string(self) -> str:

@@ -17,7 +17,6 @@ The only module that wires Tune.
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 import uuid
@@ -153,6 +152,7 @@ def scheduler(study: Study):
 
         return GroupedHalving(epochs=study.trial.recipe.epochs, rungs=study.rungs,
                               reduction_factor=study.reduction_factor, objective=study.objective,
+                              configs=study.configs,
                               repeats=study.repeats, history=partial(results.epochs_of, study.paths))
     if study.scheduler == "asha":
         return ASHAScheduler(time_attr="epoch", max_t=study.trial.recipe.epochs, grace_period=study.grace_epochs,
@@ -163,15 +163,12 @@ def scheduler(study: Study):
 def live_trials(study: Study) -> int:
     """Tune's limit on trials proposed and not ended (max_concurrent_trials): what trains at once
     (`max_concurrent`, else what the cluster holds). Under the grouped scheduler a member paused
-    at a rung still counts, and a group can only be judged once all its members have been
-    proposed: the limit is whole groups, one more than what trains at once needs (the next
-    group fills the slots of one waiting at a rung); the cluster's CPUs/GPUs bound what trains."""
+    at a rung still counts, and a rung is judged once the whole cohort is there: the limit is every
+    trial of the study; the cluster's CPUs/GPUs bound what trains."""
     t = study.trial
-    at_once = study.max_concurrent or cluster.concurrency(t.workers, t.cpus_per_worker, t.gpu_share if t.gpu else 0)
-    if study.scheduler != "grouped":
-        return at_once
-    size = len(study.repeats)
-    return size * (math.ceil(at_once / size) + 1)
+    if study.scheduler == "grouped":
+        return study.configs * len(study.repeats)
+    return study.max_concurrent or cluster.concurrency(t.workers, t.cpus_per_worker, t.gpu_share if t.gpu else 0)
 
 
 def trial_resources(study: Study) -> dict:

@@ -94,8 +94,10 @@ class Study:
         _, named = parse_objective(self.objective)
         check("objective", self.objective, f"{OBJECTIVES}, naming inits of this study {self.inits}",
               all(i in self.inits for i in named))
-        check("max_concurrent", self.max_concurrent, "None or a positive integer",
-              self.max_concurrent is None or (isinstance(self.max_concurrent, int) and self.max_concurrent > 0))
+        check("max_concurrent", self.max_concurrent, "None or a positive integer; None under the grouped scheduler "
+              "(it proposes its whole cohort at once: the cluster's resources bound what trains)",
+              self.max_concurrent is None or (isinstance(self.max_concurrent, int) and self.max_concurrent > 0
+                                              and self.scheduler != "grouped"))
         for name in ("storage", "checkpoints"):  # absolute: Tune runs trials in their own working directories
             path = getattr(self, name)
             if path and "://" not in path:

@@ -20,7 +20,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from structinit.config import GROUP, make
-from structinit.halving import CURVE, GroupedHalving, GroupRepeater, promoted
+from structinit.halving import CURVE, GroupedHalving, GroupRepeater, survivors
 from structinit.spaces import categorical
 from structinit.stats import configurations, group_objective, importance, importances
 from structinit.study import TRIAL_INDEX, Study
@@ -40,12 +40,13 @@ def test_the_objective_is_the_mean_one_arm_or_a_paired_gap_seed_by_seed():
             group_objective(bad, values)
 
 
-def test_a_group_goes_on_in_the_top_one_over_eta_of_the_earlier_groups():
-    assert promoted(50.0, [], 3, "max")  # nothing to compare with
-    # cutoff: the 2/3 quantile of 10, 20, 50 (numpy's linear interpolation, as ASHA's), 30
-    assert promoted(31.0, [10.0, 20.0, 50.0], 3, "max") and not promoted(29.0, [10.0, 20.0, 50.0], 3, "max")
-    assert promoted(0.2, [0.2, 0.5], 2, "min") and not promoted(0.4, [0.2, 0.5, 0.3], 2, "min")
-    assert not promoted(float("nan"), [], 3, "max")  # no member left to judge by
+def test_the_top_floor_n_over_eta_groups_go_on_ties_to_the_earlier():
+    assert survivors({0: 10.0, 1: 50.0, 2: 20.0, 3: 40.0, 4: 30.0, 5: 0.0}, 3, "max") == {1, 3}
+    assert survivors({0: 10.0, 1: 50.0, 2: 20.0}, 2, "min") == {0}
+    assert survivors({0: 10.0, 1: 50.0}, 3, "max") == {1}  # at least one goes on
+    assert survivors({0: 5.0, 1: 5.0, 2: 5.0, 3: 5.0}, 2, "max") == {0, 1}  # a tie: the earlier proposals
+    assert survivors({0: float("nan"), 1: 1.0, 2: 2.0}, 3, "max") == {2}
+    assert survivors({0: float("nan")}, 3, "max") == set()  # no member left to judge by
 
 
 def test_study_rungs_objective_and_scheduler_are_checked():
@@ -57,7 +58,8 @@ def test_study_rungs_objective_and_scheduler_are_checked():
     for fields, needle in ((dict(scheduler="hyperband"), "scheduler='hyperband'"),
                            (dict(reduction_factor=1), "reduction_factor=1"),
                            (dict(objective="gap:impulse-torch_default"), "naming inits of this study"),
-                           (dict(scheduler="grouped", grace_epochs=31), "grace_epochs=31")):
+                           (dict(scheduler="grouped", grace_epochs=31), "grace_epochs=31"),
+                           (dict(scheduler="grouped", max_concurrent=2), "max_concurrent=2")):
         with pytest.raises(ValueError, match=needle):
             Study("g", base, space, **fields)
     Study("g", base, space, grace_epochs=31)  # fifo never judges: grace is not checked against the epochs
@@ -126,28 +128,29 @@ class FakeController:
         return decision
 
 
-def halving(history=None):
+def halving(history=None, configs=2):
     scheduler = GroupedHalving(epochs=4, rungs=(1, 2), reduction_factor=2, objective="gap:impulse-default",
-                               repeats=REPEATS, history=history or (lambda trial: []))
+                               configs=configs, repeats=REPEATS, history=history or (lambda trial: []))
     scheduler.set_search_properties("val_top1", "max")
     return scheduler, FakeController(scheduler)
 
 
-def test_a_group_waits_for_its_members_and_the_earlier_groups_then_moves_as_one():
+def test_a_group_waits_for_the_whole_cohort_at_a_rung_then_moves_as_one():
     s, tc = halving()
     a0, a1 = tc.add(FakeTrial("a0", 0, 0)), tc.add(FakeTrial("a1", 0, 1))
+    assert tc.report(a0, 0, 30.0) == "PAUSE" and tc.report(a1, 0, 10.0) == "PAUSE"  # whole, but group 1 is not proposed
     b0, b1 = tc.add(FakeTrial("b0", 1, 0)), tc.add(FakeTrial("b1", 1, 1))
-    assert tc.report(b0, 0, 20.0) == "PAUSE" and tc.report(b1, 0, 18.0) == "PAUSE"  # whole, but group 0 is not there
-    assert 1 not in s.groups[1].decided
-    assert tc.report(a0, 0, 30.0) == "PAUSE"  # its own partner is not there yet
-    assert tc.report(a1, 0, 10.0) == "CONTINUE"  # group 0 (gap 20) is judged first, alone: goes on
-    assert s.groups[1].decided[1] is False  # then group 1 (gap 2 < 20): both its paused members stop
-    assert sorted(tc.stopped) == ["b0", "b1"] and sorted(tc.marked) == ["b0", "b1"]
-    assert tc.scheduler.choose_trial_to_run(tc) is a0  # group 0's paused member resumes
+    assert tc.report(b0, 0, 20.0) == "PAUSE" and s.groups[0].decided == {}  # its own partner is not there yet
+    assert tc.report(b1, 0, 18.0) == "STOP"  # the cohort is there: group 0 (gap 20) goes on, group 1 (gap 2) stops
+    assert s.groups[0].decided == {1: True} and s.groups[1].decided == {1: False}
+    assert tc.stopped == ["b0"] and tc.marked == ["b0"]  # its paused partner stops with it
+    assert tc.scheduler.choose_trial_to_run(tc) is a0  # group 0's paused members resume
     a0.status = "PENDING"
+    assert tc.scheduler.choose_trial_to_run(tc) is a1
+    a1.status = "PENDING"
     assert tc.scheduler.choose_trial_to_run(tc) is None
     assert tc.report(a0, 0, 30.0) == "CONTINUE"  # a resumed member reports its rung again: decided, go on
-    assert tc.report(a0, 1, 40.0) == "PAUSE" and tc.report(a1, 1, 15.0) == "CONTINUE"  # rung 2, group 0 alone
+    assert tc.report(a0, 1, 40.0) == "PAUSE" and tc.report(a1, 1, 15.0) == "CONTINUE"  # rung 2: group 0 alone is left
     assert tc.report(a0, 3, 50.0) == "CONTINUE"  # the end is no rung
 
 
@@ -159,19 +162,29 @@ def test_a_reused_member_counts_at_every_rung_and_a_failed_one_holds_no_group():
     s.on_trial_complete(tc, a1, {})
     a1.status = "TERMINATED"
     assert s.groups[0].values["a1"] == {1: 10.0, 2: 12.0}
-    assert tc.report(a0, 0, 30.0) == "CONTINUE" and s.groups[0].scores[1] == pytest.approx(20.0)
     b0, b1 = tc.add(FakeTrial("b0", 1, 0)), tc.add(FakeTrial("b1", 1, 1))
     assert tc.report(b0, 0, 50.0) == "PAUSE"
     b1.status = "ERROR"
-    s.on_trial_error(tc, b1)  # failed for good: group 1 is judged without it -- no pair, no score: stops
+    s.on_trial_error(tc, b1)  # failed for good: group 1 is judged without it -- no pair, no score
+    assert tc.report(a0, 0, 30.0) == "CONTINUE" and s.groups[0].scores[1] == pytest.approx(20.0)
     assert s.groups[1].decided[1] is False and tc.stopped == ["b0"]
+
+
+def test_a_search_that_ends_short_of_the_cohort_is_judged_on_what_it_proposed():
+    s, tc = halving(configs=3)
+    trials = [tc.add(FakeTrial(f"{g}{i}", n, i)) for n, g in enumerate("ab") for i in range(2)]
+    for t, v in zip(trials, (30.0, 10.0, 20.0, 18.0)):
+        assert tc.report(t, 0, v) == "PAUSE"
+    assert s.groups[0].decided == {}  # group 2 is still to come
+    assert tc.scheduler.choose_trial_to_run(tc) is trials[0]  # nothing else can run: the two are the cohort
+    assert s.configs == 2 and s.groups[0].decided == {1: True} and s.groups[1].decided == {1: False}
 
 
 def test_decisions_are_derived_again_from_the_trials_a_resumed_study_restores():
     """Tune rebuilds the scheduler empty on resume: the trials it restores (stopped, paused at a
     rung, finished) bring their values from their checkpoints' history, and the same decisions
     follow, whatever order Tune adds them in."""
-    s, tc = halving()
+    s, tc = halving(configs=3)
     trials = [tc.add(FakeTrial(f"{g}{i}", n, i)) for n, g in enumerate("abc") for i in range(2)]
     values = {"a0": [30, 40, 45, 50], "a1": [10, 15, 20, 25], "b0": [20, 30], "b1": [18, 28],
               "c0": [35, 50, 55, 60], "c1": [12, 16]}
@@ -184,10 +197,10 @@ def test_decisions_are_derived_again_from_the_trials_a_resumed_study_restores():
                 t.status = "RUNNING"
                 tc.report(t, epoch, values[t.trial_id][epoch])
     decided = {g: dict(s.groups[g].decided) for g in s.groups}
-    assert decided[1] == {1: False} and decided[0] == {1: True, 2: True}
+    assert decided == {0: {1: False}, 1: {1: False}, 2: {1: True, 2: True}}  # gaps 20, 2, 23: one of 3 goes on
 
     history = {t: [{"epoch": e, "val_top1": v} for e, v in enumerate(vs)] for t, vs in values.items()}
-    again, tc2 = halving(lambda trial: history[trial.trial_id][:2])
+    again, tc2 = halving(lambda trial: history[trial.trial_id][:2], configs=3)
     for t in reversed(trials):  # as restored: the last result they reached, and their status
         tc2.add(FakeTrial(t.trial_id, t.config[GROUP], t.config[TRIAL_INDEX], status="PENDING",
                           last_result=history[t.trial_id][-1] if t.trial_id != "c1" else history["c1"][1]))
