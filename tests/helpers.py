@@ -1,5 +1,6 @@
-"""What several test files need to run real servers and processes: a free port, and a way to stop a
-process started in its own session (`start_new_session=True`) with everything it started."""
+"""What several test files need to run real servers and processes: a free port, and ways to stop a
+process started in its own session (`start_new_session=True`) with everything it started: politely
+(`stop`), or as when its machine's session dies (`kill_driver`)."""
 import os
 import signal
 import socket
@@ -21,6 +22,18 @@ def stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(30)
+
+
+def kill_driver(proc: subprocess.Popen) -> None:
+    """SIGKILL a study driver alone, as when its machine's session dies, then what it started and
+    left behind (its process group)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def gcs(ray) -> str:

@@ -25,7 +25,7 @@ from structinit.paths import StudyPaths
 from structinit.runner import run
 from structinit.spaces import categorical
 from structinit.study import Study
-from tests.helpers import free_port, gcs, stop
+from tests.helpers import free_port, gcs, kill_driver, stop
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]  # every test here runs a study or a Ray cluster
 
@@ -118,13 +118,8 @@ def test_study_driver_sigkilled_then_resumed(tmp_path):
 
         done, busy = wait_for(progress, 400, "a finished trial and one mid-training")
         time.sleep(2)
-        first.send_signal(signal.SIGKILL)  # the driver alone, as when its machine's session dies
-        first.wait(30)
     finally:
-        try:
-            os.killpg(first.pid, signal.SIGKILL)  # what the driver started and left behind
-        except ProcessLookupError:
-            pass
+        kill_driver(first)
         log.close()
     finished_before = {r.data.tags["trial_id"]: epochs_logged(uri, r.info.run_id) for r in done}
     second = subprocess.run([*args, "--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=600)

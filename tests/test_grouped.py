@@ -7,7 +7,6 @@ MLflow, on digits with a one-block model, 4 epochs, 2 seeds."""
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from structinit.halving import CURVE, GroupedHalving, GroupRepeater, survivors
 from structinit.spaces import categorical
 from structinit.stats import configurations, group_objective, importance, importances
 from structinit.study import TRIAL_INDEX, Study
+from tests.helpers import kill_driver
 
 # ---- the rule and the objective ----------------------------------------------------------------
 
@@ -408,13 +408,8 @@ def test_grouped_study_driver_killed_mid_rung_resumes_to_the_same_decisions(tmp_
         while "PAUSED" not in saved_statuses(killed) and first.poll() is None and time.time() < deadline:
             time.sleep(0.2)
         statuses = saved_statuses(killed)
-        first.send_signal(signal.SIGKILL)  # the driver alone, as when its machine's session dies
-        first.wait(30)
     finally:
-        try:
-            os.killpg(first.pid, signal.SIGKILL)  # what the driver started and left behind
-        except ProcessLookupError:
-            pass
+        kill_driver(first)
         log.close()
     assert "PAUSED" in statuses, (killed / "first.log").read_text()[-3000:]
     second = subprocess.run([*args(killed), "--resume"], cwd=killed, capture_output=True, text=True, timeout=600,
