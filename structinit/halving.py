@@ -106,7 +106,7 @@ class GroupedHalving(FIFOScheduler):
     """Successive halving over whole groups (see the module's docstring). `configs`: the cohort,
     how many groups the study proposes; `repeats`: the (init, seed) of each __trial_index__;
     `history(trial)`: every epoch's metrics from a trial's latest
-    checkpoint (results.train_history), read for trials a resumed study brings back."""
+    checkpoint (record.train_history), read for trials a resumed study brings back."""
 
     _supports_buffered_results = False  # decide on every epoch's result as it comes
 

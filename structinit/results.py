@@ -3,7 +3,8 @@ measured epoch, block and head of its attention, under explicit schemas.
 
 Each study execution writes its own part (`<study>/results/{trials,history,attention}/<execution>.parquet`),
 so executions append and a resumed execution rewrites only its own part; `load` and
-`load_attention` read them all.
+`load_attention` read them all. Plain pyarrow: the rows come from Tune's results by way of
+record.py, and from the tables themselves (`structinit sync`, the report).
 """
 from __future__ import annotations
 
@@ -13,19 +14,17 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from structinit.config import GROUP, base_key, canonical, config_key, field_types, setting_key
-from structinit.inits import setting
-from structinit.paths import StudyPaths
+from structinit.config import field_types
 from structinit.validate import check
 
+# The TrialConfig.flat() keys a trial's row holds, as `column`s. `value_proj`: whether pe_scaled - baseline
+# holds impulse's mimetic V/proj besides the PE scale (stats.control_parts). `pe_scale` is the configured factor,
+# None (null) where the model's default applies (x18 on a learned PE, x1 on a fixed sin-cos one);
+# `init_pe_scale` is the factor that default resolves to, recorded for every init although only impulse and
+# pe_scaled multiply the PE by it. Tables written before a column existed read it as null.
 CONFIG = ("dataset", "fraction", "model.name", "model.embed_dim", "model.num_heads", "model.depth", "model.patch_size",
           "model.kernel_size", "init.filter_size", "init.pseudo_input", "init.solver", "init.target_mass",
-          "init.offsets", "init.distinct_filters", "init.pe_scale", "init.value_proj")  # TrialConfig.flat() keys
-# a trial's row holds, as `column`s. `value_proj`: whether pe_scaled - baseline holds impulse's mimetic V/proj
-# besides the PE scale (stats.control_parts). `pe_scale` is the configured factor, None (null) where the model's
-# default applies (x18 on a learned PE, x1 on a fixed sin-cos one); `init_pe_scale` is the factor that default
-# resolves to, recorded for every init although only impulse and pe_scaled multiply the PE by it. Tables written
-# before a column existed read it as null.
+          "init.offsets", "init.distinct_filters", "init.pe_scale", "init.value_proj")
 INIT = ("init_mass_pseudo", "init_hit_pseudo", "init_mass_data", "init_hit_data", "init_hit_chance", "init_wq_norm",
         "init_wk_norm", "init_gain", "init_pe_scale", "init_rank_k", "init_stable_rank", "init_width_ratio",
         "init_mass_solved")  # measured at init, reported with every epoch
@@ -37,11 +36,12 @@ def column(key: str) -> str:
     return "model" if key == "model.name" else key.rpartition(".")[2]
 
 
+# What a trial is (config.identity, base_key, setting_key; `setting`: its init's fields, JSON), the study's
+# base trial it came from (`study_base`), and the trial whose result it reused instead of training (null: it
+# trained)
 IDENTITY = (("identity", pa.string()), ("weights", pa.string()), ("base_key", pa.string()),
             ("setting_key", pa.string()), ("setting", pa.string()), ("study_base", pa.string()),
-            ("reused_from", pa.string()))  # what a trial is (config.identity, base_key, setting_key; `setting`:
-# its init's fields, JSON), the study's base trial it came from (`study_base`), and the trial whose
-# result it reused instead of training (null: it trained)
+            ("reused_from", pa.string()))
 TRIALS = pa.schema([
     ("study", pa.string()), ("execution", pa.string()), ("trial_id", pa.string()), ("status", pa.string()),
     ("error", pa.string()), ("config_key", pa.string()), ("init", pa.string()), ("seed", pa.int64()), *IDENTITY,
@@ -73,38 +73,6 @@ ATTENTION = pa.schema([
 ])  # attention.py's measures per block and head; `epoch`: the epochs trained when measured (0: the init)
 
 
-def _error(trial) -> str | None:
-    path = trial.error_file
-    if not path or not os.path.exists(path):
-        return None
-    with open(path) as f:
-        lines = [line.strip() for line in f if line.strip()]
-    reasons = [line for line in lines if "Error" in line or "error" in line]
-    return (reasons[-1] if reasons else lines[-1])[:2000] if lines else None
-
-
-def train_history(paths: StudyPaths, trial) -> tuple[list[dict], list[dict]]:
-    """(every epoch, every attention measure) a Tune trial trained, from its latest checkpoint: its
-    own (a trial that trained itself) or its Ray Train run's; complete across restarts, unlike
-    Tune's per-trial log, which starts over when a trial restarts."""
-    import ray.train
-
-    from structinit.checkpoint import attention_of, history_of
-
-    if trial.checkpoint is not None:
-        return history_of(trial), attention_of(trial)
-    try:
-        result = ray.train.Result.from_path(f"{paths.train}/{paths.train_name(trial.trial_id)}")
-        return history_of(result), attention_of(result)
-    except RuntimeError:  # the trial never reached a checkpoint
-        return [], []
-
-
-def epochs_of(paths: StudyPaths, trial) -> list[dict]:
-    """Every epoch a Tune trial trained, from its latest checkpoint (`train_history`'s epochs)."""
-    return train_history(paths, trial)[0]
-
-
 def attention_rows(base: dict, measured: list[dict]) -> list[dict]:
     """A trial's rows of the attention table: its measures (train.watch_attention's rows) with the
     trial's study, execution, id, init and seed (`base`)."""
@@ -112,50 +80,6 @@ def attention_rows(base: dict, measured: list[dict]) -> list[dict]:
 
 
 STOPPED = "STOPPED"  # a trial a scheduler stopped before its last epoch (Tune says TERMINATED); `stopped_at`: where
-
-
-def collect(study: str, execution: str, paths: StudyPaths, configure,
-            study_base: str) -> tuple[list[dict], list[dict], list[dict]]:
-    """Rows (trials, history, attention) of every trial of one execution, from Tune's experiment
-    state and each trial's latest checkpoint (no cluster needed); `configure(config)` is a Tune
-    trial's (TrialConfig, params). A trial that reused another's result (runner.run_trial) has
-    that result and no epochs or attention measures."""
-    from ray.tune import ExperimentAnalysis
-
-    analysis = ExperimentAnalysis(f"{paths.tune}/{execution}")
-    trials, history, attention = [], [], []
-    for t in analysis.trials:
-        cfg, params = configure(t.config)
-        epochs, measured = train_history(paths, t)
-        reused_from = (t.last_result or {}).get("reused_from")
-        last = epochs[-1] if epochs else (t.last_result if reused_from else {})
-        base = {"study": study, "execution": execution, "trial_id": t.trial_id, "config_key": config_key(params),
-                "init": cfg.init.name, "seed": cfg.seed}
-        status = STOPPED if t.status == "TERMINATED" and last.get("final_test_top1") is None else t.status
-
-        def best(key):
-            values = [e[key] for e in epochs if e.get(key) is not None]
-            return max(values) if values else None
-
-        flat = cfg.flat()
-        done = last["epoch"] + 1 if reused_from else len(epochs)
-        trials.append({**base, "status": status, "error": _error(t) if t.status == "ERROR" else None,
-                       "group": t.config.get(GROUP), "stopped_at": done if status == STOPPED else None,
-                       "identity": last.get("identity"), "weights": last.get("weights"), "base_key": base_key(cfg),
-                       "setting_key": setting_key(cfg), "setting": canonical(setting(cfg.init)),
-                       "study_base": study_base, "reused_from": reused_from,
-                       **{column(k): flat[k] for k in CONFIG},
-                       "epochs_done": done,
-                       "final_val_top1": last.get("val_top1"), "best_val_top1": best("val_top1"),
-                       "final_test_top1": last.get("final_test_top1"),
-                       "test_top1_at_best_val": last.get("test_top1_at_best_val"),
-                       "best_val_epoch": last.get("best_val_epoch"),
-                       **{k: last.get(k) for k in INIT}, "time_total_s": (t.last_result or {}).get("time_total_s"),
-                       "params": canonical(params), "trial_config": canonical(flat)})
-        history += [{**base, **{k: e.get(k) for k in HISTORY.names if k not in base and k != "study"}}
-                    for e in epochs]
-        attention += attention_rows({k: base[k] for k in ("study", "execution", "trial_id", "init", "seed")}, measured)
-    return trials, history, attention
 
 
 def _write(rows: list[dict], schema: pa.Schema, path: str) -> str:

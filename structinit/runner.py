@@ -1,17 +1,20 @@
 """Running a study: Ray Tune + Optuna over its space, each trial a Ray Train run, tracked in MLflow.
 
-    run(study)
-      -> OptunaSearch (TPE, or a grid) proposes a configuration (dotted TrialConfig fields)
-      -> Repeater runs it once per (init, seed): the paired runs every comparison needs (its group;
-         halving.GroupRepeater tells Optuna the group's declared objective)
-      -> a scheduler runs every trial to its end (fifo), stops single trials (asha) or stops and
-         continues whole groups at rungs (grouped: halving.GroupedHalving)
-      -> each Tune trial builds its TrialConfig (study.trial_config) and trains it: itself, for
-         one worker (`train.train_in_trial`: metrics and checkpoints straight to Tune, the trial's
-         process reused for the next trial), or through a TorchTrainer for several (`train.fit`,
-         TuneReportCallback)
-      -> one MLflow child run per trial under one parent run per study execution
-      -> Parquet tables (results.py), which MLflow is synced from (tracking.sync)
+    run(study): preflight -> start -> declare -> tune -> record
+      preflight  everything checkable before anything is created or started
+      start      attach to Ray, name the execution, start its parent MLflow run
+      tune       a Tuner over `trainable` (run_trial), wiring only search, scheduler and storage:
+        -> OptunaSearch (TPE, or a grid) proposes a configuration (dotted TrialConfig fields)
+        -> Repeater runs it once per (init, seed): the paired runs every comparison needs (its
+           group; halving.GroupRepeater tells Optuna the group's declared objective)
+        -> a scheduler runs every trial to its end (fifo), stops single trials (asha) or stops
+           and continues whole groups at rungs (grouped: halving.GroupedHalving)
+        -> each Tune trial builds its TrialConfig (study.trial_config) and trains it: itself, for
+           one worker (`train.train_in_trial`: metrics and checkpoints straight to Tune, the
+           trial's process reused for the next trial), or through a TorchTrainer for several
+           (`train.fit`, TuneReportCallback); one MLflow child run per trial under the parent
+      record     (record.py) Tune's results read into Parquet tables (results.py), which MLflow is
+                 synced from (tracking.sync), and the summary `run` returns
 
 The only module that wires Tune.
 """
@@ -20,13 +23,13 @@ from __future__ import annotations
 import os
 import time
 import uuid
-import warnings
 from functools import partial
 
 import optuna
 
 from structinit import cluster, report, results, tracking
 from structinit.config import TRAINING_BYTES, WEIGHT_BYTES, canonical, config_key
+from structinit.record import Execution, epochs_of, record
 from structinit.study import Study, check_space, source, trial_config
 from structinit.validate import check, component, sqlite_path, sqlite_store, writable
 
@@ -43,41 +46,76 @@ def run_trial(config: dict, study: Study, execution: str, parent: str, tracking_
     import ray
     import ray.tune
 
-    from structinit.checkpoint import history_of
-    from structinit.halving import CURVE
-    from structinit.train import fit, train_in_trial, trial_identity
+    from structinit.train import trial_identity
 
     trial_id = ray.tune.get_context().get_trial_id()
     cfg, params = trial_config(study, config)
     shared = data.get(source(cfg))
     identity, built = trial_identity(cfg, None if shared is None else ray.get(shared))
-    try:  # a trial resuming from its own checkpoint (restarted, paused at a rung) goes on training
-        record = ray.get(trials.lookup.remote(identity)) if ray.tune.get_checkpoint() is None else None
-    except ray.exceptions.RayActorError:  # the registry is gone (its node with the driver's): train
-        record = None
+    earlier = finished_before(trials, identity)
     name, tags = tracking.trial_run(study.name, {
         "init": cfg.init.name, "seed": cfg.seed, "dataset": cfg.dataset, "config_key": config_key(params),
         "params": canonical(params), "trial_id": trial_id, "identity": identity,
-        "reused_from": record and record["trial_id"]})
+        "reused_from": earlier and earlier["trial_id"]})
+    # None: the study's sync creates it
     run = tracking.attempt(tracking_uri, f"the run of trial {trial_id}", lambda _: tracking.start_run(
-        tracking_uri, study.name, name, cfg.flat(), tags, parent=parent))  # None: the study's sync creates it
-    if record is not None:  # trained already: its result stands for this trial
-        ray.tune.report({**record["result"], "reused_from": record["trial_id"],
-                         **({CURVE: record["curve"]} if record.get("curve") else {})})
-        if run is not None:
-            tracking.log_epoch(run, record["result"], step=record["result"].get("epoch", 0))
-            tracking.finish(run)
+        tracking_uri, study.name, name, cfg.flat(), tags, parent=parent))
+    if earlier is not None:
+        reuse(earlier, run)
         return
+    epochs = train_trial(cfg, study, trial_id, run, shared, identity, built)
+    trials.finish.remote(identity, {"trial_id": trial_id, "execution": execution, "result": epochs[-1],
+                                    "curve": [e.get(study.metric) for e in epochs]})
+    if run is not None:
+        tracking.finish(run)
+
+
+def finished_before(trials, identity: str) -> dict | None:
+    """The registry's record of a finished trial of this identity, None where there is none or this
+    trial resumes from its own checkpoint (restarted, paused at a rung: it goes on training)."""
+    import ray
+    import ray.tune
+
+    if ray.tune.get_checkpoint() is not None:
+        return None
+    try:
+        return ray.get(trials.lookup.remote(identity))
+    except ray.exceptions.RayActorError:  # the registry is gone (its node with the driver's): train
+        return None
+
+
+def reuse(earlier: dict, run: tracking.Run | None) -> None:
+    """Report a trial that trained already as this trial's result (its metric at every epoch too,
+    for a grouped scheduler's rungs), and log it on this trial's MLflow run."""
+    import ray.tune
+
+    from structinit.halving import CURVE
+
+    ray.tune.report({**earlier["result"], "reused_from": earlier["trial_id"],
+                     **({CURVE: earlier["curve"]} if earlier.get("curve") else {})})
+    if run is not None:
+        tracking.log_epoch(run, earlier["result"], step=earlier["result"].get("epoch", 0))
+        tracking.finish(run)
+
+
+def train_trial(cfg, study: Study, trial_id: str, run: tracking.Run | None, shared, identity: str,
+                built) -> list[dict]:
+    """Train a trial's TrialConfig: itself (one worker), or by a TorchTrainer reporting to Tune
+    (several). Returns every epoch's metrics. Its MLflow run ends KILLED where Tune ended the
+    trial (its scheduler paused or stopped it: the sync sets the status), FAILED with the error
+    where training raised."""
+    from structinit.checkpoint import history_of
+    from structinit.train import fit, train_in_trial
+
     try:
         if cfg.workers == 1:
-            epochs = train_in_trial(cfg, run=run, data=shared, expected=identity, built=built)
-        else:
-            from ray.tune.integration.ray_train import TuneReportCallback
+            return train_in_trial(cfg, run=run, data=shared, expected=identity, built=built)
+        from ray.tune.integration.ray_train import TuneReportCallback
 
-            result = fit(cfg, storage_path=study.paths.train, name=study.paths.train_name(trial_id), run=run,
-                         callbacks=[TuneReportCallback()], data=shared, expected=identity)
-            epochs = history_of(result) or [result.metrics]
-    except SystemExit:  # Tune ended the trial's thread: its scheduler paused or stopped it (the sync sets the status)
+        result = fit(cfg, storage_path=study.paths.train, name=study.paths.train_name(trial_id), run=run,
+                     callbacks=[TuneReportCallback()], data=shared, expected=identity)
+        return history_of(result) or [result.metrics]
+    except SystemExit:  # Tune ended the trial's thread
         if run is not None:
             tracking.finish(run, "KILLED")
         raise
@@ -86,10 +124,6 @@ def run_trial(config: dict, study: Study, execution: str, parent: str, tracking_
             tracking.set_tags(run, {"error": str(err)[-5000:]})
             tracking.finish(run, "FAILED")
         raise
-    trials.finish.remote(identity, {"trial_id": trial_id, "execution": execution, "result": epochs[-1],
-                                    "curve": [e.get(study.metric) for e in epochs]})
-    if run is not None:
-        tracking.finish(run)
 
 
 def registry(study: Study):
@@ -104,9 +138,9 @@ def registry(study: Study):
     for trial, last, epochs in results.trained(study.paths.folder):
         finished[trial["identity"]] = {"trial_id": trial["trial_id"], "execution": trial["execution"], "result": last,
                                        "curve": [e.get(study.metric) for e in epochs]}
+    # on the driver's node: it lives as long as the study does, whichever worker nodes come and go
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    return Registry.options(scheduling_strategy=here).remote(finished)  # on the driver's node: it lives as
-    # long as the study does, whichever worker nodes come and go
+    return Registry.options(scheduling_strategy=here).remote(finished)
 
 
 def searcher(study: Study, execution: str):
@@ -131,17 +165,6 @@ def searcher(study: Study, execution: str):
                          epochs=study.trial.recipe.epochs)
 
 
-def close_orphans(study: Study, execution: str) -> int:
-    """Mark FAIL the Optuna trials a finished execution left RUNNING: proposals of Tune trials that
-    a killed study driver had started before Tune last saved its state (Tune proposed anew in
-    their place). Returns how many."""
-    search = optuna.load_study(study_name=execution, storage=study.paths.optuna)
-    stale = search.get_trials(deepcopy=False, states=[optuna.trial.TrialState.RUNNING])
-    for t in stale:
-        search.tell(t.number, state=optuna.trial.TrialState.FAIL)
-    return len(stale)
-
-
 def scheduler(study: Study):
     """Successive halving over whole groups (grouped: halving.GroupedHalving), ASHA per trial on
     the worker-reported epoch (restarts do not reset it), or every trial to the end (fifo)."""
@@ -153,7 +176,7 @@ def scheduler(study: Study):
         return GroupedHalving(epochs=study.trial.recipe.epochs, rungs=study.rungs,
                               reduction_factor=study.reduction_factor, objective=study.objective,
                               configs=study.configs,
-                              repeats=study.repeats, history=partial(results.epochs_of, study.paths))
+                              repeats=study.repeats, history=partial(epochs_of, study.paths))
     if study.scheduler == "asha":
         return ASHAScheduler(time_attr="epoch", max_t=study.trial.recipe.epochs, grace_period=study.grace_epochs,
                              reduction_factor=study.reduction_factor)
@@ -244,92 +267,88 @@ def check_optuna(url: str) -> None:
 
 def run(study: Study, resume: bool = False, address: str | None = None, data: dict | None = None) -> dict:
     """Run (or with `resume`, continue) a study; returns where its results went. The study is
-    checked first (`preflight`) unless the caller already did and passes what it read (`data`);
-    each dataset is put in Ray's object store once and every trial's workers read it from there.
+    checked first (`preflight`) unless the caller already did and passes what it read (`data`).
     The parent MLflow run it starts is never left RUNNING: FINISHED, FAILED (every trial failed)
     or KILLED (stopped early, or by an error)."""
-    import ray
-    import ray.tune
-
     if data is None:
         data = preflight(study, resume, address)
-    paths = study.paths
-    gpus = study.trial.workers * study.trial.gpu_share if study.trial.gpu else 0
-    uri = study.tracking_uri or tracking.default_uri()
-    if not ray.is_initialized():
-        cluster.connect(address, num_cpus=os.cpu_count(), resources={cluster.DRIVER: 1000})
-    cluster.check_cluster(gpus, study.checkpoints or paths.folder)  # before anything is recorded
-    t = study.trial
-    cluster.check_resources(t.workers, t.cpus_per_worker, t.gpu_share if t.gpu else 0, name="workers_per_trial")
-    os.makedirs(paths.folder, exist_ok=True)
-    # named to the second, and unique: two starts in one second get their own Tune folder, Optuna study, parent run
-    execution = paths.execution() if resume else f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    parent = tracking.start_run(uri, study.name, execution, {"study": study.name, "inits": ",".join(study.inits),
-                                                              "seeds": ",".join(map(str, study.seeds))},
-                                {"study": study.name, "execution": execution})
+    execution = start(study, resume, address, data)
     try:
-        return _run(study, resume, data, execution, parent, uri)
+        declare(study, execution)
+        tune(study, execution)
+        return record(study, execution)
     except BaseException:
-        tracking.finish(parent, "KILLED")
+        tracking.finish(execution.parent, "KILLED")
         raise
 
 
-def _run(study: Study, resume: bool, data: dict, execution: str, parent: tracking.Run, uri: str) -> dict:
-    """`run` once its parent MLflow run is started."""
+def start(study: Study, resume: bool, address: str | None, data: dict) -> Execution:
+    """Attach to the Ray cluster (starting a local one where `address` names none) and check what
+    only it can tell, then name the execution (the latest one, to resume it) and start its parent
+    MLflow run."""
+    import ray
+
+    paths, t = study.paths, study.trial
+    gpus = t.workers * t.gpu_share if t.gpu else 0
+    uri = study.tracking_uri or tracking.default_uri()
+    if not ray.is_initialized():
+        cluster.connect(address, num_cpus=os.cpu_count(), resources={cluster.DRIVER: 1000})
+    # before anything is recorded
+    cluster.check_cluster(gpus, study.checkpoints or paths.folder)
+    cluster.check_resources(t.workers, t.cpus_per_worker, t.gpu_share if t.gpu else 0, name="workers_per_trial")
+    os.makedirs(paths.folder, exist_ok=True)
+    # named to the second, and unique: two starts in one second get their own Tune folder, Optuna study, parent run
+    name = paths.execution() if resume else f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    parent = tracking.start_run(uri, study.name, name, {"study": study.name, "inits": ",".join(study.inits),
+                                                         "seeds": ",".join(map(str, study.seeds))},
+                                {"study": study.name, "execution": name})
+    return Execution(name, parent, uri, data, resume)
+
+
+def declare(study: Study, execution: Execution) -> None:
+    """Name the execution the study's latest (what --resume continues, what the report reads), log
+    the datasets it reads on its parent run, and write what the report is to compare."""
+    study.paths.set_execution(execution.name)
+    tracking.log_study_data(execution.parent, execution.data, study.trial.fraction, study.seeds)
+    report.declare(study.paths, study.pairs, study.plots, study.reference, study.objective, study.metric)
+
+
+def tune(study: Study, execution: Execution) -> None:
+    """Tune runs the study's trials (`trainable`) to its end: Optuna proposes (`searcher`), the
+    study's `scheduler` stops or continues them, and Tune keeps its state under the study's
+    storage; a resumed execution continues from that state."""
+    import ray.tune
+
+    trial = trainable(study, execution)
+    path = f"{study.paths.tune}/{execution.name}"
+    if execution.resume:  # preflight checked that Tune's state of it is there
+        tuner = ray.tune.Tuner.restore(path, trainable=trial, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = ray.tune.Tuner(
+            trial,
+            tune_config=ray.tune.TuneConfig(
+                metric=study.metric, mode=study.mode, num_samples=study.configs * len(study.repeats),
+                search_alg=searcher(study, execution.name), scheduler=scheduler(study),
+                # a one-worker trial's process (torch, timm imported) serves the next
+                reuse_actors=True,
+                max_concurrent_trials=live_trials(study)),
+            run_config=ray.tune.RunConfig(
+                name=execution.name, storage_path=study.paths.tune,
+                # of one-worker trials
+                checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=2),
+                failure_config=ray.tune.FailureConfig(max_failures=max(1, study.trial.max_failures))))
+    tuner.fit()
+
+
+def trainable(study: Study, execution: Execution):
+    """`run_trial` with what every trial of the execution shares: each dataset, put in Ray's object
+    store once for every trial's workers to read; the registry of trained identities; the
+    execution's name and parent run. It holds `trial_resources`."""
     import ray
     import ray.tune
 
-    paths = study.paths
-    paths.set_execution(execution)
-    tracking.log_study_data(parent, data, study.trial.fraction, study.seeds)
-    report.declare(paths, study.pairs, study.plots, study.reference, study.objective, study.metric)
-
-    shared = {key: ray.put(splits) for key, splits in data.items()}
-    trainable = ray.tune.with_resources(
-        ray.tune.with_parameters(run_trial, study=study, execution=execution, parent=parent.run_id,
-                                 tracking_uri=uri, data=shared, trials=registry(study)),
+    shared = {key: ray.put(splits) for key, splits in execution.data.items()}
+    return ray.tune.with_resources(
+        ray.tune.with_parameters(run_trial, study=study, execution=execution.name, parent=execution.parent.run_id,
+                                 tracking_uri=execution.uri, data=shared, trials=registry(study)),
         trial_resources(study))
-    if resume:  # preflight checked that Tune's state of it is there
-        tuner = ray.tune.Tuner.restore(f"{paths.tune}/{execution}", trainable=trainable,
-                                       resume_unfinished=True, resume_errored=True)
-    else:
-        tuner = ray.tune.Tuner(
-            trainable,
-            tune_config=ray.tune.TuneConfig(
-                metric=study.metric, mode=study.mode, num_samples=study.configs * len(study.repeats),
-                search_alg=searcher(study, execution), scheduler=scheduler(study),
-                reuse_actors=True,  # a one-worker trial's process (torch, timm imported) serves the next
-                max_concurrent_trials=live_trials(study)),
-            run_config=ray.tune.RunConfig(
-                name=execution, storage_path=paths.tune,
-                checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=2),  # of one-worker trials
-                failure_config=ray.tune.FailureConfig(max_failures=max(1, study.trial.max_failures))))
-    tuner.fit()
-    trials, history, attention = results.collect(study.name, execution, paths, partial(trial_config, study),
-                                                 study.base)
-    ids = tracking.attempt(uri, "the study's records", lambda _: tracking.sync(uri, study.name, execution,
-                                                                                trials, history, attention))
-    report.log_summary(parent, trials, study.pairs, study.reference, history, study.objective, study.metric)
-    for t in trials:
-        t["mlflow_run_id"] = (ids or {}).get(t["trial_id"])
-    out = results.write(paths.folder, execution, trials, history, attention)
-    if ids is None:
-        warnings.warn(f"MLflow at {tracking.shown(uri)} was unreachable when study {study.name} ended: the MLflow "
-                      f"records of its {len(trials)} trials ({len(history)} epochs) may be incomplete; the Parquet tables are "
-                      f"complete ({out['trials']}). Once MLflow is back, write what it lacks with: structinit sync "
-                      f"{study.name} --storage {study.storage} --tracking-uri {tracking.shown(uri)}")
-    finished = sum(out["statuses"].get(s, 0) for s in ("TERMINATED", results.STOPPED, "ERROR"))
-    reused = sum(1 for t in trials if t["reused_from"])
-    expected = study.configs * len(study.repeats)
-    orphans = close_orphans(study, execution) if finished == expected else 0
-    left = cluster.placement_groups_left() if finished == expected else None
-    if left:  # a Train run's workers still reserved: on a shared cluster they would starve other trials
-        warnings.warn(f"study {study.name}: {left} placement group(s) it created are still reserved on the Ray "
-                      f"cluster after its last trial ended (`ray list placement-groups`)")
-    if finished < expected:  # stopped early (Ctrl-C): Tune saved its state
-        print(f"study {study.name} stopped with {finished} of {expected} trials finished; continue it with --resume")
-    failed = [t for t in trials if t["status"] == "ERROR"]
-    return {"execution": execution, "parent_run_id": parent.run_id, "finished": finished, "expected": expected,
-            "trained": len(trials) - reused, "reused": reused, "dataset_reads": len(data), "placement_groups_left": left,
-            "mlflow_synced": ids is not None, "optuna_orphans_closed": orphans, "failed": len(failed),
-            "first_error": failed[0]["error"] if failed else None, **out}

@@ -15,7 +15,7 @@ LAYERS = [  # bottom to top
     ["tracking"],
     ["train", "results", "report", "stats"],
     ["study"],
-    ["halving"],
+    ["halving", "record"],
     ["runner"],
     ["commands", "cli", "__main__"],
 ]
