@@ -115,8 +115,8 @@ def select(trials: pd.DataFrame, history: pd.DataFrame, execution: str | None = 
     trials = trials.reindex(columns=[*trials.columns, *(c for c in ("study_base", "reused_from")
                                                          if c not in trials.columns)])
     base = trials.loc[trials["execution"] == chosen, "study_base"].iloc[0] if len(trials) else None
-    mine = trials[trials["study_base"].isna() if pd.isna(base) else trials["study_base"] == base]  # null: tables
-    # from before bases were recorded, pooled as they were
+    # a null base: tables from before bases were recorded, pooled as they were
+    mine = trials[trials["study_base"].isna() if pd.isna(base) else trials["study_base"] == base]
     others = sorted(set(executions) - set(mine["execution"]))
     note = (f"{len(others)} execution(s) of another base left out ({', '.join(others)}): report one of them with "
             f"`structinit report {trials['study'].iloc[0]} --execution NAME`") if others else ""
@@ -281,8 +281,8 @@ def unformed(trials: pd.DataFrame, paired: pd.DataFrame, pairs: tuple) -> list[t
     return out
 
 
-SUMMARY_PLOTS = ("0_paired_differences.png", "1_final_test_top1.png")  # a parent run's plots: named to sort
-# before its report/ and init/ folders
+# a parent run's plots: named to sort before its report/ and init/ folders
+SUMMARY_PLOTS = ("0_paired_differences.png", "1_final_test_top1.png")
 
 
 def summary_plots(folder: str, cells: pd.DataFrame, diffs: pd.DataFrame, names: dict) -> list[str]:
