@@ -84,8 +84,7 @@ from functools import partial
 
 from structinit.commands.study import cli
 from structinit.config import make
-from structinit.spaces import categorical
-from structinit.study import Study
+from structinit.study import Study, categorical
 
 GRID = {{"init.filter_size": [3]}}
 PRESETS = {{

@@ -252,7 +252,7 @@ GROUP = "__group__"  # which proposal a Tune trial belongs to, in proposal order
 def search_params(config: dict, helpers=frozenset()) -> dict:
     """The TrialConfig fields of a proposal (dotted `section.field` or top-level names), without
     Tune's `__trial_index__`, the group the Repeater put it in (`__group__`) and the params its
-    space declares as helpers (`helpers`, e.g. `heads_e192`: spaces.helper_params); any other key
+    space declares as helpers (`helpers`, e.g. `heads_e192`: study.helper_params); any other key
     is refused naming it and the nearest fields (a typo in a grid would otherwise leave every cell
     the base config)."""
     out = {}

@@ -4,12 +4,13 @@ differences a - b it compares and the plots it draws; and what its search optimi
 (MLflow, pandas, scipy); report.py and stats.py read them."""
 from structinit.validate import check
 
-IMPULSE_PAIRS = (("impulse", "mimetic"), ("impulse", "default"), ("impulse", "torch_default"),
-                 ("impulse", "pe_scaled"),  # ViT inits (torch_default: the footings' baseline)
-                 ("impulse", "conditioned"), ("impulse", "dct"), ("impulse", "mimetic_vo"),  # the attention-init
-                 ("conditioned", "torch_default"), ("dct", "torch_default"),  # baselines a reviewer asks for, and
-                 ("mimetic_vo", "torch_default"),  # whether each beats the footing's unstructured init at all
-                 ("pe_scaled", "torch_default"), ("pe_scaled", "default"))  # the decomposition's PE part
+# Impulse against the ViT inits (torch_default: the footings' baseline); against the attention-init
+# baselines a reviewer asks for, and whether each of those beats the footing's unstructured init at
+# all; and the decomposition's PE part (pe_scaled against the base inits).
+IMPULSE_PAIRS = (("impulse", "mimetic"), ("impulse", "default"), ("impulse", "torch_default"), ("impulse", "pe_scaled"),
+                 ("impulse", "conditioned"), ("impulse", "dct"), ("impulse", "mimetic_vo"),
+                 ("conditioned", "torch_default"), ("dct", "torch_default"), ("mimetic_vo", "torch_default"),
+                 ("pe_scaled", "torch_default"), ("pe_scaled", "default"))
 FILTER_PAIRS = (("frozen_random", "learned"), ("frozen_impulse", "learned"), ("frozen_box", "learned"))  # ConvMixer
 PAIRS = IMPULSE_PAIRS + FILTER_PAIRS  # a study that declares none: each pair where both inits ran
 PLOTS = ("curves", "heads_vs_dim", "filter_gap", "param_importances", "attention")  # each where the results allow

@@ -115,8 +115,8 @@ def select(trials: pd.DataFrame, history: pd.DataFrame, execution: str | None = 
     trials = trials.reindex(columns=[*trials.columns, *(c for c in ("study_base", "reused_from")
                                                          if c not in trials.columns)])
     base = trials.loc[trials["execution"] == chosen, "study_base"].iloc[0] if len(trials) else None
-    mine = trials[trials["study_base"].isna() if pd.isna(base) else trials["study_base"] == base]  # null: tables
-    # from before bases were recorded, pooled as they were
+    # a null base: tables from before bases were recorded, pooled as they were
+    mine = trials[trials["study_base"].isna() if pd.isna(base) else trials["study_base"] == base]
     others = sorted(set(executions) - set(mine["execution"]))
     note = (f"{len(others)} execution(s) of another base left out ({', '.join(others)}): report one of them with "
             f"`structinit report {trials['study'].iloc[0]} --execution NAME`") if others else ""
@@ -281,8 +281,8 @@ def unformed(trials: pd.DataFrame, paired: pd.DataFrame, pairs: tuple) -> list[t
     return out
 
 
-SUMMARY_PLOTS = ("0_paired_differences.png", "1_final_test_top1.png")  # a parent run's plots: named to sort
-# before its report/ and init/ folders
+# a parent run's plots: named to sort before its report/ and init/ folders
+SUMMARY_PLOTS = ("0_paired_differences.png", "1_final_test_top1.png")
 
 
 def summary_plots(folder: str, cells: pd.DataFrame, diffs: pd.DataFrame, names: dict) -> list[str]:
@@ -357,49 +357,11 @@ def overview(study: str, trials: pd.DataFrame, cells: pd.DataFrame, diffs: pd.Da
     not formed was not. `links`: "trials", "report", "images" ({file: src}) and "compare" ({id:
     path}), paths from tracking. Where the whole would not fit, compare links go first, from the
     last (`structinit report` prints them all), then the tables' last rows."""
-    reused = int(trials["reused_from"].notna().sum()) if "reused_from" in trials else 0
-    statuses = ", ".join(f"{n} {s.lower()}" for s, n in trials["status"].value_counts().items())
-    head = [f"**{study}**: {len(trials)} trials ({statuses}; {len(trials) - reused} trained, {reused} reused), seeds "
-            f"{','.join(map(str, sorted(trials['seed'].unique())))}; differences of final test top-1:", ""]
-    for pair, g in diffs.groupby("pair", sort=False):
-        hits, n = sorted(set(g.loc[g["p_holm"] < 0.05, "id"])), g["id"].nunique()
-        spread = (f"{g['mean'].iloc[0]:+.2f} pp" if n == 1 else
-                  f"{g['mean'].min():+.2f} to {g['mean'].max():+.2f} pp over {n} configurations")
-        tested = (f"p (Holm) < 0.05 in {len(hits)} of {n}" + (f" ({', '.join(hits)})" if hits else "")
-                  if g["p_holm"].notna().any() else "no test (one seed)")
-        head.append(f"- **{pair.replace(' - ', ' − ')}**: {spread}; {tested}")
-    head += ["", f"[The trials, best final test top-1 first]({links['trials']}) · the full report (decomposition, "
-             f"per cell, failed trials): [report/report.md]({links['report']}), which `structinit report {study}` "
-             "writes"]
+    head = overview_head(study, trials, diffs, links)
     images = [f"![{name}]({src})" for name, src in links["images"].items()]
-    inits = list(dict.fromkeys(cells["init"])) if len(cells) else []
-    table, rows = [], []
-    if len(cells):
-        table = ["Final test top-1 (%), mean ± 95 % CI over seeds (n); a configuration's id is the tag `config` of "
-                 "its trial runs, its params the param `config.<id>`:", "",
-                 _row(["id", "configuration", *inits]), "|---" * (len(inits) + 2) + "|"]
-        for c, name in names.items():
-            g = cells[cells["id"] == c].set_index("init")
-            if len(g):
-                mass = " ".join(dict.fromkeys(filter(None, map(realised, g["setting"]))))
-                rows.append(_row([c, f"{name} {mass}".strip(), *(
-                    f"{_pm(g.at[i, 'final_test_top1_mean'], g.at[i, 'final_test_top1_ci95'])} ({g.at[i, 'n']})"
-                    if i in g.index else "–" for i in inits)]))
+    table, rows = overview_cells(cells, names)
     linked = [c for c in names if c in links["compare"]]
-    paired, diff_rows = [], []
-    if len(diffs):
-        tested = int(diffs.drop_duplicates(["pair", "config"])["p"].notna().sum())
-        paired = ["", "Paired differences of final test top-1 (same configuration and seed): mean ± 95 % CI, "
-                  f"p (Holm) over the {tested} comparisons with a p (each p and its test: report.md); **bold**: "
-                  "p (Holm) < 0.05:",
-                  "", _row(["id", "difference", "n", "mean ± CI", "p (Holm)"]), "|---" * 5 + "|"]
-        order = {c: i for i, c in enumerate(names)}
-        pair_order = {p: i for i, p in enumerate(dict.fromkeys(diffs["pair"]))}
-        for r in diffs.assign(o=diffs["id"].map(order), q=diffs["pair"].map(pair_order)).sort_values(
-                ["o", "q"], kind="stable").itertuples():
-            shown = _pm(r.mean, r.ci95)
-            diff_rows.append(_row([r.id, r.pair.replace(" - ", " − "), r.n,
-                                   f"**{shown}**" if r.p_holm < 0.05 else shown, _p(r.p_holm)]))
+    paired, diff_rows = overview_differences(diffs, names)
     missing = unformed(trials, diffs if len(diffs) else pd.DataFrame({"pair": []}), pairs)
     gaps = ["", "Declared pairs not formed:", "", *(f"- {p.replace(' - ', ' − ')}: {why}" for p, why in missing)] \
         if missing else []
@@ -420,6 +382,62 @@ def overview(study: str, trials: pd.DataFrame, cells: pd.DataFrame, diffs: pd.Da
     while len(text()) > tracking.NOTE_LIMIT and sum(keep[:2]) > 4:  # then the longer table's last rows
         keep[keep[1] > keep[0]] -= 1
     return text()[:tracking.NOTE_LIMIT]
+
+
+def overview_head(study: str, trials: pd.DataFrame, diffs: pd.DataFrame, links: dict) -> list[str]:
+    """The overview's first lines: the trials by status, then a line per pair (its range over the
+    configurations, in how many p (Holm) < 0.05), then links to its trials and its report."""
+    reused = int(trials["reused_from"].notna().sum()) if "reused_from" in trials else 0
+    statuses = ", ".join(f"{n} {s.lower()}" for s, n in trials["status"].value_counts().items())
+    head = [f"**{study}**: {len(trials)} trials ({statuses}; {len(trials) - reused} trained, {reused} reused), seeds "
+            f"{','.join(map(str, sorted(trials['seed'].unique())))}; differences of final test top-1:", ""]
+    for pair, g in diffs.groupby("pair", sort=False):
+        hits, n = sorted(set(g.loc[g["p_holm"] < 0.05, "id"])), g["id"].nunique()
+        spread = (f"{g['mean'].iloc[0]:+.2f} pp" if n == 1 else
+                  f"{g['mean'].min():+.2f} to {g['mean'].max():+.2f} pp over {n} configurations")
+        tested = (f"p (Holm) < 0.05 in {len(hits)} of {n}" + (f" ({', '.join(hits)})" if hits else "")
+                  if g["p_holm"].notna().any() else "no test (one seed)")
+        head.append(f"- **{pair.replace(' - ', ' − ')}**: {spread}; {tested}")
+    return head + ["", f"[The trials, best final test top-1 first]({links['trials']}) · the full report "
+                   f"(decomposition, per cell, failed trials): [report/report.md]({links['report']}), which "
+                   f"`structinit report {study}` writes"]
+
+
+def overview_cells(cells: pd.DataFrame, names: dict) -> tuple[list[str], list[str]]:
+    """The overview's table of final test top-1 per configuration x init: (its header, its rows)."""
+    inits = list(dict.fromkeys(cells["init"])) if len(cells) else []
+    table, rows = [], []
+    if len(cells):
+        table = ["Final test top-1 (%), mean ± 95 % CI over seeds (n); a configuration's id is the tag `config` of "
+                 "its trial runs, its params the param `config.<id>`:", "",
+                 _row(["id", "configuration", *inits]), "|---" * (len(inits) + 2) + "|"]
+        for c, name in names.items():
+            g = cells[cells["id"] == c].set_index("init")
+            if len(g):
+                mass = " ".join(dict.fromkeys(filter(None, map(realised, g["setting"]))))
+                rows.append(_row([c, f"{name} {mass}".strip(), *(
+                    f"{_pm(g.at[i, 'final_test_top1_mean'], g.at[i, 'final_test_top1_ci95'])} ({g.at[i, 'n']})"
+                    if i in g.index else "–" for i in inits)]))
+    return table, rows
+
+
+def overview_differences(diffs: pd.DataFrame, names: dict) -> tuple[list[str], list[str]]:
+    """The overview's table of paired differences, by configuration then pair: (its header, its rows)."""
+    paired, rows = [], []
+    if len(diffs):
+        tested = int(diffs.drop_duplicates(["pair", "config"])["p"].notna().sum())
+        paired = ["", "Paired differences of final test top-1 (same configuration and seed): mean ± 95 % CI, "
+                  f"p (Holm) over the {tested} comparisons with a p (each p and its test: report.md); **bold**: "
+                  "p (Holm) < 0.05:",
+                  "", _row(["id", "difference", "n", "mean ± CI", "p (Holm)"]), "|---" * 5 + "|"]
+        order = {c: i for i, c in enumerate(names)}
+        pair_order = {p: i for i, p in enumerate(dict.fromkeys(diffs["pair"]))}
+        for r in diffs.assign(o=diffs["id"].map(order), q=diffs["pair"].map(pair_order)).sort_values(
+                ["o", "q"], kind="stable").itertuples():
+            shown = _pm(r.mean, r.ci95)
+            rows.append(_row([r.id, r.pair.replace(" - ", " − "), r.n,
+                              f"**{shown}**" if r.p_holm < 0.05 else shown, _p(r.p_holm)]))
+    return paired, rows
 
 
 def log_summary(run: tracking.Run, trials: list[dict], pairs: tuple, reference: dict | None = None,
@@ -474,6 +492,21 @@ def markdown(study: str, table: pd.DataFrame, paired: pd.DataFrame, trials: pd.D
     stats.configurations of `trials`, for its configurations stopped early, `importances` the
     parameter importance over them (stats.importances' views), of the declared `objective` of
     `metric`."""
+    lines = table_lines(study, table, trials, note) + paired_lines(paired)
+    done = arms(trials)
+    lines += decomposition_lines(decomposition(done, paired))
+    lines += cell_lines(per_cell(done, table, paired), paired)
+    _, summary, fractions = attention_tables(done, attention)
+    lines += attention_lines(summary) + fraction_lines(fractions)
+    lines += stopped_lines(configs, objective, metric)
+    lines += importance_lines(importances or {}, objective, metric)
+    lines += failed_lines(trials)
+    return "\n".join(lines) + "\n"
+
+
+def table_lines(study: str, table: pd.DataFrame, trials: pd.DataFrame, note: str = "") -> list[str]:
+    """The report's title, what its trials are, and its table of test top-1 and init fidelity per
+    configuration x init (`summarize`'s table)."""
     executions = sorted(trials["execution"].dropna().unique()) if "execution" in trials else []
     reused = int(trials["reused_from"].notna().sum()) if "reused_from" in trials else 0
     lines = [f"# {study}", "", f"{len(trials)} trials: " + ", ".join(
@@ -498,6 +531,13 @@ def markdown(study: str, table: pd.DataFrame, paired: pd.DataFrame, trials: pd.D
     if len(table) and table["pe_unscaled"].any():
         lines += ["", "`pe_scaled` ran with a PE scale of 1 (a fixed sin-cos PE) and value_proj default: it is its "
                   "base init bit for bit, no PE-scale control; its differences are differences to the base init."]
+    return lines
+
+
+def paired_lines(paired: pd.DataFrame) -> list[str]:
+    """The report's paired differences (`summarize`'s), each with its test and Holm p, what each
+    is measured against, and the seeds that ran but could not pair."""
+    lines = []
     if len(paired):
         lines += ["", "Paired differences of final test top-1 (same configuration and seed), mean ± 95 % CI; p: "
                   f"two-sided, of the row's test: t, the paired t-test, where n >= {EXACT_BELOW} and the differences "
@@ -517,19 +557,18 @@ def markdown(study: str, table: pd.DataFrame, paired: pd.DataFrame, trials: pd.D
             lines += ["", f"{int(lost['lost'].sum())} seed(s) in {len(lost)} comparison(s) ran but cannot pair (a side "
                       "failed or was stopped early): those comparisons use their complete pairs only (n): "
                       + "; ".join(f"{r.config} {r.pair}: {r.lost} lost" for r in lost.itertuples())]
-    done = arms(trials)
-    lines += decomposition_lines(decomposition(done, paired))
-    lines += cell_lines(per_cell(done, table, paired), paired)
-    _, summary, fractions = attention_tables(done, attention)
-    lines += attention_lines(summary) + fraction_lines(fractions)
-    lines += stopped_lines(configs, objective, metric)
-    lines += importance_lines(importances or {}, objective, metric)
+    return lines
+
+
+def failed_lines(trials: pd.DataFrame) -> list[str]:
+    """A line per trial that failed (not finished, not stopped early), with its error."""
+    lines = []
     failed = trials[~trials["status"].isin(["TERMINATED", results.STOPPED])]
     if len(failed):
         lines += ["", "Failed trials:", ""]
         lines += [f"- {r.trial_id} ({r.init}, seed {r.seed}, {label(r.params)}): {r.status}: {r.error}"
                   for r in failed.itertuples()]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def stopped_lines(configs: pd.DataFrame | None, objective: str, metric: str) -> list[str]:
@@ -708,69 +747,99 @@ def plots(folder: str, trials: pd.DataFrame, history: pd.DataFrame, paired: pd.D
     (results.ATTENTION), for `attention`."""
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     made = []
     done = trials[trials["status"] == "TERMINATED"]
     if "curves" in wanted and len(history):
-        split = "test" if history["test_top1"].notna().all() else "val"  # test per epoch only with test_every_epoch
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for init, g in history.groupby("init"):
-            curve = g.groupby("epoch")[f"{split}_top1"].agg(["mean", "std"])
-            ax.plot(curve.index, curve["mean"], label=init)
-            ax.fill_between(curve.index, curve["mean"] - curve["std"], curve["mean"] + curve["std"], alpha=0.2)
-        ax.set(xlabel="epoch", ylabel=f"{split} top-1 (%)", title="accuracy per init (mean ± std over runs)")
-        ax.legend()
-        made.append(_save(fig, os.path.join(folder, "curves.png")))
+        made.append(curves_plot(history, os.path.join(folder, "curves.png")))
     if "heads_vs_dim" in wanted and varies_width(done):
-        inits = sorted(done["init"].unique())
-        fig, axes = plt.subplots(1, len(inits), figsize=(4 * len(inits) + 1, 3.5), squeeze=False, layout="constrained")
-        means = done.groupby(["init", "num_heads", "embed_dim"])["final_test_top1"].mean()
-        scale = matplotlib.colors.Normalize(means.min(), means.max())  # one colour scale: inits compare by colour
-        for ax, init in zip(axes[0], inits):
-            cells = done[done["init"] == init]
-            grid = cells.pivot_table(index="num_heads", columns="embed_dim", values="final_test_top1", aggfunc="mean")
-            ks = cells.pivot_table(index="num_heads", columns="embed_dim", values="init_rank_k",
-                                   aggfunc="mean").reindex(index=grid.index, columns=grid.columns).values
-            f = int(cells["filter_size"].iloc[0])
-            im = ax.imshow(grid.values, cmap="viridis", norm=scale, aspect="auto")
-            ax.set_xticks(range(len(grid.columns)), grid.columns)
-            ax.set_yticks(range(len(grid.index)), grid.index)
-            for (i, j), v in np.ndenumerate(grid.values):
-                if not math.isnan(v):
-                    h, dim = grid.index[i], grid.columns[j]
-                    k = ks[i, j]
-                    met = not math.isnan(k) and all(conditions(dim, whole_rank(k), f, h)[c]
-                                                     for c in ("h_ge_f2", "head_dim_ge_k"))
-                    ax.text(j, i, f"{v:.1f}{'*' if met else ''}", ha="center", va="center", fontsize=8,
-                            color="k" if scale(v) > 0.6 else "w")  # viridis turns light from about 0.6
-            ax.set(xlabel="embed dim", ylabel="heads", title=f"{init} (* h≥f², D/h≥k)")
-        fig.colorbar(im, ax=axes[0].tolist(), label="final test top-1 (%), mean over seeds")
-        made.append(_save(fig, os.path.join(folder, "heads_vs_dim.png")))
+        made.append(heads_vs_dim_plot(done, os.path.join(folder, "heads_vs_dim.png")))
     gaps = (paired[paired["pair"].str.endswith(" - learned") & paired["width_ratio"].notna()]
             if "filter_gap" in wanted and len(paired) else [])
     if len(gaps):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for pair, g in gaps.sort_values("width_ratio").groupby("pair"):
-            ax.errorbar(g["width_ratio"], g["mean"], yerr=g["ci95"].fillna(0), marker="o", capsize=3,
-                        label=pair.replace(" - ", " − "))
-        ax.axvline(1, ls="--", c="gray")
-        ax.axhline(0, c="k", lw=0.5)
-        ax.set_xscale("log")
-        ax.set(xlabel="D / (k f²)", ylabel="final test top-1 gap (pp), 95 % CI",
-               title="frozen minus learned filters (theory: gap closes at D ≥ k f²)")
-        ax.legend(fontsize=8)
-        made.append(_save(fig, os.path.join(folder, "filter_gap.png")))
+        made.append(filter_gap_plot(gaps, os.path.join(folder, "filter_gap.png")))
     curves = attention_tables(arms(trials), attention)[0] if "attention" in wanted else []
     if len(curves):
         made.append(attention_plot(curves, os.path.join(folder, "attention.png")))
     if "param_importances" in wanted and importances:
-        view, (n, found) = next(iter(importances.items()))  # the finished configurations' where there are enough
-        fig, ax = plt.subplots(figsize=(5, 0.5 + 0.4 * len(found)))
-        ax.barh(list(found)[::-1], list(found.values())[::-1])
-        ax.set(xlabel=f"importance (fANOVA over {n} configurations, {view})", title="parameter importance")
-        made.append(_save(fig, os.path.join(folder, "param_importances.png")))
+        made.append(importances_plot(importances, os.path.join(folder, "param_importances.png")))
     return made
+
+
+def curves_plot(history: pd.DataFrame, path: str) -> str:
+    """Top-1 per epoch per init, mean ± std over runs: of the test set where every epoch was tested
+    (test_every_epoch), else of the validation split."""
+    import matplotlib.pyplot as plt
+
+    split = "test" if history["test_top1"].notna().all() else "val"
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for init, g in history.groupby("init"):
+        curve = g.groupby("epoch")[f"{split}_top1"].agg(["mean", "std"])
+        ax.plot(curve.index, curve["mean"], label=init)
+        ax.fill_between(curve.index, curve["mean"] - curve["std"], curve["mean"] + curve["std"], alpha=0.2)
+    ax.set(xlabel="epoch", ylabel=f"{split} top-1 (%)", title="accuracy per init (mean ± std over runs)")
+    ax.legend()
+    return _save(fig, path)
+
+
+def heads_vs_dim_plot(done: pd.DataFrame, path: str) -> str:
+    """Final test top-1 over (heads, embed dim), a panel per init on one colour scale; * marks the
+    cells where the theory's conditions (h >= f^2, D/h >= k) hold."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    inits = sorted(done["init"].unique())
+    fig, axes = plt.subplots(1, len(inits), figsize=(4 * len(inits) + 1, 3.5), squeeze=False, layout="constrained")
+    means = done.groupby(["init", "num_heads", "embed_dim"])["final_test_top1"].mean()
+    scale = matplotlib.colors.Normalize(means.min(), means.max())  # one colour scale: inits compare by colour
+    for ax, init in zip(axes[0], inits):
+        cells = done[done["init"] == init]
+        grid = cells.pivot_table(index="num_heads", columns="embed_dim", values="final_test_top1", aggfunc="mean")
+        ks = cells.pivot_table(index="num_heads", columns="embed_dim", values="init_rank_k",
+                               aggfunc="mean").reindex(index=grid.index, columns=grid.columns).values
+        f = int(cells["filter_size"].iloc[0])
+        im = ax.imshow(grid.values, cmap="viridis", norm=scale, aspect="auto")
+        ax.set_xticks(range(len(grid.columns)), grid.columns)
+        ax.set_yticks(range(len(grid.index)), grid.index)
+        for (i, j), v in np.ndenumerate(grid.values):
+            if not math.isnan(v):
+                h, dim = grid.index[i], grid.columns[j]
+                k = ks[i, j]
+                met = not math.isnan(k) and all(conditions(dim, whole_rank(k), f, h)[c]
+                                                 for c in ("h_ge_f2", "head_dim_ge_k"))
+                ax.text(j, i, f"{v:.1f}{'*' if met else ''}", ha="center", va="center", fontsize=8,
+                        color="k" if scale(v) > 0.6 else "w")  # viridis turns light from about 0.6
+        ax.set(xlabel="embed dim", ylabel="heads", title=f"{init} (* h≥f², D/h≥k)")
+    fig.colorbar(im, ax=axes[0].tolist(), label="final test top-1 (%), mean over seeds")
+    return _save(fig, path)
+
+
+def filter_gap_plot(gaps: pd.DataFrame, path: str) -> str:
+    """Each frozen - learned gap against D / (k f^2), with its CI; the theory closes it at 1."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for pair, g in gaps.sort_values("width_ratio").groupby("pair"):
+        ax.errorbar(g["width_ratio"], g["mean"], yerr=g["ci95"].fillna(0), marker="o", capsize=3,
+                    label=pair.replace(" - ", " − "))
+    ax.axvline(1, ls="--", c="gray")
+    ax.axhline(0, c="k", lw=0.5)
+    ax.set_xscale("log")
+    ax.set(xlabel="D / (k f²)", ylabel="final test top-1 gap (pp), 95 % CI",
+           title="frozen minus learned filters (theory: gap closes at D ≥ k f²)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def importances_plot(importances: dict, path: str) -> str:
+    """The parameter importance of the first view (the finished configurations' where there are enough)."""
+    import matplotlib.pyplot as plt
+
+    view, (n, found) = next(iter(importances.items()))
+    fig, ax = plt.subplots(figsize=(5, 0.5 + 0.4 * len(found)))
+    ax.barh(list(found)[::-1], list(found.values())[::-1])
+    ax.set(xlabel=f"importance (fANOVA over {n} configurations, {view})", title="parameter importance")
+    return _save(fig, path)
 
 
 def attention_plot(curves: pd.DataFrame, path: str) -> str:

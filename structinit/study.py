@@ -1,17 +1,20 @@
 """A study: what it searches and how it pairs its runs, checked before anything runs.
 
-    Study(name, trial=<base TrialConfig>, space=<define-by-run fn>, inits=..., seeds=...)
-      space: a proposal of dotted TrialConfig fields (spaces.py), proposed by Optuna (runner.py)
+    Study(name, trial=<base TrialConfig>, space=<define-by-run fn> or grid={field: [values]}, inits=..., seeds=...)
+      space: a proposal of dotted TrialConfig fields (the spaces below), proposed by Optuna (runner.py)
       repeats: each proposal runs once per (init, seed), the paired runs every comparison needs
       trial_config: the TrialConfig of one of those runs
       objective: what the search optimises and the grouped scheduler judges a configuration by
       rungs: the epochs where the grouped scheduler judges a configuration's whole group
 
+The search spaces (`categorical`, `heads_and_dims`, `impulse_settings`) and the trials a study
+script's `smoke` and `paper` presets start from are here too, so a study script names one module.
 Running it is runner.py's; its command line is commands/study.py's.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 import os
@@ -20,10 +23,10 @@ from typing import Callable
 
 import optuna
 
-from structinit.config import SEEDS, TRIAL_INDEX, TrialConfig, config_key, search_params, trained, with_overrides
+from structinit.config import (SEEDS, TRIAL_INDEX, TrialConfig, config_key, make, search_params, trained,
+                               with_overrides)
 from structinit.declarations import OBJECTIVES, PAIRS, PLOTS, parse_objective
 from structinit.paths import StudyPaths
-from structinit.spaces import helper_params
 from structinit.validate import check, choice, component, database_url
 
 SCHEDULERS = ("fifo", "asha", "grouped")
@@ -34,7 +37,8 @@ CHECKPOINT_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs", "file")  # wha
 class Study:
     name: str
     trial: TrialConfig  # every field a trial does not sample comes from here
-    space: Callable[[optuna.Trial], dict | None]  # define-by-run over dotted TrialConfig fields
+    # define-by-run over dotted TrialConfig fields; None with a grid: `categorical` over the grid
+    space: Callable[[optuna.Trial], dict | None] | None = None
     grid: dict | None = None  # a full grid over these params instead of TPE (Optuna GridSampler)
     num_configs: int = 4  # configurations to propose (a grid: its size)
     inits: tuple = ("impulse", "mimetic", "default")
@@ -52,14 +56,15 @@ class Study:
     search_seed: int = 0
     max_concurrent: int | None = None  # None: from the cluster's resources
     storage: str = "runs"  # Optuna storage, results, reports (on the driver's machine): <storage>/<name>/...
-    checkpoints: str | None = None  # Tune/Train state and checkpoints: a URI (s3://, gs://) or a folder all
-    # nodes share; default <storage>/<name>
+    # Tune/Train state and checkpoints: a URI (s3://, gs://) or a folder all nodes share; default <storage>/<name>
+    checkpoints: str | None = None
     optuna_url: str | None = None  # any SQLAlchemy URL; default sqlite in the storage folder
     tracking_uri: str | None = None
     pairs: tuple = PAIRS  # (a, b): the paired differences a - b its report shows, where both ran
     plots: tuple = PLOTS  # which of PLOTS its report draws, each where the results allow
-    reference: dict | None = None  # a setting of dotted init fields, e.g. {"init.pseudo_input": "pe"}: its report
-    # pairs every other setting of an init against this one (same base, same seed)
+    # a setting of dotted init fields, e.g. {"init.pseudo_input": "pe"}: its report pairs every other
+    # setting of an init against this one (same base, same seed)
+    reference: dict | None = None
 
     def __post_init__(self):
         component("name", self.name)  # its folder under storage, its MLflow experiment
@@ -113,7 +118,11 @@ class Study:
         if self.grid is not None:
             check("grid", self.grid, "a dict of non-empty lists", isinstance(self.grid, dict) and all(
                 isinstance(v, list) and v for v in self.grid.values()))
+            if self.space is None:
+                object.__setattr__(self, "space", functools.partial(categorical, **self.grid))
             search_params(dict.fromkeys(self.grid), self.helpers)  # every key a field (or a declared helper)
+        check("space", self.space, "a define-by-run function of an Optuna trial, or grid= to search a full grid",
+              callable(self.space))
 
     @property
     def helpers(self) -> frozenset[str]:
@@ -148,6 +157,86 @@ class Study:
         return tuple(out)
 
 
+# Search spaces: define-by-run over dotted TrialConfig fields, shared by the studies. Each is a plain
+# function `space(trial, **choices)`; a study binds its choices with `functools.partial`, which keeps
+# it picklable for Tune's searcher state and for resume. Every param a space suggests is a dotted
+# TrialConfig field, or a helper it declares (`@helpers`): any other name is refused
+# (config.search_params), so a typo never leaves a study training its base config.
+def helpers(names):
+    """Declare the params a space suggests that are not TrialConfig fields (their values reach the
+    config through what the space returns): `names(*args, **choices)`, of the choices the space is
+    bound to, gives them."""
+    def declare(space):
+        space.helpers = names
+        return space
+    return declare
+
+
+def helper_params(space) -> frozenset[str]:
+    """The helper params `space` (a space, or a functools.partial of one) declares; none undeclared."""
+    fn, args, kwargs = (space.func, space.args, space.keywords) if isinstance(space, functools.partial) \
+        else (space, (), {})
+    names = getattr(fn, "helpers", None)
+    return frozenset(names(*args, **kwargs)) if names else frozenset()
+
+
+def _heads(dim: int) -> str:
+    """The helper param of the heads for one embed_dim."""
+    return f"heads_e{dim}"
+
+
+@helpers(lambda dims, heads, **_: {_heads(d) for d in dims})
+def heads_and_dims(trial, dims, heads):
+    """embed_dim from `dims`, then heads from those of `heads` that divide it. One parameter name
+    per dim (a declared helper): Optuna rejects a categorical whose choices change with another
+    parameter."""
+    dim = trial.suggest_categorical("model.embed_dim", list(dims))
+    check("heads", list(heads), f"at least one that divides every embed_dim in {list(dims)} (none divides {dim})",
+          any(dim % h == 0 for h in heads))
+    h = trial.suggest_categorical(_heads(dim), [h for h in heads if dim % h == 0])
+    return {"model.num_heads": h}
+
+
+def categorical(trial, **choices):
+    """Independent categorical choices, e.g. `categorical(trial, **{"init.filter_size": [3, 5]})`;
+    with a study `grid` of the same lists, the full grid in a seeded order."""
+    for name, values in choices.items():
+        trial.suggest_categorical(name, list(values))
+    return None
+
+
+@helpers(heads_and_dims.helpers)
+def impulse_settings(trial, dims, heads, masses=(0.2, 0.999), pe_scales=None, pseudo_inputs=("pe", "data")):
+    """(embed_dim, heads) as `heads_and_dims`, and the impulse init's own settings: its sharpness
+    `init.target_mass` in `masses`, the pseudo input it is solved on and, given `pe_scales`
+    (lo, hi), the PE scale `init.pe_scale`, log-uniform (pe_scaled reads it too, so the control
+    stays matched; for a learned PE only: a fixed one cannot shrink back in training, and at x28
+    it drowns the image -- trials of digits at chance)."""
+    fixed = heads_and_dims(trial, dims, heads)
+    trial.suggest_float("init.target_mass", *masses)
+    if pe_scales is not None:
+        trial.suggest_float("init.pe_scale", *pe_scales, log=True)
+    trial.suggest_categorical("init.pseudo_input", list(pseudo_inputs))
+    return fixed
+
+
+# The trials the presets of every study script start from.
+def smoke(model: str | None = None, **model_fields) -> TrialConfig:
+    """A `smoke` preset's trial: digits, two blocks (and `model_fields`), two epochs, no warm-up;
+    a few minutes on a 2-core CPU. `model` names another than the dataset's default."""
+    return make("digits", model, model_overrides=dict(depth=2, **model_fields),
+                recipe_overrides=dict(epochs=2, warmup_epochs=0))
+
+
+PAPER = dict(data_root="/data", gpu=True, cpus_per_worker=4)  # the data on the GPU workers' disks
+
+
+def paper(dataset: str, **fields) -> TrialConfig:
+    """A `paper` preset's trial: `dataset` under /data on GPU workers with 4 CPUs each (`PAPER`);
+    `fields` as `config.make` takes them (footing, model, its overrides)."""
+    return make(dataset, **PAPER, **fields)
+
+
 def trial_config(study: Study, config: dict) -> tuple[TrialConfig, dict]:
     """The TrialConfig of one Tune trial, and its configuration's params (without init and seed).
     Under the grouped scheduler it also checkpoints at the rungs, where it waits for its group."""
@@ -168,7 +257,7 @@ def check_space(study: Study, bytes_per_parameter: int = 4, samples: int = 64, d
     valid TrialConfig whose splits of its data keep every class and a batch, which reports the
     study's metric, and whose model at `bytes_per_parameter` fits in this machine's memory
     (config.validate_model); every param must be a TrialConfig field or one the space declares
-    (spaces.helper_params). Bad bounds, unknown fields or broken constraints fail before any
+    (`helper_params`). Bad bounds, unknown fields or broken constraints fail before any
     cluster work. Returns each dataset it read, by `source`: the study's one read, which its trials
     share. `data=False` reads no data (a preset whose data is on the cluster's workers, as `paper`'s
     /data): the splits go unchecked, and so does memory with `bytes_per_parameter=0`."""

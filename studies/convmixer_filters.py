@@ -10,38 +10,29 @@ report reads the frozen - learned gap against D / (k f^2) (table column "theory"
     python studies/convmixer_filters.py [--preset smoke|cpu|paper] [--seeds 0,1,2] ...
     structinit report convmixer_filters
 """
-from functools import partial
-
 from structinit.commands.study import cli
 from structinit.config import make
 from structinit.declarations import FILTER_PAIRS
-from structinit.spaces import categorical
-from structinit.study import Study
+from structinit.study import Study, paper, smoke
 
 INITS = ("learned", "frozen_random", "frozen_impulse", "frozen_box")
+CONVMIXER = "convmixer_64_4_p1"
 
 
 def study(kernels, dims, trial, seeds):
-    grid = {"model.kernel_size": list(kernels), "model.embed_dim": list(dims)}
-    return Study("convmixer_filters", trial, partial(categorical, **grid), grid=grid, inits=INITS, seeds=seeds,
-                 pairs=FILTER_PAIRS, plots=("curves", "filter_gap", "param_importances"))
-
-
-def digits(epochs: int):
-    return make("digits", model="convmixer_64_4_p1", recipe_overrides=dict(epochs=epochs))
+    return Study("convmixer_filters", trial, grid={"model.kernel_size": list(kernels), "model.embed_dim": list(dims)},
+                 inits=INITS, seeds=seeds, pairs=FILTER_PAIRS, plots=("curves", "filter_gap", "param_importances"))
 
 
 PRESETS = {
     # a few minutes on a 2-core CPU: one cell, one seed, two epochs
-    "smoke": lambda: study([3], [16], make("digits", model="convmixer_64_4_p1", model_overrides=dict(depth=2),
-                                           recipe_overrides=dict(epochs=2, warmup_epochs=0)), (0,)),
+    "smoke": lambda: study([3], [16], smoke(CONVMIXER), (0,)),
     # digits on a laptop (k = 4 at init): D / (k f^2) from 0.08 to 3.6
-    "cpu": lambda: study([3, 5], [8, 32, 128], digits(20), (0, 1, 2)),
+    "cpu": lambda: study([3, 5], [8, 32, 128], make("digits", CONVMIXER, recipe_overrides=dict(epochs=20)), (0, 1, 2)),
     # the paper's CIFAR-10 setting: ConvMixer-256/8 and -512/8, f = 3, 5, 7, patch 2
-    "paper": lambda: study([3, 5, 7], [256, 512], make(
-        "cifar10", model="convmixer_64_4_p1", data_root="/data", gpu=True, cpus_per_worker=4,
-        model_overrides=dict(depth=8, patch_size=2)), (0, 1, 2)),
+    "paper": lambda: study([3, 5, 7], [256, 512], paper("cifar10", model=CONVMIXER, model_overrides=dict(
+        depth=8, patch_size=2)), (0, 1, 2)),
 }
 
 if __name__ == "__main__":
-    cli("convmixer_filters", PRESETS)
+    cli(PRESETS)

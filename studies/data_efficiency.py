@@ -7,31 +7,26 @@ distance with the smallest's, seed by seed (stats.across_fractions).
     python studies/data_efficiency.py [--preset smoke|cpu|paper] ...
     structinit report data_efficiency
 """
-from functools import partial
-
 from structinit.commands.study import cli
 from structinit.config import make
 from structinit.declarations import IMPULSE_PAIRS
-from structinit.spaces import categorical
-from structinit.study import Study
+from structinit.study import Study, paper, smoke
+
+LEARNED_PE = dict(pos_embed="learn")
 
 
 def study(fractions, trial, seeds):
-    grid = {"fraction": list(fractions)}
-    return Study("data_efficiency", trial, partial(categorical, **grid), grid=grid,
+    return Study("data_efficiency", trial, grid={"fraction": list(fractions)},
                  inits=("impulse", "pe_scaled", "mimetic", "default"), seeds=seeds, pairs=IMPULSE_PAIRS,
                  plots=("curves", "attention", "param_importances"))
 
 
 PRESETS = {
-    "smoke": lambda: study([0.25], make("digits", recipe_overrides=dict(epochs=2, warmup_epochs=0),
-                                        model_overrides=dict(depth=2, pos_embed="learn")), (0,)),
+    "smoke": lambda: study([0.25], smoke(**LEARNED_PE), (0,)),
     "cpu": lambda: study([0.1, 0.25, 0.5, 1.0], make("digits", recipe_overrides=dict(epochs=30),
-                                                     model_overrides=dict(pos_embed="learn")), (0, 1, 2)),
-    "paper": lambda: study([0.01, 0.05, 0.1, 0.25, 0.5, 1.0],
-                           make("cifar10", data_root="/data", gpu=True, cpus_per_worker=4,
-                                model_overrides=dict(pos_embed="learn")), (0, 1, 2)),
+                                                     model_overrides=LEARNED_PE), (0, 1, 2)),
+    "paper": lambda: study([0.01, 0.05, 0.1, 0.25, 0.5, 1.0], paper("cifar10", model_overrides=LEARNED_PE), (0, 1, 2)),
 }
 
 if __name__ == "__main__":
-    cli("data_efficiency", PRESETS)
+    cli(PRESETS)

@@ -2,7 +2,7 @@
 and which impulse setting -- sharpness, PE scale, pseudo input -- makes it pay?
 
 Optuna proposes (embed_dim, heads) pairs, heads always dividing the dim, together with the impulse
-init's own settings (spaces.impulse_settings): `init.target_mass` in [0.2, 0.999], the pseudo input,
+init's own settings (study.impulse_settings): `init.target_mass` in [0.2, 0.999], the pseudo input,
 `pe` or `data` (solved layer by layer on real training images), and on a learned PE its scale in
 [1, 32] (log). Each proposal is trained with impulse, mimetic and the footing's baseline over the
 same seeds -- and, on a learned PE, pe_scaled (the same PE scale and V/proj, Q/K unsolved) -- so the
@@ -27,11 +27,10 @@ from functools import partial
 from structinit.commands.study import cli
 from structinit.config import make
 from structinit.footings import FOOTINGS
-from structinit.spaces import heads_and_dims, impulse_settings
-from structinit.study import Study
+from structinit.study import PAPER, Study, heads_and_dims, impulse_settings, smoke
 
-SEARCHED = dict(solver="closed_form", target_mass=0.9, factor_norm=None, qk="per_block", offsets="cover")  # the
-# closed form per block, its sharpness set by target_mass (searched), on either footing
+# the closed form per block, its sharpness set by target_mass (searched), on either footing
+SEARCHED = dict(solver="closed_form", target_mass=0.9, factor_norm=None, qk="per_block", offsets="cover")
 
 
 def study(footing: str, dataset: str, dims, heads, num_configs: int, seeds, **fields) -> Study:
@@ -49,21 +48,17 @@ def study(footing: str, dataset: str, dims, heads, num_configs: int, seeds, **fi
                  objective=f"gap:impulse-{baseline}", grace_epochs=max(1, trial.recipe.warmup_epochs))
 
 
+CPU = dict(fraction=0.25, recipe_overrides=dict(epochs=30))  # 25 % of digits, where the arms do not saturate
 PRESETS = {
     # a few minutes on a 2-core CPU: one proposal, two epochs
-    "smoke": lambda: Study(
-        "heads_vs_dim", make("digits", recipe_overrides=dict(epochs=2, warmup_epochs=0),
-                             model_overrides=dict(depth=2)),
-        partial(heads_and_dims, dims=[32, 64], heads=[2, 4]), num_configs=1, seeds=(0,)),
-    # 25 % of digits on a laptop: 6 proposals x 3-4 inits x 5 seeds (~15-20 min on 2 cores)
-    "cpu": lambda: study("v1", "digits", [32, 64, 96], [2, 4, 8, 16], 6, (0, 1, 2, 3, 4),
-                         fraction=0.25, recipe_overrides=dict(epochs=30)),
-    "cpu_followup": lambda: study("followup", "digits", [32, 64, 96], [2, 4, 8, 16], 6, (0, 1, 2, 3, 4),
-                                  fraction=0.25, recipe_overrides=dict(epochs=30)),
+    "smoke": lambda: Study("heads_vs_dim", smoke(), partial(heads_and_dims, dims=[32, 64], heads=[2, 4]),
+                           num_configs=1, seeds=(0,)),
+    # on a laptop: 6 proposals x 3-4 inits x 5 seeds (~15-20 min on 2 cores)
+    "cpu": lambda: study("v1", "digits", [32, 64, 96], [2, 4, 8, 16], 6, (0, 1, 2, 3, 4), **CPU),
+    "cpu_followup": lambda: study("followup", "digits", [32, 64, 96], [2, 4, 8, 16], 6, (0, 1, 2, 3, 4), **CPU),
     # the paper's CIFAR-100 table (ViT-T/S at 32 px, heads 3..16) on GPU workers
-    "paper": lambda: study("v1", "cifar100", [192, 384], [3, 6, 8, 12, 16], 8, (0, 1, 2),
-                           data_root="/data", gpu=True, cpus_per_worker=4),
+    "paper": lambda: study("v1", "cifar100", [192, 384], [3, 6, 8, 12, 16], 8, (0, 1, 2), **PAPER),
 }
 
 if __name__ == "__main__":
-    cli("heads_vs_dim", PRESETS)
+    cli(PRESETS)

@@ -30,14 +30,11 @@ by seed like every arm, each against impulse and against the footing's baseline
     python studies/init_comparison.py [--preset smoke|cpu|cpu_v1|paper] [--seeds 0,1,2,3,4] ...
     structinit report init_comparison         (cpu_v1: init_comparison_v1)
 """
-from functools import partial
-
 from structinit.commands.study import cli
 from structinit.config import make
-from structinit.footings import FOOTINGS
 from structinit.declarations import IMPULSE_PAIRS
-from structinit.spaces import categorical
-from structinit.study import Study
+from structinit.footings import FOOTINGS
+from structinit.study import Study, paper, smoke
 
 INITS = ("impulse", "pe_scaled", "mimetic", "default")
 FOLLOWUP = ("impulse", "pe_scaled", "mimetic", FOOTINGS["followup"].baseline)
@@ -45,29 +42,26 @@ ATTENTION_BASELINES = ("conditioned", "dct", "mimetic_vo")  # closed-form attent
 V1 = ("impulse", "mimetic", FOOTINGS["v1"].baseline)  # a fixed PE keeps scale 1: pe_scaled would be the baseline
 BOTH = ("pe", "data")  # impulse solved on the PE, and layer by layer on training images
 MATCHED = dict(match_pe_mass=True)  # the data arm at the pe arm's realised mass on the images
+CPU = dict(recipe_overrides=dict(epochs=30), fraction=0.25)  # 25 % of digits, where the arms do not saturate
 
 
 def study(datasets, trial, seeds, inits=INITS, pseudo_inputs=("pe",), name="init_comparison"):
-    grid = {"dataset": list(datasets), "init.pseudo_input": list(pseudo_inputs)}
-    return Study(name, trial, partial(categorical, **grid), grid=grid, inits=inits, seeds=seeds,
-                 pairs=IMPULSE_PAIRS, plots=("curves", "attention", "param_importances"))
+    return Study(name, trial, grid={"dataset": list(datasets), "init.pseudo_input": list(pseudo_inputs)},
+                 inits=inits, seeds=seeds, pairs=IMPULSE_PAIRS, plots=("curves", "attention", "param_importances"))
 
 
 PRESETS = {
-    "smoke": lambda: study(["digits"], make("digits", recipe_overrides=dict(epochs=2, warmup_epochs=0),
-                                            model_overrides=dict(depth=2, pos_embed="learn")), (0,)),
-    "cpu": lambda: study(["digits"], make("digits", recipe_overrides=dict(epochs=30), footing="followup",
-                                          fraction=0.25, init_overrides=MATCHED), (0, 1, 2, 3, 4),
-                         FOLLOWUP + ATTENTION_BASELINES, BOTH),
-    "cpu_v1": lambda: study(["digits"], make("digits", recipe_overrides=dict(epochs=30), footing="v1", fraction=0.25,
-                                             init_overrides=dict(solver="closed_form", target_mass=0.5,
-                                                                 qk="per_block", offsets="cover", **MATCHED)),
-                            (0, 1, 2, 3, 4), V1, BOTH, name="init_comparison_v1"),
+    "smoke": lambda: study(["digits"], smoke(pos_embed="learn"), (0,)),
+    "cpu": lambda: study(["digits"], make("digits", footing="followup", init_overrides=MATCHED, **CPU),
+                         (0, 1, 2, 3, 4), FOLLOWUP + ATTENTION_BASELINES, BOTH),
+    "cpu_v1": lambda: study(["digits"], make("digits", footing="v1", **CPU, init_overrides=dict(
+        solver="closed_form", target_mass=0.5, qk="per_block", offsets="cover", **MATCHED)),
+        (0, 1, 2, 3, 4), V1, BOTH, name="init_comparison_v1"),
     # CIFAR-10/100 and SVHN share one root in torchvision's layout; ViT-T/2 at 32 px
-    "paper": lambda: study(["cifar10", "cifar100", "svhn"],
-                           make("cifar10", data_root="/data", gpu=True, cpus_per_worker=4, footing="followup",
-                                init_overrides=MATCHED), (0, 1, 2, 3, 4), FOLLOWUP + ATTENTION_BASELINES, BOTH),
+    "paper": lambda: study(["cifar10", "cifar100", "svhn"], paper("cifar10", footing="followup",
+                                                                  init_overrides=MATCHED),
+                           (0, 1, 2, 3, 4), FOLLOWUP + ATTENTION_BASELINES, BOTH),
 }
 
 if __name__ == "__main__":
-    cli("init_comparison", PRESETS)
+    cli(PRESETS)

@@ -9,30 +9,26 @@ Each shape and mix is paired with the plain impulse (no mix), seed by seed.
     structinit report target_shape
 """
 import dataclasses
-from functools import partial
 
 from structinit.commands.study import cli
 from structinit.config import make
 from structinit.declarations import IMPULSE_PAIRS
-from structinit.spaces import categorical
-from structinit.study import Study
+from structinit.study import Study, paper, smoke
 
 
 def study(shapes, mixes, trial, seeds, mix_ratio=0.3):
-    grid = {"init.target_shape": list(shapes), "init.mix": list(mixes)}
     trial = dataclasses.replace(trial, init=dataclasses.replace(trial.init, mix_ratio=mix_ratio))
-    return Study("target_shape", trial, partial(categorical, **grid), grid=grid, inits=("impulse",), seeds=seeds,
-                 pairs=IMPULSE_PAIRS, plots=("curves", "param_importances"),
+    return Study("target_shape", trial, grid={"init.target_shape": list(shapes), "init.mix": list(mixes)},
+                 inits=("impulse",), seeds=seeds, pairs=IMPULSE_PAIRS, plots=("curves", "param_importances"),
                  reference={"init.target_shape": "impulse", "init.mix": None})
 
 
 SHAPES, MIXES = ["impulse", "box", "gaussian"], [None, "noise", "mimetic"]
 PRESETS = {
-    "smoke": lambda: study(["impulse", "gaussian"], [None, "mimetic"], make(
-        "digits", recipe_overrides=dict(epochs=2, warmup_epochs=0), model_overrides=dict(depth=2)), (0,)),
+    "smoke": lambda: study(["impulse", "gaussian"], [None, "mimetic"], smoke(), (0,)),
     "cpu": lambda: study(SHAPES, MIXES, make("digits", recipe_overrides=dict(epochs=30)), (0, 1, 2)),
-    "paper": lambda: study(SHAPES, MIXES, make("cifar10", data_root="/data", gpu=True, cpus_per_worker=4), (0, 1, 2)),
+    "paper": lambda: study(SHAPES, MIXES, paper("cifar10"), (0, 1, 2)),
 }
 
 if __name__ == "__main__":
-    cli("target_shape", PRESETS)
+    cli(PRESETS)

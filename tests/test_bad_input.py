@@ -27,8 +27,7 @@ import os
 from functools import partial
 from structinit.commands.study import cli
 from structinit.config import make
-from structinit.spaces import categorical, heads_and_dims
-from structinit.study import Study
+from structinit.study import Study, categorical, heads_and_dims
 
 base = lambda: make("digits", recipe_overrides=dict(epochs=2, warmup_epochs=0))
 one = partial(categorical, **{"model.depth": [2]})

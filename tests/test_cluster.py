@@ -20,8 +20,7 @@ from mlflow.tracking import MlflowClient
 from structinit.cluster import DRIVER
 from structinit.config import make
 from structinit.runner import run
-from structinit.spaces import heads_and_dims
-from structinit.study import Study
+from structinit.study import Study, heads_and_dims
 from tests.helpers import free_port, stop
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,8 +23,7 @@ from structinit import results
 from structinit.config import make
 from structinit.paths import StudyPaths
 from structinit.runner import run
-from structinit.spaces import categorical
-from structinit.study import Study
+from structinit.study import Study, categorical
 from tests.helpers import free_port, gcs, kill_driver, stop
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]  # every test here runs a study or a Ray cluster
@@ -350,8 +349,7 @@ from functools import partial
 
 from structinit.commands.study import cli
 from structinit.config import make
-from structinit.spaces import categorical
-from structinit.study import Study
+from structinit.study import Study, categorical
 
 GRID = {"recipe.lr": [1e6], "recipe.grad_clip": [None]}  # its loss turns NaN in the first epoch
 PRESETS = {"nan": lambda: Study("all_nan", make("digits", recipe_overrides=dict(epochs=2, warmup_epochs=0),

@@ -20,9 +20,8 @@ from mlflow.tracking import MlflowClient
 
 from structinit.config import GROUP, make
 from structinit.halving import CURVE, GroupedHalving, GroupRepeater, survivors
-from structinit.spaces import categorical
 from structinit.stats import configurations, group_objective, importance, importances
-from structinit.study import TRIAL_INDEX, Study
+from structinit.study import TRIAL_INDEX, Study, categorical
 from tests.helpers import kill_driver
 
 # ---- the rule and the objective ----------------------------------------------------------------
@@ -343,8 +342,7 @@ SCRIPT = '''
 from functools import partial
 from structinit.commands.study import cli
 from structinit.config import make
-from structinit.spaces import categorical
-from structinit.study import Study
+from structinit.study import Study, categorical
 
 LRS = {{"recipe.lr": {lrs!r}}}
 PRESETS = {{"tiny": lambda: Study(

@@ -3,9 +3,11 @@ report's statistics, and a smoke study end to end on real Ray, Optuna storage an
 import dataclasses
 import json
 import math
+import sys
 from functools import partial
 from pathlib import Path
 
+import optuna
 import pandas as pd
 import pytest
 from scipy import stats
@@ -15,8 +17,7 @@ from structinit.config import config_key
 from structinit.report import ci95, markdown, summarize, summary_metrics
 from structinit.stats import arms, decomposition, holm, per_cell
 from structinit.runner import searcher
-from structinit.spaces import categorical, heads_and_dims
-from structinit.study import TRIAL_INDEX, Study, check_space, trial_config
+from structinit.study import TRIAL_INDEX, Study, categorical, check_space, heads_and_dims, trial_config
 
 
 def small_study(tmp_path, **kw):
@@ -77,6 +78,38 @@ def test_grid_study_visits_every_cell_in_a_seeded_order(tmp_path):
     Path(study.paths.folder).mkdir(parents=True)
     cells = proposals(study, "g", 4)
     assert sorted((c["init.filter_size"], c["fraction"]) for c in cells) == [(3, 0.5), (3, 1.0), (5, 0.5), (5, 1.0)]
+
+
+def test_a_grid_study_builds_its_own_space_and_a_study_without_either_is_refused(tmp_path):
+    """Study(grid=...) searches `categorical` over the grid (the space a script would pass); a study
+    with neither a space nor a grid is refused naming the space."""
+    grid = {"init.filter_size": [3, 5], "fraction": [0.5, 1.0]}
+    study = Study("g", make("digits"), grid=grid, storage=str(tmp_path))
+    assert (study.space.func, study.space.keywords, study.configs) == (categorical, grid, 4)
+    trial = optuna.trial.FixedTrial({"init.filter_size": 5, "fraction": 0.5})
+    assert study.space(trial) is None and trial.params == {"init.filter_size": 5, "fraction": 0.5}
+    with pytest.raises(ValueError, match=r"space=None .*grid="):
+        Study("g", make("digits"), storage=str(tmp_path))
+
+
+def test_a_study_script_is_named_after_its_file(monkeypatch, capsys):
+    """`cli(PRESETS)` takes the script's name from its file (its --help says `studies/<file>.py`);
+    `cli(name, PRESETS)` names it, for a script written elsewhere (bench/search_efficiency.py)."""
+    import types
+
+    from structinit.commands.study import cli, script_name
+
+    main = types.ModuleType("__main__", "A probe study.")
+    main.__file__ = "/somewhere/studies/probe_study.py"
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    assert script_name() == "probe_study"
+    for args, prog in (((PRESETS,), "studies/probe_study.py"), (("heads_vs_dim", PRESETS), "studies/heads_vs_dim.py")):
+        with pytest.raises(SystemExit) as done:
+            cli(*args, argv=["--help"], default="smoke")
+        assert done.value.code == 0 and f"usage: {prog}" in capsys.readouterr().out
+
+
+PRESETS = {"smoke": lambda: None}
 
 
 def test_check_space_rejects_a_broken_space_before_any_cluster_work(tmp_path):
