@@ -22,6 +22,15 @@ brings its values at the rungs it passed (its checkpoint's history) and the deci
 again. A member that reused a finished trial's result (runner.run_trial) reports once, at its last
 epoch, with that trial's `curve`: its value at every rung.
 
+Twins. Trials of different groups can train the very same model: an arm that reads none of the
+searched fields (mimetic, the baseline) at a (dim, heads) two proposals share. FIFO trains it once
+(runner.run_trial reuses a finished identity); under halving every group trains to the first rung
+before any finishes, so each trial, before it trains, reports its `identity` (config.identity): if
+another member trains that identity, it waits paused as its twin and takes that member's values
+at the rungs. It resumes once that member no longer trains it: finished (the twin then reuses the
+result, training nothing) or stopped with its group while the twin's group goes on (the twin then
+trains it itself, from the start).
+
 Why not asynchronous halving (ASHA): it judges a configuration against those already at the rung,
 so the first few always go on -- with the handful of configurations a paired study affords (each is
 inits x seeds trials), that leniency is most of the search (bench/search_efficiency.py measured
@@ -47,6 +56,7 @@ from structinit.stats import group_objective
 logger = logging.getLogger(__name__)
 
 CURVE = "curve"  # in a reused trial's one report: the trained trial's metric at every epoch
+IDENTITY = "identity"  # in every report of a trial that trains; alone (epoch None) just before it trains
 
 
 def value_at(result: dict, metric: str, epochs: int) -> float | None:
@@ -121,6 +131,9 @@ class GroupedHalving(FIFOScheduler):
         self.trials: dict[str, Trial] = {}
         self.group_of: dict[str, int] = {}
         self.resume: set[str] = set()  # paused members whose group went on: choose_trial_to_run starts them
+        self.owner: dict[str, str] = {}  # identity -> the member that trains it
+        self.twin_of: dict[str, str] = {}  # a paused member -> the member that trains its identity
+        self.ended: set[str] = set()  # members that completed
         self._settling = False
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec) -> bool:
@@ -154,8 +167,13 @@ class GroupedHalving(FIFOScheduler):
             v = None if rung in values else value_at(result, self._metric, rung)
             if v is not None:
                 values[rung] = float(v)
+        self._share(trial_id)
 
     def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
+        if result.get(IDENTITY) is not None and result.get("epoch") is None:
+            return self._start(tune_controller, trial, result[IDENTITY])
+        if result.get(IDENTITY) is not None:  # training it (a restored member reports no start)
+            self.owner.setdefault(result[IDENTITY], trial.trial_id)
         if self._metric not in result or result.get("epoch") is None:
             return TrialScheduler.CONTINUE
         self.resume.discard(trial.trial_id)
@@ -178,7 +196,42 @@ class GroupedHalving(FIFOScheduler):
                 return TrialScheduler.STOP
         return TrialScheduler.CONTINUE
 
+    def _start(self, tune_controller, trial: Trial, identity: str) -> str:
+        """A member about to train `identity`: a twin (it waits paused, and stops with its group)
+        while another member trains it, else the member that trains it."""
+        owner = self.owner.get(identity)
+        if owner is None or owner == trial.trial_id or not self._training(owner):
+            self.owner[identity] = trial.trial_id
+            return TrialScheduler.CONTINUE
+        self.twin_of[trial.trial_id] = owner
+        self._share(owner)
+        self._settle(tune_controller, current=trial)
+        stopped = self.groups[self.group_of[trial.trial_id]].stopped_below(self.epochs + 1)
+        return TrialScheduler.STOP if stopped else TrialScheduler.PAUSE
+
+    def _training(self, trial_id: str) -> bool:
+        """Whether a member still trains: not completed, not failed for good, its group not stopped."""
+        g = self.groups[self.group_of[trial_id]]
+        return trial_id not in self.ended and trial_id not in g.dropped and not g.stopped_below(self.epochs + 1)
+
+    def _share(self, owner: str) -> None:
+        """Give `owner`'s values at the rungs to its twins."""
+        values = self.groups[self.group_of[owner]].values.get(owner, {})
+        for twin in [t for t, o in self.twin_of.items() if o == owner]:
+            self.groups[self.group_of[twin]].values.setdefault(twin, {}).update(values)
+
+    def _release(self) -> None:
+        """Twins whose member no longer trains their identity and whose group goes on resume: they
+        reuse a finished result (runner.run_trial), or train it themselves."""
+        for twin, owner in list(self.twin_of.items()):
+            g = self.groups[self.group_of[twin]]
+            if not self._training(owner) and not g.stopped_below(self.epochs + 1) and twin not in g.dropped:
+                del self.twin_of[twin]
+                if self.trials[twin].status == Trial.PAUSED:
+                    self.resume.add(twin)
+
     def on_trial_complete(self, tune_controller, trial: Trial, result: dict):
+        self.ended.add(trial.trial_id)
         if result:
             self._observe(trial.trial_id, result)
         if not self._settling:
@@ -235,7 +288,9 @@ class GroupedHalving(FIFOScheduler):
                 logger.info("at %s epochs, of %s groups %s go on: %s", rung, len(cohort), len(going), sorted(going))
                 for gid in cohort:
                     self.groups[gid].decided[rung] = gid in going
+                for gid in cohort:
                     self._act(tune_controller, self.groups[gid], rung, current)
+            self._release()
         finally:
             self._settling = False
 
@@ -246,7 +301,7 @@ class GroupedHalving(FIFOScheduler):
                 continue
             waiting = trial.status == Trial.PAUSED or trial.is_saving
             if group.decided[rung]:
-                if waiting:
+                if waiting and not (trial_id in self.twin_of and self._training(self.twin_of[trial_id])):
                     self.resume.add(trial_id)
             elif waiting or trial.status == Trial.PENDING:
                 tune_controller.stop_trial(trial)
@@ -283,7 +338,8 @@ class GroupRepeater(Repeater):
     last (`epochs`): the searcher completes the proposal with it; a rung (the group was
     stopped): it reports it as the proposal's value at that step and the searcher prunes the
     proposal there (Optuna keeps a pruned trial's last value). A reused member's `curve` gives
-    its value at that epoch. No member left: the proposal fails."""
+    its value at every epoch; a twin stopped while it waited (GroupedHalving) takes the values
+    of the trial of its identity. No member left: the proposal fails."""
 
     def __init__(self, searcher, repeats: list[tuple[str, int]], objective: str, epochs: int):
         super().__init__(searcher, repeat=len(repeats), set_index=True)
@@ -291,7 +347,8 @@ class GroupRepeater(Repeater):
         self.next_group = 0
         self.member_of: dict[str, tuple[int, int]] = {}  # trial id -> (group, index)
         self.members: dict[int, dict[int, str]] = {}  # group -> {index: trial id}
-        self.last: dict[str, dict] = {}  # trial id -> its last result's epoch, value and curve
+        self.curves: dict[str, dict[int, float]] = {}  # trial id -> {epochs: its metric after them}
+        self.identity: dict[str, str] = {}  # trial id -> the identity it reported
         self.ended: dict[str, bool] = {}  # trial id -> ended (True), failed (False)
 
     def suggest(self, trial_id: str):
@@ -306,9 +363,15 @@ class GroupRepeater(Repeater):
         return config
 
     def _remember(self, trial_id: str, result: dict | None) -> None:
-        if result and self.searcher.metric in result and result.get("epoch") is not None:
-            self.last[trial_id] = {"epoch": result["epoch"], self.searcher.metric: result[self.searcher.metric],
-                                   CURVE: result.get(CURVE)}
+        if not result:
+            return
+        if result.get(IDENTITY) is not None:
+            self.identity[trial_id] = result[IDENTITY]
+        metric = self.searcher.metric
+        if result.get(metric) is not None and result.get("epoch") is not None:
+            curve = self.curves.setdefault(trial_id, {})
+            curve[result["epoch"] + 1] = result[metric]
+            curve.update({e + 1: v for e, v in enumerate(result.get(CURVE) or [])})  # a reused result's
 
     def on_trial_result(self, trial_id: str, result: dict):
         self._remember(trial_id, result)
@@ -318,23 +381,30 @@ class GroupRepeater(Repeater):
             logger.error("trial %s is in no group; its result is not told", trial_id)
             return
         self._remember(trial_id, result)
-        self.ended[trial_id] = not error and trial_id in self.last
+        self.ended[trial_id] = not error and (trial_id in self.curves or trial_id in self.identity)
         gid, _ = self.member_of[trial_id]
         members = self.members[gid]
         if len(members) == self.repeat and all(t in self.ended for t in members.values()):
             self._tell(members)
 
+    def _value(self, trial_id: str, epochs: int) -> float:
+        """A member's metric after `epochs`: its own, else that of a trial of its identity."""
+        twins = [t for t, i in self.identity.items() if i == self.identity.get(trial_id)]
+        for t in (trial_id, *twins):
+            if epochs in self.curves.get(t, {}):
+                return self.curves[t][epochs]
+        return math.nan
+
     def _tell(self, members: dict[int, str]) -> None:
         primary = members[0]  # the trial the searcher proposed; the others repeat it
-        alive = {self.repeats[i]: self.last[t] for i, t in members.items() if self.ended[t]}
-        if not alive:
+        alive = {self.repeats[i]: t for i, t in members.items() if self.ended[t]}
+        reached = [max(self.curves[t]) for t in alive.values() if t in self.curves]
+        if not reached:
             self.searcher.on_trial_complete(primary, error=True)
             return
+        at = min(reached)
+        score = group_objective(self.objective, {k: self._value(t, at) for k, t in alive.items()})
         metric = self.searcher.metric
-        at = min(r["epoch"] for r in alive.values()) + 1
-        values = {k: value_at(r, metric, at) if value_at(r, metric, at) is not None else r[metric]
-                  for k, r in alive.items()}
-        score = group_objective(self.objective, values)
         if math.isnan(score):
             self.searcher.on_trial_complete(primary, error=True)
         elif at >= self.epochs:

@@ -115,7 +115,23 @@ def collect(study: str, execution: str, paths: StudyPaths, configure,
         history += [{**base, **{k: e.get(k) for k in HISTORY.names if k not in base and k != "study"}}
                     for e in epochs]
         attention += attention_rows({k: base[k] for k in ("study", "execution", "trial_id", "init", "seed")}, measured)
-    return trials, history, attention
+    return twins_stopped(trials), history, attention
+
+
+def twins_stopped(trials: list[dict]) -> list[dict]:
+    """A twin the grouped scheduler stopped while it waited (halving's twins) trained nothing: it
+    is the model of the trial of its identity that trained, to where its group stopped -- as a
+    reused trial is that of a finished one."""
+    trained = {t["identity"]: t["trial_id"] for t in trials if t["identity"] and t["epochs_done"] and not t["reused_from"]}
+    rungs = {}
+    for t in trials:
+        if t["status"] == STOPPED and t["epochs_done"]:
+            rungs[t["config_key"]] = max(rungs.get(t["config_key"], 0), t["epochs_done"])
+    for t in trials:
+        if t["status"] == STOPPED and not t["epochs_done"] and t["identity"] in trained and t["config_key"] in rungs:
+            t.update(reused_from=trained[t["identity"]], epochs_done=rungs[t["config_key"]],
+                     stopped_at=rungs[t["config_key"]])
+    return trials
 
 
 def trial_row(base: dict, trial, result, cfg, params: dict, epochs: list[dict], study_base: str) -> dict:
@@ -135,7 +151,8 @@ def trial_row(base: dict, trial, result, cfg, params: dict, epochs: list[dict], 
 
     return {**base, "status": status, "error": error_of(result) if trial.status == "ERROR" else None,
             "group": trial.config.get(GROUP), "stopped_at": done if status == STOPPED else None,
-            "identity": last.get("identity"), "weights": last.get("weights"), "base_key": base_key(cfg),
+            "identity": last.get("identity") or (trial.last_result or {}).get("identity"),
+            "weights": last.get("weights"), "base_key": base_key(cfg),
             "setting_key": setting_key(cfg), "setting": canonical(setting(cfg.init)),
             "study_base": study_base, "reused_from": reused_from,
             **{column(k): flat[k] for k in CONFIG},

@@ -41,11 +41,13 @@ def run_trial(config: dict, study: Study, execution: str, parent: str, tracking_
     a source not there reads its files) -- unless its identity already finished (`trials`, the
     execution's registry.Registry): then it reports that trial's result once, with that trial's
     metric at every epoch (`curve`, what a grouped scheduler reads at its rungs), and trains
-    nothing. A trial that resumes from its own checkpoint (restarted, or paused by the grouped
-    scheduler) goes on training."""
+    nothing. Under the grouped scheduler it first reports its identity alone: while another trial
+    trains that identity, the scheduler pauses it there (a twin). A trial that resumes from its own
+    checkpoint (restarted, or paused by the grouped scheduler) goes on training."""
     import ray
     import ray.tune
 
+    from structinit.halving import IDENTITY
     from structinit.train import trial_identity
 
     trial_id = ray.tune.get_context().get_trial_id()
@@ -53,6 +55,9 @@ def run_trial(config: dict, study: Study, execution: str, parent: str, tracking_
     shared = data.get(source(cfg))
     identity, built = trial_identity(cfg, None if shared is None else ray.get(shared))
     earlier = finished_before(trials, identity)
+    if earlier is None and study.scheduler == "grouped" and ray.tune.get_checkpoint() is None:
+        # the grouped scheduler pauses it here while another trial trains this identity (halving's twins)
+        ray.tune.report({IDENTITY: identity, study.metric: None})
     name, tags = tracking.trial_run(study.name, {
         "init": cfg.init.name, "seed": cfg.seed, "dataset": cfg.dataset, "config_key": config_key(params),
         "params": canonical(params), "trial_id": trial_id, "identity": identity,

@@ -207,6 +207,47 @@ def test_decisions_are_derived_again_from_the_trials_a_resumed_study_restores():
     assert {g: dict(again.groups[g].decided) for g in again.groups} == decided
 
 
+def start(tc, trial, identity):
+    """The report runner.run_trial makes before it trains: its identity alone."""
+    decision = tc.scheduler.on_trial_result(tc, trial, {"identity": identity, "val_top1": None})
+    trial.status = {"PAUSE": "PAUSED", "STOP": "TERMINATED"}.get(decision, trial.status)
+    return decision
+
+
+def test_a_twin_waits_with_the_values_of_the_trial_that_trains_its_model_and_trains_when_that_one_stops():
+    s, tc = halving()
+    a0, a1 = tc.add(FakeTrial("a0", 0, 0)), tc.add(FakeTrial("a1", 0, 1))
+    b0, b1 = tc.add(FakeTrial("b0", 1, 0)), tc.add(FakeTrial("b1", 1, 1))
+    assert start(tc, a0, "impulse-a") == start(tc, a1, "default") == start(tc, b0, "impulse-b") == "CONTINUE"
+    assert start(tc, b1, "default") == "PAUSE" and s.twin_of == {"b1": "a1"}  # a1 trains the same model
+    assert tc.report(a0, 0, 30.0) == "PAUSE" and tc.report(a1, 0, 10.0) == "PAUSE"
+    assert s.groups[1].values["b1"] == {1: 10.0}  # a1's value is b1's
+    assert tc.report(b0, 0, 40.0) == "CONTINUE"  # group 1 (gap 30) goes on, group 0 (gap 20) stops
+    assert sorted(tc.stopped) == ["a0", "a1"]
+    assert s.choose_trial_to_run(tc) is b1  # its model's trial stopped: the twin trains it itself
+    b1.status = "RUNNING"
+    assert start(tc, b1, "default") == "CONTINUE" and s.owner["default"] == "b1" and not s.twin_of
+    assert tc.report(b1, 0, 10.0) == "CONTINUE"  # the rung it passed is decided: on
+
+
+def test_a_twin_resumes_to_reuse_the_result_once_its_model_finished_and_stops_with_its_group():
+    s, tc = halving()
+    a0, a1 = tc.add(FakeTrial("a0", 0, 0)), tc.add(FakeTrial("a1", 0, 1))
+    b0, b1 = tc.add(FakeTrial("b0", 1, 0)), tc.add(FakeTrial("b1", 1, 1))
+    start(tc, a1, "default")
+    assert start(tc, b1, "default") == "PAUSE"
+    s.on_trial_complete(tc, a1, {})  # a1 finished (here without a decision to wait for)
+    assert "b1" in s.resume and not s.twin_of  # runner.run_trial then finds its result in the registry
+    s2, tc2 = halving()
+    a0, a1 = tc2.add(FakeTrial("a0", 0, 0)), tc2.add(FakeTrial("a1", 0, 1))
+    b0, b1 = tc2.add(FakeTrial("b0", 1, 0)), tc2.add(FakeTrial("b1", 1, 1))
+    start(tc2, a1, "default")
+    assert start(tc2, b1, "default") == "PAUSE"
+    tc2.report(a0, 0, 40.0), tc2.report(a1, 0, 10.0)
+    assert tc2.report(b0, 0, 15.0) == "STOP" and tc2.stopped == ["b1"]  # group 1 (gap 5) stops, its twin with it
+    assert s2.choose_trial_to_run(tc2) is a0
+
+
 class FakeSearcher:
     """What the Repeater's searcher hears."""
     metric, mode = "val_top1", "max"
@@ -239,6 +280,35 @@ def test_the_searcher_hears_one_value_per_group_and_a_stopped_group_at_its_rung(
     rep.on_trial_complete("b1", {"epoch": 0, "val_top1": 18.0})
     assert inner.heard[1:] == [("result", "b0", {"val_top1": 2.0, "training_iteration": 1}),
                                ("complete", "b0", None, False)]  # pruned at 1 epoch with its gap there
+
+
+def test_a_stopped_twin_is_told_with_the_values_of_the_trial_of_its_identity():
+    inner = FakeSearcher()
+    rep = GroupRepeater(inner, repeats=REPEATS, objective="gap:impulse-default", epochs=4)
+    for t in ("a0", "a1", "b0", "b1"):
+        rep.suggest(t)
+    rep.on_trial_result("a1", {"identity": "default", "val_top1": None})
+    rep.on_trial_result("a1", {"identity": "default", "epoch": 0, "val_top1": 10.0})
+    rep.on_trial_result("b1", {"identity": "default", "val_top1": None})  # a twin of a1: paused, then stopped
+    rep.on_trial_result("b0", {"epoch": 0, "val_top1": 25.0})
+    rep.on_trial_complete("b0")
+    rep.on_trial_complete("b1")
+    assert inner.heard == [("result", "b0", {"val_top1": 15.0, "training_iteration": 1}),
+                           ("complete", "b0", None, False)]  # 25 - a1's 10 at 1 epoch
+
+
+def test_a_stopped_twins_row_is_the_model_of_its_identity_to_its_groups_rung():
+    from structinit.record import twins_stopped
+
+    rows = [dict(trial_id="a1", config_key="k0", status="TERMINATED", identity="D", epochs_done=4, reused_from=None,
+                 stopped_at=None),
+            dict(trial_id="b0", config_key="k1", status="STOPPED", identity="I", epochs_done=2, reused_from=None,
+                 stopped_at=2),
+            dict(trial_id="b1", config_key="k1", status="STOPPED", identity="D", epochs_done=0, reused_from=None,
+                 stopped_at=0)]
+    out = {r["trial_id"]: r for r in twins_stopped(rows)}
+    assert (out["b1"]["reused_from"], out["b1"]["epochs_done"], out["b1"]["stopped_at"]) == ("a1", 2, 2)
+    assert out["b0"]["reused_from"] is None and out["a1"]["reused_from"] is None
 
 
 def test_configurations_score_stopped_groups_where_they_stopped():
@@ -283,7 +353,7 @@ def grouped_study(tmp_path, **kw) -> Study:
     fields = dict(grid=LRS, inits=("impulse", "default"), seeds=(0, 1), scheduler="grouped", grace_epochs=1,
                   reduction_factor=2, objective="gap:impulse-default", storage=str(tmp_path / "runs"),
                   tracking_uri="sqlite:///" + str(tmp_path / "mlflow.db"))
-    return Study("grouped", trial, partial(categorical, **LRS), **{**fields, **kw})
+    return Study("grouped", trial, **{**fields, **kw})
 
 
 def at_epochs(history: pd.DataFrame, trials: pd.DataFrame, epochs: int, objective: str) -> float:
@@ -336,6 +406,40 @@ def test_grouped_study_stops_whole_groups_and_tells_optuna_one_value_per_group(r
     stopped = sum(1 for v in outcome.values() if v != "finished")
     assert f"## Stopped early\n\n{stopped} of 4 configurations were stopped" in text and "Failed trials" not in text
     print(f"groups: {outcome}; {out['statuses']}")
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_grouped_study_trains_a_model_that_groups_share_once_up_to_a_rung(ray_local, tmp_path):
+    """The default arm reads no target_mass: four configurations x two seeds, the same two models.
+    Each group still moves as one, a stopped twin is recorded as the model it shares (its
+    values told to Optuna), and the default arm trains fewer epochs than its groups reached."""
+    from structinit.runner import run
+
+    masses = {"init.target_mass": [0.3, 0.5, 0.7, 0.9]}
+    study = grouped_study(tmp_path, grid=masses)
+    out = run(study)
+    trials, history = pd.read_parquet(out["trials"]), pd.read_parquet(out["history"])
+    assert len(trials) == 16 and out["statuses"].get("ERROR", 0) == 0
+    reached = {}
+    for group, g in trials.groupby("group"):
+        assert g["status"].nunique() == 1 and g["epochs_done"].nunique() == 1, g  # whole, at one rung or the end
+        reached[group] = int(g["epochs_done"].iloc[0])
+    assert sorted(reached.values()) == [1, 1, 2, 4]  # eta 2: 4 groups, 2 go past the first rung, 1 to the end
+    default = trials[trials["init"] == "default"]
+    trained = history[history["trial_id"].isin(default["trial_id"])]
+    assert len(trained) < 2 * sum(reached.values()), trained  # without twins every group trains its own
+    shared = default[default["reused_from"].notna()]
+    assert len(shared) and shared["reused_from"].isin(default["trial_id"]).all()
+    by_id = default.set_index("trial_id")
+    assert all(by_id.loc[r.reused_from, "seed"] == r.seed for r in shared.itertuples())
+    configs = configurations(trials, history, study.objective, study.metric)
+    search = optuna.load_study(study_name=out["execution"], storage=study.paths.optuna)
+    told = {json.dumps(t.params, sort_keys=True): (t.value if t.value is not None else
+                                                    list(t.intermediate_values.values())[-1]) for t in search.trials}
+    for c in configs.itertuples():  # what Optuna heard is the report's objective, twins' values included
+        assert told[json.dumps(json.loads(c.params), sort_keys=True)] == pytest.approx(c.objective), c
+    print(f"reached {reached}; default epochs trained {len(trained)} of {2 * sum(reached.values())}")
 
 
 SCRIPT = '''
