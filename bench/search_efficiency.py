@@ -1,6 +1,6 @@
 """What early stopping saves a paired search, and what it costs: one search space, three schedulers.
 
-    python bench/search_efficiency.py [--configs 8] [--epochs 30] [--seeds 0,1] [--grace 3] [--eta 3]
+    python bench/search_efficiency.py [--configs 8] [--epochs 30] [--seeds 0,1] [--grace 3] [--eta 2]
                                       [--search-seed 0] [--keep]
 
 A smaller `heads_vs_dim` on digits (the `v1` footing, 25 % of digits, embed_dim 32/64, heads
@@ -54,6 +54,7 @@ from study_speed import bare_loop, geometry, per_trial  # noqa: E402  (the floor
 
 from structinit.config import label  # noqa: E402
 from structinit.declarations import PAIRS  # noqa: E402
+from structinit.halving import survivors  # noqa: E402
 from structinit.stats import configurations  # noqa: E402
 
 SCRIPT = '''
@@ -138,13 +139,101 @@ def summarize(scheduler: str, wall: float, summary: dict, objective: str) -> dic
     return out
 
 
+def rungs_of(grace: int, eta: int, epochs: int) -> list[int]:
+    out, epoch = [], grace
+    while epoch < epochs:
+        out.append(epoch)
+        epoch *= eta
+    return out
+
+
+def replay(fifo: dict, objective: str, epochs: int, grace: int, eta: int) -> dict:
+    """The grouped rule (halving.survivors at each rung, the cohort in proposal order) run on FIFO's
+    curves: the same seeds train the same models, so these are the values a grouped run judges.
+    Returns the configuration it finishes and the trial-epochs its groups reach, counted with
+    every model trained once (twins shared, a lower bound) and once per trial (an upper bound)."""
+    trials, history = fifo["trials"], pd.read_parquet(fifo["summary"]["history"])
+    order = trials.groupby("config_key")["group"].min().sort_values()
+    alive, reached = list(order.index), {}
+    for rung in rungs_of(grace, eta, epochs):
+        at = configurations(trials, history, objective, "val_top1", at=rung).set_index("config_key")["objective"]
+        reached.update(dict.fromkeys(alive, rung))
+        going = survivors({order[k]: at[k] for k in alive}, eta, "max")
+        alive = [k for k in alive if order[k] in going]
+    reached.update(dict.fromkeys(alive, epochs))
+    model = {}
+    for t in trials.itertuples():
+        model[t.identity] = max(model.get(t.identity, 0), reached[t.config_key])
+    return {"finishes": alive[0], "once": sum(model.values()),
+            "per_trial": sum(reached[k] for k in trials["config_key"])}
+
+
+def floor_of(fifo: dict) -> tuple[float, float, dict, pd.DataFrame]:
+    """FIFO's training FLOPs and compute floor (seconds), as bench/study_speed.py states them."""
+    trained = per_trial(fifo["summary"])[0]
+    bare = {}
+    for cfg in trained["cfg"]:
+        if geometry(cfg) not in bare:
+            bare[geometry(cfg)] = bare_loop(cfg, 3, 10, 3.0)
+    flops = sum(t.images * bare[geometry(t.cfg)]["flops"] for t in trained.itertuples())
+    floor = sum(t.images / bare[geometry(t.cfg)]["images_per_s"] for t in trained.itertuples())
+    return flops, floor, bare, trained
+
+
+def print_runs(runs: dict) -> None:
+    fifo = runs["fifo"]
+    full = fifo["configs"].set_index("config_key")["objective"]  # every configuration, trained to the end
+    print("| scheduler | epochs trained | of FIFO's | wall s | configurations finished / stopped | best "
+          "configuration (by validation) | its objective | FIFO's objective for it (to the end) | "
+          "impulse test top-1 | test gap impulse − torch_default | broken pairs |")
+    print("|---" * 11 + "|")
+    for r in runs.values():
+        best = r["best"]
+        name = label(best["params"]) if best is not None else "none finished"
+        here = f"{best['objective']:.2f}" if best is not None else "–"
+        there = "–"
+        if best is not None and fifo["best"] is not None:
+            value = full.get(best["config_key"], float("nan"))
+            there = f"{value:.2f} ({value - fifo['best']['objective']:+.2f} vs FIFO's best)"
+        print(f"| {r['scheduler']} | {r['epochs']} | {100 * r['epochs'] / fifo['epochs']:.0f} % | "
+              f"{r['wall']:.0f} | {r['finished']} / {r['stopped']} | {name} | {here} | {there} | "
+              f"{r.get('test', float('nan')):.2f} | {r.get('test_gap', float('nan')):+.2f} | {r['broken']} |")
+
+
+def print_configs(runs: dict) -> None:
+    print("\nEvery configuration's objective under each scheduler (stopped: at the rung it stopped at):\n")
+    cells = {r["scheduler"]: {c.config_key: f"{c.objective:.2f}" + (
+        f" @{int(c.stopped_at)}" if c.status == "stopped" else "") for c in r["configs"].itertuples()}
+        for r in runs.values()}
+    print("| configuration | " + " | ".join(cells) + " |")
+    print("|---" * (len(cells) + 1) + "|")
+    for c in runs["fifo"]["configs"].itertuples():
+        print(f"| {label(c.params)} | " + " | ".join(v.get(c.config_key, "–") for v in cells.values()) + " |")
+
+
+def print_replays(fifo: dict, objective: str, args) -> None:
+    print("\nThe grouped rule replayed on FIFO's curves, first rung x eta (trial-epochs as a share of "
+          "FIFO's trained epochs: every model once, and once per trial):\n")
+    print("| grace | eta | rungs | finishes | FIFO's objective for it | epochs, models once | epochs, per trial |")
+    print("|---" * 7 + "|")
+    full = fifo["configs"].set_index("config_key")
+    best = fifo["best"]["objective"]
+    for grace in sorted({max(1, args.grace - 1), args.grace, args.grace + 1}):
+        for eta in (2, 3, 4):
+            r = replay(fifo, objective, args.epochs, grace, eta)
+            value = full.loc[r["finishes"], "objective"]
+            print(f"| {grace} | {eta} | {rungs_of(grace, eta, args.epochs)} | {label(full.loc[r['finishes'], 'params'])} "
+                  f"| {value:.2f} ({value - best:+.2f}) | {100 * r['once'] / fifo['epochs']:.0f} % | "
+                  f"{100 * r['per_trial'] / fifo['epochs']:.0f} % |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", type=int, default=8, help="configurations each run proposes")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--grace", type=int, default=3, help="the first rung, in epochs (asha, grouped)")
-    parser.add_argument("--eta", type=int, default=3, help="the reduction factor (asha, grouped)")
+    parser.add_argument("--eta", type=int, default=2, help="the reduction factor (asha, grouped)")
     parser.add_argument("--search-seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (runs, logs)")
     args = parser.parse_args()
@@ -158,53 +247,19 @@ def main() -> None:
         objective = "gap:impulse-torch_default"
         runs = {s: summarize(s, *run(s, script, tmp, args), objective) for s in ("fifo", "asha", "grouped")}
         fifo = runs["fifo"]
-        full = fifo["configs"].set_index("config_key")["objective"]  # every configuration, trained to the end
-        fifo_best = fifo["best"]
-
-        trained = per_trial(fifo["summary"])[0]
-        bare = {}
-        for cfg in trained["cfg"]:
-            if geometry(cfg) not in bare:
-                bare[geometry(cfg)] = bare_loop(cfg, 3, 10, 3.0)
-        flops = sum(t.images * bare[geometry(t.cfg)]["flops"] for t in trained.itertuples())
-        floor = sum(t.images / bare[geometry(t.cfg)]["images_per_s"] for t in trained.itertuples())
-
-        rungs = []
-        epoch = args.grace
-        while epoch < args.epochs:
-            rungs.append(epoch)
-            epoch *= args.eta
+        flops, floor, bare, trained = floor_of(fifo)
         print(f"heads_vs_dim (v1, digits 25 %): {args.configs} configurations x 3 inits x seeds {seeds}, "
               f"{args.epochs} epochs, search seed {args.search_seed}; objective {objective} (validation top-1); "
-              f"asha and grouped: rungs at {rungs} epochs (grace {args.grace}, eta {args.eta}); "
-              f"{os.cpu_count()} CPUs\n")
-        print("| scheduler | epochs trained | of FIFO's | wall s | configurations finished / stopped | best "
-              "configuration (by validation) | its objective | FIFO's objective for it (to the end) | "
-              "impulse test top-1 | test gap impulse − torch_default | broken pairs |")
-        print("|---" * 11 + "|")
-        for r in runs.values():
-            best = r["best"]
-            name = label(best["params"]) if best is not None else "none finished"
-            here = f"{best['objective']:.2f}" if best is not None else "–"
-            there = "–"
-            if best is not None and fifo_best is not None:
-                value = full.get(best["config_key"], float("nan"))
-                there = f"{value:.2f} ({value - fifo_best['objective']:+.2f} vs FIFO's best)"
-            print(f"| {r['scheduler']} | {r['epochs']} | {100 * r['epochs'] / fifo['epochs']:.0f} % | "
-                  f"{r['wall']:.0f} | {r['finished']} / {r['stopped']} | {name} | {here} | {there} | "
-                  f"{r.get('test', float('nan')):.2f} | {r.get('test_gap', float('nan')):+.2f} | {r['broken']} |")
+              f"asha and grouped: rungs at {rungs_of(args.grace, args.eta, args.epochs)} epochs (grace "
+              f"{args.grace}, eta {args.eta}); {os.cpu_count()} CPUs\n")
+        print_runs(runs)
         print(f"\nFIFO's compute floor: {flops / 1e12:.3f} TFLOP trained ({len(trained)} trials, "
               f"{int(trained['epochs'].sum())} epochs) / the bare loop's "
               + ", ".join(f"{b['gflops_per_s']:.2f}" for b in bare.values())
               + f" GFLOP/s (by geometry) = {floor:.1f} s; FIFO's wall / floor = {fifo['wall'] / floor:.1f}")
-        print("\nEvery configuration's objective under each scheduler (stopped: at the rung it stopped at):\n")
-        cells = {r["scheduler"]: {c.config_key: f"{c.objective:.2f}" + (
-            f" @{int(c.stopped_at)}" if c.status == "stopped" else "") for c in r["configs"].itertuples()}
-            for r in runs.values()}
-        print("| configuration | " + " | ".join(cells) + " |")
-        print("|---" * (len(cells) + 1) + "|")
-        for c in fifo["configs"].itertuples():
-            print(f"| {label(c.params)} | " + " | ".join(v.get(c.config_key, "–") for v in cells.values()) + " |")
+        print_configs(runs)
+        if fifo["best"] is not None:
+            print_replays(fifo, objective, args)
     finally:
         if args.keep:
             print(f"\nkept {tmp}")
