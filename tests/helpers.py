@@ -1,10 +1,14 @@
-"""What several test files need to run real servers and processes: a free port, and ways to stop a
-process started in its own session (`start_new_session=True`) with everything it started: politely
-(`stop`), or as when its machine's session dies (`kill_driver`)."""
+"""What several test files need: to run real servers and processes, a free port and ways to stop a
+process started in its own session (`start_new_session=True`) with everything it started, politely
+(`stop`) or as when its machine's session dies (`kill_driver`); the address of the test's Ray
+cluster (`gcs`); and trials-table rows of one configuration (`arm_rows`)."""
+import json
 import os
 import signal
 import socket
 import subprocess
+
+from structinit.config import config_key
 
 
 def free_port() -> int:
@@ -40,3 +44,16 @@ def gcs(ray) -> str:
     """The address of the cluster this test's driver is connected to: the State API asks it alone,
     not whichever clusters run on the machine (several: 'Found multiple active Ray instances')."""
     return ray.get_runtime_context().gcs_address
+
+
+def arm_rows(params: dict, accs: dict, seeds=range(5), **fields) -> list[dict]:
+    """Trials rows of one configuration: `accs[init](seed)` -> (final test top-1, best val top-1)."""
+    rows = []
+    for init, acc in accs.items():
+        for seed in seeds:
+            test, val = acc(seed)
+            rows.append(dict(status="TERMINATED", error=None, execution="s-1", trial_id=f"t{len(rows)}",
+                             config_key=config_key(params),
+                             params=json.dumps(params, sort_keys=True), init=init, seed=seed, final_test_top1=test,
+                             test_top1_at_best_val=test, best_val_top1=val, **fields))
+    return rows

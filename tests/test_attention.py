@@ -224,7 +224,6 @@ def test_the_report_pairs_each_fraction_with_the_smallest_and_says_whether_impul
     imp = summary[(summary.init == "impulse") & summary.config.str.contains("fraction=0.1")].iloc[0]
     assert imp.n == 3 and imp.distance_b0_init_mean == pytest.approx(1.1)  # 1 + 0.1 * mean seed
     assert imp.distance_last_final_mean == pytest.approx(1.1 + 0.5 + 0.2 + 0.1 * 1.1)
-    diffs = [0.9 * (1 + 0.1 * s) for s in (0, 1, 2)]  # the grown distance's difference, every block alike
     row = fractions[fractions.init == "impulse"].iloc[0]
     assert (row.fraction, row.against, row.n, row.test) == (1.0, 0.1, 3, "exact")
     for key in ("distance_all_final", "distance_b0_final", "distance_last_final"):

@@ -76,7 +76,7 @@ def test_decomposition_names_what_pe_scaled_adds_on_a_fixed_pe(value_proj, contr
 
     from structinit.report import markdown, summarize
     from structinit.stats import arms, decomposition
-    from tests.test_study import arm_rows
+    from tests.helpers import arm_rows
 
     scores = {"impulse": lambda s: (80.0 + s, 70.0), "pe_scaled": lambda s: (75.0 + s, 70.0),
               "torch_default": lambda s: (70.0 - s, 70.0)}

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 from structinit.config import make, trained, weights_digest, with_overrides
 from structinit.inits import INITS, READS, InitConfig, apply_init, setting

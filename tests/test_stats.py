@@ -1,13 +1,19 @@
 """stats.py's statistics of plain numbers, against hand-worked values and scipy: the paired test
-(exact sign flips for few seeds or equal differences, else the t-test), ci95's t-interval, Holm."""
+(exact sign flips for few seeds or equal differences, else the t-test), ci95's t-interval, Holm,
+the decomposition of impulse - base and the per-cell pick."""
 import itertools
+import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 
-from structinit.stats import EXACT_BELOW, ci95, holm, paired_p, paired_test
+from structinit.config import config_key
+from structinit.report import markdown, summarize, summary_metrics
+from structinit.stats import EXACT_BELOW, arms, ci95, decomposition, holm, paired_p, paired_test, per_cell
+from tests.helpers import arm_rows
 
 
 def enumerated_p(d) -> float:
@@ -111,3 +117,93 @@ def test_the_report_says_which_test_gave_each_p():
     text = markdown("s", table, paired, pd.DataFrame(rows))
     assert "| p | test | p (Holm) |" in text and "| 0.500 | exact | 0.500 |" in text and "| t |" in text
     assert f"where n >= {EXACT_BELOW} and the differences vary" in text
+
+
+def test_report_statistics_by_hand():
+    rows = []
+    for seed, (imp, mim) in enumerate([(90.0, 85.0), (92.0, 86.0), (88.0, 87.0)]):
+        for init, acc in (("impulse", imp), ("mimetic", mim)):
+            rows.append(dict(status="TERMINATED", config_key="k", params=json.dumps({"model.embed_dim": 64}),
+                             init=init, seed=seed, final_test_top1=acc, test_top1_at_best_val=acc + 1,
+                             init_mass_pseudo=0.9, init_mass_data=0.1))
+    table, paired = summarize(pd.DataFrame(rows))
+    imp = table[table.init == "impulse"].iloc[0]
+    assert imp.final_test_top1_mean == pytest.approx(90.0) and imp.final_test_top1_std == pytest.approx(2.0)
+    assert imp.final_test_top1_ci95 == pytest.approx(stats.t.ppf(0.975, 2) * 2.0 / math.sqrt(3))
+    diff = paired[paired.pair == "impulse - mimetic"].iloc[0]
+    assert diff.n == 3 and diff["mean"] == pytest.approx((5 + 6 + 1) / 3)
+    assert math.isnan(ci95([1.0])[2]) and ci95([])[3] == 0
+
+
+def test_decomposition_splits_the_gain_into_pe_scale_and_structure():
+    """All four arms over 5 seeds: (pe_scaled - base) + (impulse - pe_scaled) = impulse - base in
+    the seed mean, base = torch_default where it ran (else default); on the seeds all three share
+    when an arm lost one. Every pair is one row of the paired table, with its p and Holm p. Each
+    part is named for what differs: the PE scale plus mimetic V/proj where value_proj is mimetic
+    (digits), value_proj unrecorded (mnist: a table from before its column)."""
+    scores = {"impulse": lambda s: (80.0 + s + 0.5 * s * s, 70.0), "pe_scaled": lambda s: (75.0 + 0.3 * s, 70.0),
+            "mimetic": lambda s: (74.0 + s, 70.0), "torch_default": lambda s: (70.0 - 0.7 * s, 70.0),
+            "default": lambda s: (60.0, 70.0)}
+    rows = arm_rows({"dataset": "digits"}, scores, value_proj="mimetic", init_pe_scale=18.0)
+    other = arm_rows({"dataset": "mnist"}, {k: v for k, v in scores.items() if k != "torch_default"})
+    other[next(i for i, r in enumerate(other) if r["init"] == "pe_scaled" and r["seed"] == 4)].update(
+        status="ERROR", error="NonFiniteLossError", final_test_top1=None)  # pe_scaled lost seed 4 there
+    trials = pd.DataFrame(rows + other)
+    table, paired = summarize(trials)
+    assert not paired.duplicated(["config", "pair"]).any()
+    assert {"pe_scaled - torch_default", "pe_scaled - default", "impulse - pe_scaled"} <= set(paired.pair)
+    assert paired.p_holm.tolist() == pytest.approx(holm(paired.p).tolist(), nan_ok=True)
+    assert (paired.p_holm >= paired.p).all()
+    parts = decomposition(arms(trials), paired)
+    named = {"dataset=digits": ("PE scale + mimetic V/proj", "Q/K structure"),
+             "dataset=mnist": ("PE scale", "structure (value_proj unrecorded: Q/K, maybe V/proj)")}
+    for config, base, n in (("dataset=digits", "torch_default", 5), ("dataset=mnist", "default", 4)):
+        got = parts[parts.config == config].set_index("pair")
+        control, structure, total = f"pe_scaled - {base}", "impulse - pe_scaled", f"impulse - {base}"
+        assert set(got.baseline) == {base} and set(got.n) == {n}
+        assert tuple(got.loc[[control, structure, total], "part"]) == (*named[config], "total")
+        assert got.loc[control, "mean"] + got.loc[structure, "mean"] == pytest.approx(got.loc[total, "mean"])
+        seeds = range(n)
+        imp, pe, b = ([scores[i](s)[0] for s in seeds] for i in ("impulse", "pe_scaled", base))
+        assert got.loc[total, "mean"] == pytest.approx(sum(x - y for x, y in zip(imp, b)) / n)
+        assert got.loc[control, "mean"] == pytest.approx(sum(x - y for x, y in zip(pe, b)) / n)
+    mnist = parts[parts.config == "dataset=mnist"].set_index("pair")
+    assert mnist.loc["impulse - default", "n_paired"] == 5 and mnist.loc["impulse - pe_scaled", "n_paired"] == 4
+    row = paired[(paired.config == "dataset=digits") & (paired.pair == "impulse - pe_scaled")].iloc[0]
+    structure = parts[(parts.config == "dataset=digits") & (parts.pair == "impulse - pe_scaled")]
+    assert structure.p_holm.iloc[0] == row.p_holm
+    text = markdown("s", table, paired, trials)
+    assert "## Decomposition" in text
+    assert "| dataset=digits | torch_default | mimetic | 5 | PE scale + mimetic V/proj: " in text
+    assert "| dataset=mnist | default | unrecorded | 4 | PE scale: " in text and "| Q/K structure: " in text
+    assert "p (Holm)" in text and "## Per cell" not in text  # no embed_dim/num_heads varied
+    metrics, params = summary_metrics(trials)
+    digits = "c" + config_key({"dataset": "digits"})[:4]  # the configuration's short id (config.config_ids)
+    assert params[f"config.{digits}"] == "dataset=digits"
+    assert metrics[f"impulse-pe_scaled/{digits}/p_holm"] == pytest.approx(row.p_holm)
+
+
+def test_per_cell_picks_the_impulse_setting_by_validation_not_test():
+    """Two settings per (embed_dim, num_heads) cell; in the first cell the better-validating setting
+    is the worse on test: the pick follows validation. Conditions with k = 7, f = 3."""
+    cell = dict(filter_size=3, init_rank_k=7.0, pseudo_input="pe", pe_scale=None, init_pe_scale=18.0)
+    rows = []
+    for dim, heads, sharp_val, sharp_test in ((32, 2, 60.0, 90.0), (144, 9, 80.0, 70.0)):
+        for mass, val, test in ((0.3, 70.0, 80.0), (0.9, sharp_val, sharp_test)):
+            params = {"model.embed_dim": dim, "model.num_heads": heads, "init.target_mass": mass}
+            rows += arm_rows(params, {"impulse": lambda s, t=test, v=val: (t + s, v + s),
+                                      "torch_default": lambda s: (60.0 + s, 50.0)},
+                             embed_dim=dim, num_heads=heads, target_mass=mass, **cell)
+    trials = pd.DataFrame(rows)
+    table, paired = summarize(trials)
+    cells = per_cell(arms(trials), table, paired).set_index(["embed_dim", "num_heads"])
+    first, second = cells.loc[(32, 2)], cells.loc[(144, 9)]
+    assert first.setting == "target_mass=0.3"  # val 70 > 60, test 80 < 90
+    assert first.final_test_top1_mean == pytest.approx(82.0) and first.settings == 2
+    assert second.setting.startswith("target_mass=0.9") and second.best_val_top1_mean == pytest.approx(82.0)
+    assert (first.h_ge_f2, first.head_dim_ge_k) == (False, True)  # 2 < 9 heads; 32 / 2 = 16 >= 7
+    assert (second.h_ge_f2, second.head_dim_ge_k) == (True, True) and "h≥f² ✓, D/h≥k ✓" in second.theory
+    text = markdown("s", table, paired, trials)
+    assert "## Per cell" in text
+    line = next(x for x in text.splitlines() if x.startswith("| 32 | 2 |"))
+    assert "target_mass=0.3" in line and "impulse - torch_default: 20.00 ± 0.00" in line
