@@ -36,6 +36,7 @@ from structinit import data as datasets
 from structinit.config import TrialConfig, build_model, data_kwargs, identity, weights_digest
 from structinit.inits import needs_images
 from structinit.inits.default import pe_scale
+from structinit.metrics import FINAL
 
 
 class NonFiniteLossError(RuntimeError):
@@ -594,11 +595,12 @@ def best_model(raw, best: dict):
 
 
 def final_summary(test: dict, at_best: dict, best: dict, epoch: int) -> dict:
-    """The test accuracy of the final model and of the best-validation epoch's weights (without a
-    validation split the last epoch is the best), and which epoch that was."""
-    return {"final_test_top1": test["top1"], "test_top1_at_best_val": at_best["top1"],
-            "best_val_top1": best["val_top1"] if best["epoch"] is not None else math.nan,
-            "best_val_epoch": epoch if best["epoch"] is None else best["epoch"]}
+    """`metrics.FINAL`: the test accuracy of the final model and of the best-validation epoch's
+    weights, the best validation accuracy (without a validation split: none, and the last epoch
+    is the best), and which epoch that was."""
+    best_val = best["val_top1"] if best["epoch"] is not None else math.nan
+    best_epoch = epoch if best["epoch"] is None else best["epoch"]
+    return dict(zip(FINAL, (test["top1"], at_best["top1"], best_val, best_epoch)))
 
 
 def check_target(address: str | None, gpus: float, tracking_uri: str, **gpu_flag) -> None:
