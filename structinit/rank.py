@@ -12,7 +12,7 @@ import statistics
 import torch
 from timm.models.convmixer import ConvMixer
 
-from structinit.models import spatial_filters
+from structinit.models import image_tokens, spatial_filters
 
 
 def numerical_rank(x: torch.Tensor, rtol: float = 1e-2) -> int:
@@ -39,13 +39,13 @@ def conditions(D: int, k: int, f: int, h: int | None = None) -> dict:
 @torch.no_grad()
 def embeddings(model, images: torch.Tensor) -> torch.Tensor:
     """(B, N, D) patch embeddings the first block sees: a ViT's patch tokens with their position
-    embedding (prefix tokens dropped), a ConvMixer's stem output."""
+    embedding (`models.image_tokens`, prefix tokens dropped), a ConvMixer's stem output."""
     was_training = model.training
     model.eval()  # a ConvMixer's stem ends in BatchNorm: its running statistics, not the batch's
     try:
         if isinstance(model, ConvMixer):
             return model.stem(images).flatten(2).transpose(1, 2)
-        return model._pos_embed(model.patch_embed(images))[:, model.num_prefix_tokens:]
+        return image_tokens(model, images)[:, model.num_prefix_tokens:]
     finally:
         model.train(was_training)
 

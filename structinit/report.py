@@ -26,6 +26,7 @@ import pandas as pd
 from structinit import fidelity, results, tracking
 from structinit.config import config_ids, label
 from structinit.declarations import PAIRS, PLOTS
+from structinit.metrics import TEST_TOP1, TOP1
 from structinit.paths import StudyPaths
 from structinit.rank import conditions
 from structinit.stats import (EXACT_BELOW, across_fractions, arms, attention_by_seed, attention_curves,
@@ -143,7 +144,7 @@ def summarize(trials: pd.DataFrame, pairs: tuple = PAIRS, reference: dict | None
                "requested": g["requested"].iloc[0], "configs": g["configs"].iloc[0],
                "executions": ",".join(sorted(g["execution"].dropna().unique())),
                "reused": int(g["reused_from"].notna().sum())}
-        for metric in ("final_test_top1", "test_top1_at_best_val", "best_val_top1"):
+        for metric in TOP1:
             m, s, h, n = ci95(g[metric])
             row.update({f"{metric}_mean": m, f"{metric}_std": s, f"{metric}_ci95": h})
         row["n"] = ci95(g["final_test_top1"])[3]
@@ -246,7 +247,7 @@ def _summary(trials: pd.DataFrame, cells: pd.DataFrame, diffs: pd.DataFrame, nam
                "trials_stopped": int(statuses.get(results.STOPPED, 0)), "trials_trained": len(trials) - reused,
                "trials_reused": reused}
     for r in cells.itertuples():
-        for key in ("final_test_top1", "test_top1_at_best_val"):
+        for key in TEST_TOP1:
             metrics[f"{r.init}/{r.id}/{key}"] = getattr(r, f"{key}_mean")
     for r in diffs.itertuples():
         at = f"{r.key}/{r.id}"

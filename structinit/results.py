@@ -15,6 +15,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from structinit.config import field_types
+from structinit.metrics import INIT
 from structinit.validate import check
 
 # The TrialConfig.flat() keys a trial's row holds, as `column`s. `value_proj`: whether pe_scaled - baseline
@@ -25,9 +26,6 @@ from structinit.validate import check
 CONFIG = ("dataset", "fraction", "model.name", "model.embed_dim", "model.num_heads", "model.depth", "model.patch_size",
           "model.kernel_size", "init.filter_size", "init.pseudo_input", "init.solver", "init.target_mass",
           "init.offsets", "init.distinct_filters", "init.pe_scale", "init.value_proj")
-INIT = ("init_mass_pseudo", "init_hit_pseudo", "init_mass_data", "init_hit_data", "init_hit_chance", "init_wq_norm",
-        "init_wk_norm", "init_gain", "init_pe_scale", "init_rank_k", "init_stable_rank", "init_width_ratio",
-        "init_mass_solved")  # measured at init, reported with every epoch
 ARROW = {int: pa.int64(), float: pa.float64(), str: pa.string(), bool: pa.bool_()}
 
 

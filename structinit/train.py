@@ -4,7 +4,8 @@
     train_in_trial(cfg) ->  train_loop(..., tune_session())   one worker, inside the calling Tune trial:
                            no Train controller, worker group or placement group to start and tear down
     train_loop:        data -> model + init (fidelity at epoch 0) -> (DDP) -> epochs of train + eval,
-                       reported to Ray with a cadenced checkpoint, resumed from the latest one on restart.
+                       reported to Ray with a cadenced checkpoint, resumed from the latest one on restart:
+                       prepare -> announce -> equip -> restore -> per epoch: run_epoch, save.
 
 The loop reaches Ray only through its `Session` (report, latest checkpoint, where it runs); `runner.py`
 picks one per trial.
@@ -20,7 +21,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,7 @@ from structinit import data as datasets
 from structinit.config import TrialConfig, build_model, data_kwargs, identity, weights_digest
 from structinit.inits import needs_images
 from structinit.inits.default import pe_scale
+from structinit.metrics import FINAL
 
 
 class NonFiniteLossError(RuntimeError):
@@ -299,167 +301,290 @@ def monitored(config: dict, session: Session) -> list[dict]:
 
 
 def train_loop(config: dict, session: Session) -> list[dict]:
-    """config = {"trial": TrialConfig, "tracking": tracking.Run | None, "data": an ObjectRef of the
+    """One worker's run, in phases: `prepare` (data, model + init, epoch-0 measures), `announce`
+    (identity check, MLflow tags and init artifacts, the near-chance warning), `equip` (device,
+    DDP, optimizer), `restore` (the latest checkpoint, if any), then per epoch `run_epoch` (train,
+    evaluate, measure) and `save` (MLflow, checkpoint, report to Ray).
+
+    config = {"trial": TrialConfig, "tracking": tracking.Run | None, "data": an ObjectRef of the
     dataset the study read once, or None to read its files, "identity": what the study expects
     this trial's identity to be (config.identity), or None, "built": the (data, model, InitResult)
     `trial_identity` made for this trial in this process, or None}. Returns every epoch's metrics
     (those before a resume from its checkpoint too); each carries the trial's `identity` and
-    initial `weights` digest.
-
-    The epoch-0 measures (rank k, the attention's fidelity on real images, the near-chance warning)
-    read `data.held_out`: a seeded batch of validation images (training images without a validation
-    split). Every epoch trains, then evaluates the (capped) validation split, which feeds ASHA and
-    model selection; the weights of the best validation epoch are kept. The test set is read only at
-    the end, in one pass that evaluates the final model (`final_test_top1`) and the best-validation
-    one (`test_top1_at_best_val`); every epoch too with `test_every_epoch`. A checkpoint is written
-    every `checkpoint_every` epochs, after each epoch of `checkpoint_at` (a grouped study's rungs)
-    and at the end; a resume replays the epochs since the last one exactly (each epoch is seeded
-    from seed, rank and epoch) and logs to MLflow only what it lacks. A resume at a rung reports
-    that epoch again before it trains on, so that its scheduler decides there first (the trial was
-    paused to wait for its group, which may since have been stopped).
-
-    A ViT's attention is measured on the same held-out images at the init and wherever a checkpoint
-    is written (attention.py), on rank 0: per block and head in the checkpoint (`attention.json`),
-    per block to MLflow (`attn_distance/b0`, ...) with the epochs trained as the step (0: the init;
-    the measure after epoch e is step e + 1). `attention_seconds` is the time those measures took
-    since the previous epoch's report: part of its `eval_seconds`, and the first epoch's also holds
-    the init's (in `setup_seconds`)."""
-    import ray
-
-    entered = time.perf_counter()
-    startup = process_startup()
+    initial `weights` digest."""
+    entered, startup = time.perf_counter(), process_startup()
     cfg: TrialConfig = config["trial"]
-    run: tracking.Run | None = config.get("tracking")
     torch.set_num_threads(cfg.cpus_per_worker)
-    ctx = session.ctx
     latest = session.get_checkpoint()
-    shared = config.get("data")
-    d, model, init, loaders, mixup = build(cfg, ctx, ray.get(shared) if shared is not None else None,
-                                           config.get("built"))
-    sample = datasets.held_out(d, 64, cfg.seed)  # validation images (training without a split), never test ones
-    fid, measured = initial_measures(model, cfg, init, sample)
-    watch = ctx.rank == 0 and bool(init.offsets)  # a ViT (a ConvMixer has no attention); rank 0 checkpoints
-    weights = weights_digest(model)
-    fid.update(identity=identity(cfg, weights), weights=weights)  # reported with every epoch (not to MLflow)
-    if config.get("identity") not in (None, fid["identity"]):
-        warnings.warn(f"{cfg.init.name} init, seed {cfg.seed}: the initial weights differ from those the study "
-                      f"built for this trial (identity {fid['identity']}, expected {config['identity']}): the init is "
-                      "not deterministic here")
-    if ctx.rank == 0 and run is not None:
-        tracking.set_tags(run, {"device": ctx.device, "node_id": ray.get_runtime_context().get_node_id(),
-                                "hostname": socket.gethostname()})  # where rank 0 ran (the latest attempt)
-        tracking.log_training(run, cfg, d, ctx.device)  # CUDA/cuDNN, the dataset input
-        if latest is None and init.pseudo_inputs:
-            log_init(run, model, init, measured)
-    if ctx.rank == 0 and measured and fidelity.near_chance(fid["init_hit_data"], fid["init_hit_chance"]):
-        warnings.warn(f"{cfg.init.name} init: the attention's argmax hit on real images is "
-                      f"{fid['init_hit_data']:.3f}, under twice chance ({fid['init_hit_chance']:.3f}): its structure "
-                      "does not reach the images (tagged init_near_chance)")
-        if run is not None:
-            tracking.set_tags(run, {"init_near_chance": "true"})
-
-    raw = model.to(ctx.device)
-    if ctx.world > 1:
-        import ray.train.torch
-
-        model = ray.train.torch.prepare_model(raw, move_to_device=ctx.device)  # DDP
-    if cfg.compile:
-        model = torch.compile(model)
-    sampler = loaders["train"].sampler  # the loaders carry their DistributedSampler; batches move in the loop
-    r = cfg.recipe
-    optimizer, scheduler = optimizer_and_schedule(cfg, raw, len(loaders["train"]))
-    dtype = amp_dtype(cfg, ctx.device)
-    scaler = torch.amp.GradScaler(ctx.device.type, enabled=dtype == torch.float16)
-    loss_fn = loss_function(cfg)
-    evaluation = dict(device=ctx.device, dtype=dtype, world=ctx.world)
-
-    start, updates, history, best, logged = 0, 0, [], {"epoch": None, "val_top1": -math.inf, "model": None}, -1
-    held_out, attention_rows, spent, logged_attention = sample.to(ctx.device), [], 0.0, -1
-    if ctx.rank == 0 and run is not None and watch:
-        logged_attention = tracking.last_step(run, "attn_distance/b0")
-    if latest is not None:
-        with latest.as_directory() as folder:
-            state, history = checkpoint.read(folder, ctx.device)
-            attention_rows = checkpoint.read_attention(folder)
-        raw.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start, updates, best = state["epoch"] + 1, state["updates"], state.get("best", best)  # older: none kept
-    elif watch:  # the init's attention, before any training
-        means, spent = watch_attention(raw, init, held_out, 0, attention_rows)
-        if run is not None and logged_attention < 0:
-            tracking.log_epoch(run, means, step=0)
-    if ctx.rank == 0 and run is not None:  # epochs an interrupted attempt logged after the checkpoint (or
-        logged = tracking.last_step(run, "train_loss")  # before the first): replayed exactly, logged once
-    if start >= r.epochs and history:  # finished before a restart (its study driver was killed): report, train nothing
-        session.report(history[-1])
-    elif start in cfg.checkpoint_at and history:  # at a rung: its scheduler decides before another epoch trains
-        session.report(history[-1])
-
-    bar = None
-    if ctx.rank == 0:
-        from ray.experimental.tqdm_ray import tqdm
-
-        bar = tqdm(desc=f"{cfg.dataset} {cfg.init.name} seed {cfg.seed}", total=r.epochs, unit="epoch")
-        bar.update(start)
-    setup = time.perf_counter() - entered
+    t = prepare(cfg, session.ctx, config)
+    announce(t, config.get("identity"), first=latest is None)
+    equip(t)
+    p = restore(t, latest)
+    # finished before a restart (its study driver was killed): report, train nothing; at a rung (a grouped
+    # study paused the trial to wait for its group, which may since have been stopped): its scheduler decides
+    # before another epoch trains
+    if p.history and (p.start >= cfg.recipe.epochs or p.start in cfg.checkpoint_at):
+        session.report(p.history[-1])
+    bar = progress_bar(cfg, session.ctx, p.start)
+    timing = {"setup_seconds": time.perf_counter() - entered, "startup_seconds": startup,
+              "data_from_store": float(config.get("data") is not None)}
     try:  # a failed run closes its bar: the driver would otherwise draw it after the run's last line
-        for epoch in range(start, r.epochs):
-            # data order, augmentation and drop-path follow from (seed, rank, epoch): a resume replays them exactly
-            sampler.set_epoch(epoch)
-            torch.manual_seed(cfg.seed * 1_000_003 + ctx.rank * 1009 + epoch)
-            t0 = time.perf_counter()
-            stats = train_one_epoch(model, loaders["train"], optimizer, scheduler, loss_fn, device=ctx.device,
-                                    dtype=dtype, scaler=scaler, grad_clip=r.grad_clip, mixup=mixup, epoch=epoch,
-                                    updates=updates)
-            updates = stats["updates"]
-            t1, last = time.perf_counter(), epoch == r.epochs - 1
-            # a checkpoint, attention measured
-            saved = ctx.rank == 0 and (last or (epoch + 1) % cfg.checkpoint_every == 0
-                                       or epoch + 1 in cfg.checkpoint_at)
-            val = evaluate([raw], loaders["val"], **evaluation)[0] if len(d.val) else {}
-            if val and val["top1"] > best["val_top1"]:  # every rank sees the same (all-reduced) accuracy
-                best = {"epoch": epoch, "val_top1": val["top1"],
-                        "model": {k: v.detach().to("cpu", copy=True) for k, v in raw.state_dict().items()}}
-            tested = [raw, *([best_model(raw, best)] if last and best["epoch"] not in (None, epoch) else [])]
-            test, *at_best = evaluate(tested, loaders["test"], **evaluation) if cfg.test_every_epoch or last else [{}]
-            metrics = {"epoch": epoch, "train_loss": stats["train_loss"],
-                       **{f"val_{k}": v for k, v in val.items()}, **{f"test_{k}": v for k, v in test.items()},
-                       "lr": optimizer.param_groups[0]["lr"],
-                       "images_per_s": stats["images"] * ctx.world / stats["train_seconds"],
-                       "train_seconds": stats["train_seconds"], "setup_seconds": setup, "startup_seconds": startup,
-                       "data_from_store": float(shared is not None), **fid}
-            if last:
-                metrics.update(final_summary(test, at_best[0] if at_best else test, best, epoch))
-            if watch and saved:
-                means, seconds = watch_attention(raw, init, held_out, epoch + 1, attention_rows)
-                spent += seconds
-                if run is not None and epoch + 1 > logged_attention:
-                    tracking.log_epoch(run, means, step=epoch + 1)
-            metrics["attention_seconds"], spent = spent, 0.0
-            metrics["eval_seconds"] = time.perf_counter() - t1
-            metrics["epoch_seconds"] = time.perf_counter() - t0
-            history.append(metrics)
-            if ctx.rank == 0 and run is not None and epoch > logged:
-                tracking.log_epoch(run, metrics, step=epoch)
-            with tempfile.TemporaryDirectory() as folder:
-                ckpt = None
-                if saved:
-                    checkpoint.write(folder, {"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
-                                              "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                                              "epoch": epoch, "updates": updates, "best": best,
-                                              "config": cfg.to_dict()}, history, attention_rows if watch else None)
-                    ckpt = session.Checkpoint.from_directory(folder)
-                session.report(metrics, checkpoint=ckpt)
-            if bar is not None:
-                bar.set_description(f"{cfg.dataset} {cfg.init.name} seed {cfg.seed} loss {stats['train_loss']:.3f} "
-                                    + (f"val {val['top1']:.1f}%" if val else ""))
-                bar.update(1)
+        for epoch in range(p.start, cfg.recipe.epochs):
+            metrics = run_epoch(t, p, epoch, timing)
+            save(t, p, session, metrics, epoch)
+            advance(bar, cfg, metrics)
     finally:
         if bar is not None:
             bar.close()
-    return history
+    return p.history
+
+
+@dataclass
+class Training:
+    """What one worker's run trains with, built once before its first epoch: by `prepare` the data,
+    loaders and mixup, the model (`raw`) and its init, the held-out images and the epoch-0 measures
+    (`fid`, reported with every epoch; `measured`, the init's full fidelity, for its artifacts); by
+    `equip` what trains (`model`: `raw` under DDP and torch.compile where they apply), the
+    optimizer, schedule, AMP dtype, grad scaler and loss. `run` is rank 0's MLflow run (None on
+    the other ranks, and without tracking): only rank 0 logs."""
+
+    cfg: TrialConfig
+    ctx: Context
+    run: tracking.Run | None
+    data: datasets.Data
+    raw: torch.nn.Module
+    init: object  # inits.InitResult
+    loaders: dict
+    mixup: Mixup | None
+    held_out: torch.Tensor
+    fid: dict
+    measured: dict
+    model: torch.nn.Module | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: CosineLRScheduler | None = None
+    scaler: torch.amp.GradScaler | None = None
+    loss_fn: torch.nn.Module | None = None
+    dtype: torch.dtype | None = None
+
+    @property
+    def watch(self) -> bool:
+        """Whether this worker measures attention: a ViT's (a ConvMixer has none), on rank 0, which checkpoints."""
+        return self.ctx.rank == 0 and bool(self.init.offsets)
+
+
+@dataclass
+class Progress:
+    """How far a run is, as its checkpoint carries it (`restore`) and each epoch moves it on."""
+
+    start: int = 0  # the first epoch to train
+    updates: int = 0  # optimizer steps so far: where the lr schedule is
+    history: list = field(default_factory=list)  # every epoch's metrics
+    best: dict = field(default_factory=lambda: {"epoch": None, "val_top1": -math.inf, "model": None})
+    attention_rows: list = field(default_factory=list)  # every attention measure (attention.json)
+    spent: float = 0.0  # seconds spent measuring attention since the last report
+    logged: int = -1  # the last epoch MLflow holds (an interrupted attempt's), -1: none
+    logged_attention: int = -1  # the last step of the attention's MLflow metrics, -1: none
+
+
+def prepare(cfg: TrialConfig, ctx: Context, config: dict) -> Training:
+    """The run's data, model and init (`build`: from the study's shared dataset, or what
+    `trial_identity` built) and its epoch-0 measures (`initial_measures`) on `data.held_out`: a
+    seeded batch of validation images (training images without a validation split), never test
+    ones, also what its attention is measured on. The trial's identity and initial weights digest
+    join the measures (reported with every epoch, not to MLflow)."""
+    import ray
+
+    shared = config.get("data")
+    d, model, init, loaders, mixup = build(cfg, ctx, ray.get(shared) if shared is not None else None,
+                                           config.get("built"))
+    sample = datasets.held_out(d, 64, cfg.seed)
+    fid, measured = initial_measures(model, cfg, init, sample)
+    weights = weights_digest(model)
+    fid.update(identity=identity(cfg, weights), weights=weights)
+    run = config.get("tracking") if ctx.rank == 0 else None
+    return Training(cfg, ctx, run, d, model, init, loaders, mixup, sample, fid, measured)
+
+
+def announce(t: Training, expected: str | None, first: bool) -> None:
+    """What a run says before it trains: a warning where its initial weights are not those the study
+    built for it (`expected`, their identity); on rank 0, MLflow tags of where it runs (the latest
+    attempt), CUDA/cuDNN and the dataset input, the init's artifacts (`first`: not on a resume),
+    and a warning (and tag) where the init's attention on real images is near chance."""
+    import ray
+
+    cfg, fid = t.cfg, t.fid
+    if expected not in (None, fid["identity"]):
+        warnings.warn(f"{cfg.init.name} init, seed {cfg.seed}: the initial weights differ from those the study "
+                      f"built for this trial (identity {fid['identity']}, expected {expected}): the init is "
+                      "not deterministic here")
+    if t.run is not None:
+        tracking.set_tags(t.run, {"device": t.ctx.device, "node_id": ray.get_runtime_context().get_node_id(),
+                                  "hostname": socket.gethostname()})
+        tracking.log_training(t.run, cfg, t.data, t.ctx.device)
+        if first and t.init.pseudo_inputs:
+            log_init(t.run, t.raw, t.init, t.measured)
+    if t.ctx.rank == 0 and t.measured and fidelity.near_chance(fid["init_hit_data"], fid["init_hit_chance"]):
+        warnings.warn(f"{cfg.init.name} init: the attention's argmax hit on real images is "
+                      f"{fid['init_hit_data']:.3f}, under twice chance ({fid['init_hit_chance']:.3f}): its structure "
+                      "does not reach the images (tagged init_near_chance)")
+        if t.run is not None:
+            tracking.set_tags(t.run, {"init_near_chance": "true"})
+
+
+def equip(t: Training) -> None:
+    """The model and the held-out images on the worker's device, the model under DDP (several
+    workers) and torch.compile (`compile`); AdamW and its schedule, the AMP dtype, the grad scaler
+    (fp16 only) and the loss. The loaders carry their DistributedSampler; batches move in the loop."""
+    cfg, ctx = t.cfg, t.ctx
+    t.raw = t.model = t.raw.to(ctx.device)
+    if ctx.world > 1:
+        import ray.train.torch
+
+        t.model = ray.train.torch.prepare_model(t.raw, move_to_device=ctx.device)  # DDP
+    if cfg.compile:
+        t.model = torch.compile(t.model)
+    t.optimizer, t.scheduler = optimizer_and_schedule(cfg, t.raw, len(t.loaders["train"]))
+    t.dtype = amp_dtype(cfg, ctx.device)
+    t.scaler = torch.amp.GradScaler(ctx.device.type, enabled=t.dtype == torch.float16)
+    t.loss_fn = loss_function(cfg)
+    t.held_out = t.held_out.to(ctx.device)
+
+
+def restore(t: Training, latest) -> Progress:
+    """Where the run starts: from `latest`, its checkpoint (weights, optimizer, schedule, scaler, the
+    epochs and updates done, the best weights, every epoch's metrics and attention measures), or
+    afresh, with the init's attention measured (step 0). A resume replays the epochs since the
+    checkpoint exactly (each is seeded from seed, rank and epoch) and logs to MLflow only what it
+    lacks: `logged` and `logged_attention` are the last steps an interrupted attempt logged."""
+    p = Progress()
+    if t.run is not None and t.watch:
+        p.logged_attention = tracking.last_step(t.run, "attn_distance/b0")
+    if latest is not None:
+        with latest.as_directory() as folder:
+            state, p.history = checkpoint.read(folder, t.ctx.device)
+            p.attention_rows = checkpoint.read_attention(folder)
+        t.raw.load_state_dict(state["model"])
+        t.optimizer.load_state_dict(state["optimizer"])
+        t.scheduler.load_state_dict(state["scheduler"])
+        t.scaler.load_state_dict(state["scaler"])
+        # an older checkpoint kept no best weights
+        p.start, p.updates, p.best = state["epoch"] + 1, state["updates"], state.get("best", p.best)
+    elif t.watch:
+        measure_attention(t, p, 0)
+    if t.run is not None:
+        p.logged = tracking.last_step(t.run, "train_loss")
+    return p
+
+
+def run_epoch(t: Training, p: Progress, epoch: int, timing: dict) -> dict:
+    """Epoch `epoch`: train (`train_epoch`), evaluate (`evaluate_epoch`), at the last epoch the final
+    summary, and where a checkpoint is written the attention (`measure_attention`). Its metrics,
+    added to the history: `timing` (setup, startup, where the data came from) and the epoch-0
+    measures in each. `attention_seconds`, the time attention measures took since the previous
+    epoch's report, is part of `eval_seconds` (the first epoch's also holds the init's, in
+    `setup_seconds`)."""
+    t0 = time.perf_counter()
+    stats = train_epoch(t, p, epoch)
+    t1, last = time.perf_counter(), epoch == t.cfg.recipe.epochs - 1
+    val, test, at_best = evaluate_epoch(t, p, epoch, last)
+    metrics = {"epoch": epoch, "train_loss": stats["train_loss"],
+               **{f"val_{k}": v for k, v in val.items()}, **{f"test_{k}": v for k, v in test.items()},
+               "lr": t.optimizer.param_groups[0]["lr"],
+               "images_per_s": stats["images"] * t.ctx.world / stats["train_seconds"],
+               "train_seconds": stats["train_seconds"], **timing, **t.fid}
+    if last:
+        metrics.update(final_summary(test, at_best, p.best, epoch))
+    if t.watch and checkpointed(t, epoch):
+        measure_attention(t, p, epoch + 1)
+    metrics["attention_seconds"], p.spent = p.spent, 0.0
+    metrics["eval_seconds"] = time.perf_counter() - t1
+    metrics["epoch_seconds"] = time.perf_counter() - t0
+    p.history.append(metrics)
+    return metrics
+
+
+def train_epoch(t: Training, p: Progress, epoch: int) -> dict:
+    """Epoch `epoch`'s pass over the training split (`train_one_epoch`), moving `p.updates` on.
+    Data order, augmentation and drop-path follow from (seed, rank, epoch): a resume replays them
+    exactly."""
+    r = t.cfg.recipe
+    t.loaders["train"].sampler.set_epoch(epoch)
+    torch.manual_seed(t.cfg.seed * 1_000_003 + t.ctx.rank * 1009 + epoch)
+    stats = train_one_epoch(t.model, t.loaders["train"], t.optimizer, t.scheduler, t.loss_fn, device=t.ctx.device,
+                            dtype=t.dtype, scaler=t.scaler, grad_clip=r.grad_clip, mixup=t.mixup, epoch=epoch,
+                            updates=p.updates)
+    p.updates = stats["updates"]
+    return stats
+
+
+def evaluate_epoch(t: Training, p: Progress, epoch: int, last: bool) -> tuple[dict, dict, dict]:
+    """(val, test, at_best) after epoch `epoch`. The (capped) validation split every epoch: it feeds
+    ASHA and model selection, and the best epoch's weights are kept. The test set only at the end,
+    in one pass over the final model and the best-validation one (`at_best`; the final model's own
+    where that is the best), and every epoch with `test_every_epoch` ({}: not evaluated)."""
+    evaluation = dict(device=t.ctx.device, dtype=t.dtype, world=t.ctx.world)
+    val = evaluate([t.raw], t.loaders["val"], **evaluation)[0] if len(t.data.val) else {}
+    if val and val["top1"] > p.best["val_top1"]:  # every rank sees the same (all-reduced) accuracy
+        p.best = {"epoch": epoch, "val_top1": val["top1"],
+                  "model": {k: v.detach().to("cpu", copy=True) for k, v in t.raw.state_dict().items()}}
+    tested = [t.raw, *([best_model(t.raw, p.best)] if last and p.best["epoch"] not in (None, epoch) else [])]
+    test, *at_best = evaluate(tested, t.loaders["test"], **evaluation) if t.cfg.test_every_epoch or last else [{}]
+    return val, test, at_best[0] if at_best else test
+
+
+def measure_attention(t: Training, p: Progress, trained: int) -> None:
+    """The attention on the held-out images after `trained` epochs (0: the init; attention.py): per
+    block and head into the checkpoint's rows (`attention.json`), per block to MLflow
+    (`attn_distance/b0`, ...) with `trained` as the step, unless an interrupted attempt logged it."""
+    means, seconds = watch_attention(t.raw, t.init, t.held_out, trained, p.attention_rows)
+    p.spent += seconds
+    if t.run is not None and trained > p.logged_attention:
+        tracking.log_epoch(t.run, means, step=trained)
+
+
+def checkpointed(t: Training, epoch: int) -> bool:
+    """Whether epoch `epoch` ends with a checkpoint (rank 0 writes them): every `checkpoint_every`
+    epochs, after each epoch of `checkpoint_at` (a grouped study's rungs) and at the end."""
+    cfg = t.cfg
+    return t.ctx.rank == 0 and (epoch == cfg.recipe.epochs - 1 or (epoch + 1) % cfg.checkpoint_every == 0
+                                or epoch + 1 in cfg.checkpoint_at)
+
+
+def save(t: Training, p: Progress, session: Session, metrics: dict, epoch: int) -> None:
+    """Epoch `epoch`'s metrics to MLflow (unless an interrupted attempt logged them) and to Ray, with
+    a checkpoint where one is due (`checkpointed`): the weights, optimizer, schedule, scaler, best
+    weights and config, every epoch's metrics and the attention measures."""
+    if t.run is not None and epoch > p.logged:
+        tracking.log_epoch(t.run, metrics, step=epoch)
+    with tempfile.TemporaryDirectory() as folder:
+        ckpt = None
+        if checkpointed(t, epoch):
+            checkpoint.write(folder, {"model": t.raw.state_dict(), "optimizer": t.optimizer.state_dict(),
+                                      "scheduler": t.scheduler.state_dict(), "scaler": t.scaler.state_dict(),
+                                      "epoch": epoch, "updates": p.updates, "best": p.best,
+                                      "config": t.cfg.to_dict()}, p.history, p.attention_rows if t.watch else None)
+            ckpt = session.Checkpoint.from_directory(folder)
+        session.report(metrics, checkpoint=ckpt)
+
+
+def progress_bar(cfg: TrialConfig, ctx: Context, start: int):
+    """Rank 0's progress bar over the run's epochs (Ray's, drawn by the driver), `start` of them done."""
+    if ctx.rank != 0:
+        return None
+    from ray.experimental.tqdm_ray import tqdm
+
+    bar = tqdm(desc=f"{cfg.dataset} {cfg.init.name} seed {cfg.seed}", total=cfg.recipe.epochs, unit="epoch")
+    bar.update(start)
+    return bar
+
+
+def advance(bar, cfg: TrialConfig, metrics: dict) -> None:
+    """One epoch more on the bar, with its training loss and validation accuracy."""
+    if bar is None:
+        return
+    bar.set_description(f"{cfg.dataset} {cfg.init.name} seed {cfg.seed} loss {metrics['train_loss']:.3f} "
+                        + (f"val {metrics['val_top1']:.1f}%" if "val_top1" in metrics else ""))
+    bar.update(1)
 
 
 def best_model(raw, best: dict):
@@ -470,11 +595,12 @@ def best_model(raw, best: dict):
 
 
 def final_summary(test: dict, at_best: dict, best: dict, epoch: int) -> dict:
-    """The test accuracy of the final model and of the best-validation epoch's weights (without a
-    validation split the last epoch is the best), and which epoch that was."""
-    return {"final_test_top1": test["top1"], "test_top1_at_best_val": at_best["top1"],
-            "best_val_top1": best["val_top1"] if best["epoch"] is not None else math.nan,
-            "best_val_epoch": epoch if best["epoch"] is None else best["epoch"]}
+    """`metrics.FINAL`: the test accuracy of the final model and of the best-validation epoch's
+    weights, the best validation accuracy (without a validation split: none, and the last epoch
+    is the best), and which epoch that was."""
+    best_val = best["val_top1"] if best["epoch"] is not None else math.nan
+    best_epoch = epoch if best["epoch"] is None else best["epoch"]
+    return dict(zip(FINAL, (test["top1"], at_best["top1"], best_val, best_epoch)))
 
 
 def check_target(address: str | None, gpus: float, tracking_uri: str, **gpu_flag) -> None:

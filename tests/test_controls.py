@@ -103,21 +103,17 @@ def init_comparison_trial(preset):
 
 
 def realised(trial, kind, seed, **init):
-    """An impulse trial of `trial` solved on `kind` at `seed`, built as a worker builds it (its
-    init batch of training images), and its mean and per-block target mass on 64 held-out test
-    images, as init_mass_data measures it."""
+    """An impulse trial of `trial` solved on `kind` at `seed`, built as a worker builds it
+    (`train.initialised`: its init batch of training images), and its mean and per-block target
+    mass on the run's 64 held-out images (`data.held_out`), as init_mass_data measures it."""
     from structinit import data as datasets
     from structinit import fidelity
     from structinit.config import with_overrides
-    from structinit.inits import needs_images
+    from structinit.train import initialised
 
     cfg = with_overrides(trial, {"init.pseudo_input": kind, "seed": seed, **{f"init.{k}": v for k, v in init.items()}})
-    d = datasets.build(cfg.dataset, cfg.data_root, img_size=cfg.model.img_size, fraction=cfg.fraction,
-                       val_fraction=cfg.val_fraction, seed=cfg.seed, recipe=cfg.recipe, val_size=cfg.val_size)
-    images = datasets.init_images(d, cfg.init.data_images, cfg.seed) if needs_images(cfg.init) else None
-    model, result = build_model(cfg.model, cfg.init, cfg.seed, images=images, **data_kwargs(cfg, d.num_classes))
-    held_out = torch.stack([d.test[i][0] for i in range(64)])
-    blocks = fidelity.data_fidelity(model, result, held_out)
+    d, model, result = initialised(cfg)
+    blocks = fidelity.data_fidelity(model, result, datasets.held_out(d, 64, cfg.seed))
     per_block = [sum(h["target_mass"] for h in b["heads"]) / len(b["heads"]) for b in blocks]
     return fidelity.summary(blocks)["target_mass"]["mean"], per_block, model
 

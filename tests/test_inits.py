@@ -3,11 +3,13 @@ from functools import partial
 
 import pytest
 import torch
+from timm.layers import Attention
 
 from structinit import fidelity
 from structinit.data import DATASETS
 from structinit.inits import FILTER_INITS, INITS, InitConfig, apply_init
-from structinit.inits.mimetic import mimetic_factors, set_vo
+from structinit.inits.mimetic import mimetic_factors
+from structinit.inits.qkv import copy_qk, read_qk, set_qk, set_vo, zero_qk_bias
 from structinit.models import create, patch_pos_embed, pseudo_tokens, vit
 
 
@@ -69,6 +71,24 @@ def test_set_vo_orientation():
     x = torch.randn(4, 48)
     v = x @ attn.qkv.weight[96:].T
     torch.testing.assert_close(v @ attn.proj.weight.T, x @ left @ right.T, atol=1e-4, rtol=1e-4)
+
+
+def test_qk_writers_give_each_head_the_logits_of_its_maps():
+    """set_qk writes per-head maps (heads, D, d) into timm's fused qkv so that head h's logits are
+    x wq[h] wk[h]^T x^T; read_qk reads them back; copy_qk carries W_Q, W_K and their biases over."""
+    attn = Attention(8, num_heads=2, qkv_bias=True)
+    wq, wk, x = torch.randn(2, 8, 4), torch.randn(2, 8, 4), torch.randn(5, 8)
+    with torch.no_grad():
+        set_qk(attn, wq, wk)
+        zero_qk_bias(attn)
+        q, k, _ = attn.qkv(x).reshape(5, 3, 2, 4).permute(1, 2, 0, 3)  # each (heads, tokens, d)
+    torch.testing.assert_close(q @ k.transpose(1, 2), x @ wq @ wk.transpose(1, 2) @ x.T, atol=1e-5, rtol=1e-5)
+    assert all(torch.equal(a.float(), b) for a, b in zip(read_qk(attn), (wq, wk)))
+    other = Attention(8, num_heads=2, qkv_bias=True)
+    with torch.no_grad():
+        copy_qk(attn, other)
+    assert torch.equal(other.qkv.weight[:16], attn.qkv.weight[:16]) and not other.qkv.bias[:16].any()
+    assert not torch.equal(other.qkv.weight[16:], attn.qkv.weight[16:])  # V untouched
 
 
 def test_mimetic_qk_on_many_heads_is_a_rank_d_truncation():

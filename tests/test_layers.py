@@ -7,7 +7,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "structinit"
 LAYERS = [  # bottom to top
-    ["validate", "paths", "footings", "provenance", "declarations"],
+    ["validate", "paths", "footings", "provenance", "declarations", "metrics"],
     ["recipes", "data", "models", "structinit"],  # structinit: the package's __init__
     ["inits", "rank"],
     ["fidelity", "config", "attention"],

@@ -85,7 +85,7 @@ def test_the_test_set_is_read_only_where_it_is_evaluated(monkeypatch, every_epoc
     reads: the epoch-0 measures (rank k, fidelity on real images) and every epoch's validation read
     no test image; the test set is read at the end, once, in the one pass that evaluates the final
     and the best-validation model (with `test_every_epoch`, one pass every epoch)."""
-    from structinit import data, train
+    from structinit import data, metrics, train
 
     pool, test = data.load_splits("digits", None)
     recorded = Reads(test)
@@ -111,6 +111,8 @@ def test_the_test_set_is_read_only_where_it_is_evaluated(monkeypatch, every_epoc
     one_pass = list(range(len(test)))  # the evaluation loader reads the test set in order, unshuffled
     assert [m["epoch"] for m, _ in reports] == [0, 1, 2]
     assert "init_rank_k" in reports[0][0] and "init_hit_data" in reports[0][0]  # the epoch-0 measures ran
+    assert {k for k in reports[0][0] if k.startswith("init_")} <= set(metrics.INIT)  # the names results reads
+    assert set(metrics.FINAL) <= set(reports[-1][0])
     if every_epoch:
         assert [reads for _, reads in reports] == [one_pass, one_pass * 2, one_pass * 3]
     else:

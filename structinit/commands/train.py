@@ -9,6 +9,7 @@ import os
 import sys
 
 from structinit.commands.options import TRACKING_URI, add_config, check_given, trial_config
+from structinit.metrics import FINAL
 from structinit.validate import component, writable
 
 HELP = "train one initialised ViT with Ray Train (TorchTrainer), tracked in MLflow"
@@ -107,7 +108,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                "checkpoint": result.checkpoint.path if result.checkpoint else None,
                "epochs": len(history), "final": history[-1] if history else None,
                **{k: history[-1].get(k) if history else None
-                  for k in ("final_test_top1", "test_top1_at_best_val", "best_val_top1", "best_val_epoch")},
+                  for k in FINAL},
                "config": cfg.to_dict(), "history": history}
     text = json.dumps(summary)
     try:  # the run trained: FINISHED, even if its summary could not be written here (preflight checked it can)

@@ -22,7 +22,8 @@ from timm.models.vision_transformer import VisionTransformer
 
 from structinit.inits import InitConfig, InitResult, register, uses_data
 from structinit.inits.default import base_init, reference, scale_pos_embed
-from structinit.inits.mimetic import mimetic_factors, mimetic_vo, set_qk
+from structinit.inits.mimetic import mimetic_factors, mimetic_vo
+from structinit.inits.qkv import copy_qk, read_qk, set_qk, zero_qk_bias
 from structinit.inits.targets import cover_offsets, mass_and_hit, random_offsets, target_maps
 from structinit.models import (attention_inputs, attention_probs, grid_size, image_tokens, patch_pos_embed,
                                pseudo_tokens)
@@ -151,12 +152,6 @@ def calibrate(logits: torch.Tensor, fixed: torch.Tensor, support: torch.Tensor, 
     return hi.exp().double()
 
 
-def head_weights(attn: Attention, rows: slice) -> torch.Tensor:
-    """(heads, D, d) per-head maps stored in the qkv rows `rows` (query: 0, key: 1)."""
-    w = attn.qkv.weight[rows]
-    return w.reshape(attn.num_heads, attn.head_dim, -1).transpose(1, 2).double()
-
-
 def hybrid(maps: torch.Tensor, pt: torch.Tensor, attn: Attention, cfg: InitConfig) -> torch.Tensor:
     """(1 - r) H + r X on every row with a target, r = `mix_ratio`: X is row-normalised U(0, 1)
     noise (`mix="noise"`), or the map mimetic init draws on this pseudo input (`mix="mimetic"`),
@@ -197,15 +192,13 @@ def solve_block(attn: Attention, pt: torch.Tensor, maps: torch.Tensor, support: 
     normalised tokens with the prefix (class, register) tokens first, which the model also attends
     to (default `pt`: no prefix). q/k biases are zeroed (the solve assumes none).
     Head dims the closed form leaves unused (k < d) keep the base init, so they can still learn."""
-    inner = attn.num_heads * attn.head_dim
     if cfg.solver == "closed_form":
         wq, wk, info = solve_closed_form(pt, maps, attn.head_dim, cfg.rank_rtol, cfg.damping, weights)
     else:
         wq, wk = solve_gradient(pt[0], maps, attn.head_dim, attn.scale, cfg.solver_steps, cfg.solver_lr)
         wq, wk, info = wq.double(), wk.double(), {"rank": None, "cond": None, "gain": None}
     used = wq.shape[-1]
-    fill_q = head_weights(attn, slice(0, inner))[..., used:]
-    fill_k = head_weights(attn, slice(inner, 2 * inner))[..., used:]
+    fill_q, fill_k = (w[..., used:] for w in read_qk(attn))
     queries = pt[measured]
     rows = calibration_queries(*queries.shape[:2])  # (n, m)
     queries = queries.gather(1, rows[..., None].expand(-1, -1, queries.shape[-1])).float()[:, None]
@@ -230,8 +223,7 @@ def solve_block(attn: Attention, pt: torch.Tensor, maps: torch.Tensor, support: 
     wq, wk = torch.cat([wq, fill_q], -1), torch.cat([wk, fill_k], -1)
     mass, hit = mass_and_hit((scale.float()[:, None, None] * solved + fixed).softmax(-1), support)
     set_qk(attn, wq.float(), wk.float())
-    if attn.qkv.bias is not None:
-        attn.qkv.bias[:2 * inner] = 0
+    zero_qk_bias(attn)
     return {**info, "logit_scale": scale.tolist(), "mass": mass.tolist(), "argmax_hit": hit.tolist(),
             "wq_norm": wq.flatten(1).norm(dim=1).tolist(), "wk_norm": wk.flatten(1).norm(dim=1).tolist()}
 
@@ -343,13 +335,9 @@ def impulse(model: VisionTransformer, cfg: InitConfig, images: torch.Tensor | No
     heads = model.blocks[0].attn.num_heads
     grid = grid_size(model)
     offsets, inputs, supports, notes = [], [], [], []
-    inner = heads * model.blocks[0].attn.head_dim
     for index, block in enumerate(model.blocks):
         if cfg.qk == "shared" and index > 0:  # v1: block 0's Q, K copied into every block
-            first = model.blocks[0].attn.qkv
-            block.attn.qkv.weight[:2 * inner] = first.weight[:2 * inner]
-            if first.bias is not None:
-                block.attn.qkv.bias[:2 * inner] = first.bias[:2 * inner]
+            copy_qk(model.blocks[0].attn, block.attn)
             offs, p, support, note = offsets[0], inputs[0], supports[0], notes[0]
         else:
             draw = cover_offsets if cfg.offsets == "cover" else random_offsets

@@ -1,12 +1,12 @@
-"""Mimetic init (Trockman & Kolter 2023) and the helpers that write Q/K and V/proj into timm."""
+"""Mimetic init (Trockman & Kolter 2023): Q/K and V/proj drawn near a scaled identity."""
 from __future__ import annotations
 
 import torch
-from timm.layers import Attention
 from timm.models.vision_transformer import VisionTransformer
 
 from structinit.inits import InitConfig, InitResult, register
 from structinit.inits.default import base_init, reference
+from structinit.inits.qkv import set_qk, set_vo
 
 
 def mimetic_factors(dim: int, rank: int, alpha: float, beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -19,23 +19,6 @@ def mimetic_factors(dim: int, rank: int, alpha: float, beta: float) -> tuple[tor
     u, s, vh = torch.linalg.svd(a)
     root = s[:rank].sqrt()
     return u[:, :rank] * root, vh[:rank].T * root, a
-
-
-def set_qk(attn: Attention, wq: torch.Tensor, wk: torch.Tensor) -> None:
-    """Write per-head query/key maps (heads x D x d) into timm's fused qkv so that head h's
-    logits are x wq[h] wk[h]^T x^T (times timm's d^-1/2)."""
-    heads, dim, head_dim = wq.shape
-    inner = heads * head_dim
-    attn.qkv.weight[:inner] = wq.transpose(1, 2).reshape(inner, dim)
-    attn.qkv.weight[inner:2 * inner] = wk.transpose(1, 2).reshape(inner, dim)
-
-
-def set_vo(attn: Attention, left: torch.Tensor, right: torch.Tensor) -> None:
-    """Write V and the output projection so that the value path x -> proj(v(x)) is the right
-    multiplication x (left right^T) (timm's Linear computes x W^T, hence the transposes)."""
-    inner = attn.qkv.weight.shape[0] // 3
-    attn.qkv.weight[2 * inner:] = left.T
-    attn.proj.weight.copy_(right)
 
 
 def mimetic_vo(model: VisionTransformer, cfg: InitConfig) -> None:
