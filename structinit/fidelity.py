@@ -9,7 +9,6 @@ attention sees when the pseudo input enters block 0, or when a batch of real ima
 from __future__ import annotations
 
 import torch
-from timm.layers import Attention
 from timm.models.vision_transformer import VisionTransformer
 
 from structinit.inits import InitResult

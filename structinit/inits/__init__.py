@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from structinit.validate import check, choice, finite
+
+if TYPE_CHECKING:  # annotations only: importing this module loads no torch
+    import torch
+    from timm.models.vision_transformer import VisionTransformer
 
 BASES = ("timm", "torch")
 OFFSETS = ("cover", "random")
