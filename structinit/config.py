@@ -130,6 +130,11 @@ class TrialConfig:
             check("batch_size", self.recipe.batch_size // self.workers, "an even per-worker batch with mixup/cutmix",
                   (self.recipe.batch_size // self.workers) % 2 == 0)
 
+    @property
+    def gpus_per_worker(self) -> float:
+        """Each worker's share of a GPU: gpu_share with gpu, else none."""
+        return self.gpu_share if self.gpu else 0.0
+
     def worker_resources(self) -> dict:
         """What each of its workers holds on a Ray cluster: its CPUs and, with gpu, its share of a GPU."""
         return {"CPU": self.cpus_per_worker, **({"GPU": self.gpu_share} if self.gpu else {})}

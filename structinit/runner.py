@@ -196,7 +196,7 @@ def live_trials(study: Study) -> int:
     t = study.trial
     if study.scheduler == "grouped":
         return study.configs * len(study.repeats)
-    return study.max_concurrent or cluster.concurrency(t.workers, t.cpus_per_worker, t.gpu_share if t.gpu else 0)
+    return study.max_concurrent or cluster.concurrency(t.workers, t.cpus_per_worker, t.gpus_per_worker)
 
 
 def trial_resources(study: Study) -> dict:
@@ -230,10 +230,10 @@ def preflight(study: Study, resume: bool = False, address: str | None = None) ->
     results.trained(paths.folder)  # the registry's records (a damaged table is refused now, not in a trial)
     local = cluster.starts_here(address)
     data = check_space(study, TRAINING_BYTES * t.workers if local and not t.gpu else WEIGHT_BYTES)
-    gpus = t.workers * t.gpu_share if t.gpu else 0
+    gpus = t.workers * t.gpus_per_worker
     check_target(address, gpus, study.tracking_uri or tracking.default_uri())  # e.g. unreachable MLflow
     if local:
-        cluster.fits(t.workers, t.cpus_per_worker, t.gpu_share if t.gpu else 0, cluster.local_resources(),
+        cluster.fits(t.workers, t.cpus_per_worker, t.gpus_per_worker, cluster.local_resources(),
                      "this machine (the local Ray cluster a study starts)", name="workers_per_trial")
     return data
 
@@ -294,13 +294,13 @@ def start(study: Study, resume: bool, address: str | None, data: dict) -> Execut
     import ray
 
     paths, t = study.paths, study.trial
-    gpus = t.workers * t.gpu_share if t.gpu else 0
+    gpus = t.workers * t.gpus_per_worker
     uri = study.tracking_uri or tracking.default_uri()
     if not ray.is_initialized():
         cluster.connect(address, num_cpus=os.cpu_count(), resources={cluster.DRIVER: 1000})
     # before anything is recorded
     cluster.check_cluster(gpus, study.checkpoints or paths.folder)
-    cluster.check_resources(t.workers, t.cpus_per_worker, t.gpu_share if t.gpu else 0, name="workers_per_trial")
+    cluster.check_resources(t.workers, t.cpus_per_worker, t.gpus_per_worker, name="workers_per_trial")
     os.makedirs(paths.folder, exist_ok=True)
     # named to the second, and unique: two starts in one second get their own Tune folder, Optuna study, parent run
     name = paths.execution() if resume else f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
