@@ -588,7 +588,7 @@ def stopped_lines(configs: pd.DataFrame | None, objective: str, metric: str) -> 
              "trials, each where it was (stopped at: the latest).", "",
              "| configuration | stopped at (epochs) | objective there | trials stopped | members |",
              "|---|---|---|---|---|"]
-    lines += [f"| {label(r.params)} | {r.stopped_at} | {_pm(r.objective, math.nan)} | {r.stopped} | {r.members} |"
+    lines += [f"| {label(r.params)} | {int(r.stopped_at)} | {_pm(r.objective, math.nan)} | {r.stopped} | {r.members} |"
               for r in stopped.itertuples()]
     return lines
 
