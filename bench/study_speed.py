@@ -72,9 +72,9 @@ import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from structinit.config import TrialConfig, build_model, data_kwargs
+from structinit.config import TrialConfig, data_kwargs
 from structinit.data import DATASETS, labels_of, load_splits, split_indices
-from structinit.train import optimizer_and_schedule
+from structinit.train import build_model, optimizer_and_schedule
 
 ROOT = Path(__file__).resolve().parents[1]
 VAL_SIZE = next(f.default for f in dataclasses.fields(TrialConfig) if f.name == "val_size")

@@ -16,7 +16,7 @@ import os
 import typing
 from dataclasses import asdict, dataclass, field
 
-from structinit.inits import InitConfig, apply_init, setting
+from structinit.inits import InitConfig, setting
 from structinit.recipes import DEFAULT_RECIPE, Recipe, replaced
 from structinit.validate import check, choice, finite, nearest
 
@@ -489,7 +489,7 @@ def validate_model(cfg: TrialConfig, bytes_per_parameter: int = WEIGHT_BYTES) ->
 
 def check_model(model: ModelConfig, init: InitConfig | None, bytes_per_parameter: int = WEIGHT_BYTES,
                 **fixed) -> int:
-    """`build_model`'s checks without building it (on the meta device): the geometry is one the
+    """`train.build_model`'s checks without building it (on the meta device): the geometry is one the
     model takes, a ViT's patch grid is at least 1x1, `init` fits the model, and its parameters at
     `bytes_per_parameter` (0: unchecked) fit in the memory this machine has available. Returns
     the parameter count."""
@@ -526,16 +526,6 @@ def create_model(model: ModelConfig, **fixed):
     from structinit.models import create
 
     return create(model.name, **{**fixed, **model.kwargs()})
-
-
-def build_model(model: ModelConfig, init: InitConfig | None = None, seed: int = 0, images=None, **fixed):
-    """A model and its init from a config, the one way every caller builds them: `model`'s timm
-    name and geometry over what the data fix (`fixed`: `data_kwargs`; none for a bare model), then
-    `init` applied at `seed` (None: left as built, for a checkpoint's weights or a check), on
-    `images` where it is data-aware (`data.init_images`). Returns (model, InitResult or None)."""
-    check_model(model, init, **fixed)
-    net = create_model(model, **fixed)
-    return net, None if init is None else apply_init(net, init, seed=seed, images=images)
 
 
 def weights_digest(model) -> str:

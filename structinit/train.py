@@ -33,10 +33,11 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from structinit import attention, checkpoint, cluster, fidelity, rank, tracking
 from structinit import data as datasets
-from structinit.config import TrialConfig, build_model, data_kwargs, identity, weights_digest
-from structinit.inits import needs_images
+from structinit.config import ModelConfig, TrialConfig, check_model, data_kwargs, identity, weights_digest
+from structinit.inits import InitConfig, apply_init, needs_images
 from structinit.inits.default import pe_scale
 from structinit.metrics import FINAL
+from structinit.models import create
 
 
 class NonFiniteLossError(RuntimeError):
@@ -144,6 +145,18 @@ def initialised(cfg: TrialConfig, splits=None):
                        verify=cfg.verify, val_size=cfg.val_size, splits=splits)
     images = datasets.init_images(d, cfg.init.data_images, cfg.seed) if needs_images(cfg.init) else None
     return (d, *build_model(cfg.model, cfg.init, cfg.seed, images=images, **data_kwargs(cfg, d.num_classes)))
+
+
+def build_model(model: ModelConfig, init: InitConfig | None = None, seed: int = 0, images=None, **fixed):
+    """A model and its init from a config, the one way every caller builds them: checked first
+    (config.check_model: its geometry, the init fits it, its memory), then `model`'s timm name and
+    geometry over what the data fix (`fixed`: `data_kwargs`; none for a bare model; models.create),
+    then `init` applied at `seed` (inits.apply_init: the registered strategy, e.g.
+    inits/impulse.py; None: left as built, for a checkpoint's weights or a check), on `images`
+    where it is data-aware (`data.init_images`). Returns (model, InitResult or None)."""
+    check_model(model, init, **fixed)
+    net = create(model.name, **{**fixed, **model.kwargs()})
+    return net, None if init is None else apply_init(net, init, seed=seed, images=images)
 
 
 def trial_identity(cfg: TrialConfig, splits=None) -> tuple[str, tuple]:

@@ -90,7 +90,8 @@ def test_on_a_model_the_mass_and_hit_are_fidelitys(init):
     fidelity.py measures on the same images (impulse: its solved taps; torch_default: the cover
     taps of its reference), and every measure is in range."""
     from structinit import attention, fidelity
-    from structinit.config import ModelConfig, build_model
+    from structinit.config import ModelConfig
+    from structinit.train import build_model
     from structinit.inits import InitConfig
 
     model, result = build_model(ModelConfig("vit_nano_patch2_8", pos_embed="learn", global_pool="token"),

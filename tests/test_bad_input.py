@@ -328,7 +328,8 @@ def checkpoints(folder: Path) -> None:
     import torch
 
     from structinit import checkpoint
-    from structinit.config import build_model, data_kwargs, make
+    from structinit.config import data_kwargs, make
+    from structinit.train import build_model
 
     (folder / "text.pt").write_text("not a checkpoint\n" * 10)
     cfg = make("digits", model_overrides=dict(embed_dim=32, depth=1))

@@ -3,7 +3,8 @@ difference between them is the solved Q/K alone (plain tensors, tiny digits mode
 import pytest
 import torch
 
-from structinit.config import build_model, data_kwargs, make
+from structinit.config import data_kwargs, make
+from structinit.train import build_model
 
 
 def footing_pair(footing, a, b, **init):

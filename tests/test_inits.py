@@ -409,7 +409,8 @@ def test_factor_norm_sets_each_factor_like_the_followup():
 
 
 def footing_model(name, **init):
-    from structinit.config import build_model, data_kwargs, make
+    from structinit.config import data_kwargs, make
+    from structinit.train import build_model
 
     cfg = make("digits", footing=name, init_overrides=init or None)
     model, result = build_model(cfg.model, cfg.init, seed=0, **data_kwargs(cfg, 10))

@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def preflight(args: argparse.Namespace, parser: argparse.ArgumentParser):
     """What can be checked before the model is built and solved, each refused in one line: the
     fields given (before anything heavy loads), the plot's path (creatable and writable), the
-    config. The model's size is checked before it is built (`config.build_model`). Returns (cfg,
+    config. The model's size is checked before it is built (`train.build_model`). Returns (cfg,
     the dataset given or None)."""
     try:
         fields = check_given(args, dataset=None)
@@ -93,8 +93,9 @@ def build(cfg, dataset: str | None):
     """(model, InitResult, 64 held-out validation images (`data.held_out`) or None): the model with
     the dataset's channels, classes and image side where a dataset is given (else as its name
     builds it), initialised (on its training images where the init is data-aware)."""
-    from structinit.config import build_model, data_kwargs
+    from structinit.config import data_kwargs
     from structinit.inits import needs_images
+    from structinit.train import build_model
 
     if not dataset:
         return (*build_model(cfg.model, cfg.init, cfg.seed), None)

@@ -58,8 +58,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     cfg, state, fields = preflight(args, parser)
     from structinit import data
     from structinit.checkpoint import load_weights
-    from structinit.config import build_model, data_kwargs
+    from structinit.config import data_kwargs
     from structinit.rank import measure, text
+    from structinit.train import build_model
 
     try:
         filter_size = fields.get("init.filter_size", cfg.init.filter_size)  # the f the widths are checked against
