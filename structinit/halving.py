@@ -132,6 +132,7 @@ class GroupedHalving(FIFOScheduler):
         self.group_of: dict[str, int] = {}
         self.resume: set[str] = set()  # paused members whose group went on: choose_trial_to_run starts them
         self.owner: dict[str, str] = {}  # identity -> the member that trains it
+        self.identity: dict[str, str] = {}  # member -> the identity it reported
         self.twin_of: dict[str, str] = {}  # a paused member -> the member that trains its identity
         self.ended: set[str] = set()  # members that completed
         self._settling = False
@@ -154,10 +155,23 @@ class GroupedHalving(FIFOScheduler):
         group.members[trial.trial_id] = trial.config.get(TRIAL_INDEX, 0)
         self.trials[trial.trial_id], self.group_of[trial.trial_id] = trial, gid
         if trial.last_result:  # restored by a resumed study: what it had reached, from its checkpoint
+            self._identify(trial.trial_id, trial.last_result.get(IDENTITY))
+            if trial.status in (Trial.TERMINATED, Trial.ERROR):
+                self.ended.add(trial.trial_id)
+            elif trial.last_result.get("epoch") is not None and trial.last_result.get(IDENTITY) is not None:
+                self.owner.setdefault(trial.last_result[IDENTITY], trial.trial_id)  # it trained: it goes on
             for metrics in [*self.history(trial), trial.last_result]:
                 self._observe(trial.trial_id, metrics)
         if trial.status == Trial.ERROR:
             group.dropped.add(trial.trial_id)
+
+    def _identify(self, trial_id: str, identity: str | None) -> None:
+        """Learn a member's identity; it has the values any member of that identity has."""
+        if identity is not None and trial_id not in self.identity:
+            self.identity[trial_id] = identity
+            for other, same in list(self.identity.items()):
+                if same == identity and other != trial_id:
+                    self._share(other)
 
     def _observe(self, trial_id: str, result: dict) -> None:
         """Record a member's value at each rung `result` (a report, or a row of a checkpoint's
@@ -170,13 +184,14 @@ class GroupedHalving(FIFOScheduler):
         self._share(trial_id)
 
     def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
+        self.resume.discard(trial.trial_id)  # it reports: it runs
+        self._identify(trial.trial_id, result.get(IDENTITY))
         if result.get(IDENTITY) is not None and result.get("epoch") is None:
             return self._start(tune_controller, trial, result[IDENTITY])
         if result.get(IDENTITY) is not None:  # training it (a restored member reports no start)
             self.owner.setdefault(result[IDENTITY], trial.trial_id)
         if self._metric not in result or result.get("epoch") is None:
             return TrialScheduler.CONTINUE
-        self.resume.discard(trial.trial_id)
         self._observe(trial.trial_id, result)
         done = result["epoch"] + 1
         group = self.groups[self.group_of[trial.trial_id]]
@@ -206,19 +221,27 @@ class GroupedHalving(FIFOScheduler):
         self.twin_of[trial.trial_id] = owner
         self._share(owner)
         self._settle(tune_controller, current=trial)
-        stopped = self.groups[self.group_of[trial.trial_id]].stopped_below(self.epochs + 1)
-        return TrialScheduler.STOP if stopped else TrialScheduler.PAUSE
+        if self.groups[self.group_of[trial.trial_id]].stopped_below(self.epochs + 1):
+            return TrialScheduler.STOP
+        if trial.trial_id not in self.twin_of:  # judging released it (its member stopped): it trains
+            self.owner[identity] = trial.trial_id
+            return TrialScheduler.CONTINUE
+        return TrialScheduler.PAUSE
 
     def _training(self, trial_id: str) -> bool:
         """Whether a member still trains: not completed, not failed for good, its group not stopped."""
         g = self.groups[self.group_of[trial_id]]
         return trial_id not in self.ended and trial_id not in g.dropped and not g.stopped_below(self.epochs + 1)
 
-    def _share(self, owner: str) -> None:
-        """Give `owner`'s values at the rungs to its twins."""
-        values = self.groups[self.group_of[owner]].values.get(owner, {})
-        for twin in [t for t, o in self.twin_of.items() if o == owner]:
-            self.groups[self.group_of[twin]].values.setdefault(twin, {}).update(values)
+    def _share(self, trial_id: str) -> None:
+        """Give a member's values at the rungs to every member of its identity (the same model:
+        the same values) that lacks them: its twins, and on a resumed study the twins it had."""
+        values = self.groups[self.group_of[trial_id]].values.get(trial_id, {})
+        identity = self.identity.get(trial_id)
+        for other, same in self.identity.items():
+            if same == identity and other != trial_id and other in self.group_of:
+                mine = self.groups[self.group_of[other]].values.setdefault(other, {})
+                mine.update({r: v for r, v in values.items() if r not in mine})
 
     def _release(self) -> None:
         """Twins whose member no longer trains their identity and whose group goes on resume: they
@@ -227,7 +250,7 @@ class GroupedHalving(FIFOScheduler):
             g = self.groups[self.group_of[twin]]
             if not self._training(owner) and not g.stopped_below(self.epochs + 1) and twin not in g.dropped:
                 del self.twin_of[twin]
-                if self.trials[twin].status == Trial.PAUSED:
+                if self.trials[twin].status == Trial.PAUSED or self.trials[twin].is_saving:
                     self.resume.add(twin)
 
     def on_trial_complete(self, tune_controller, trial: Trial, result: dict):
@@ -387,18 +410,23 @@ class GroupRepeater(Repeater):
         if len(members) == self.repeat and all(t in self.ended for t in members.values()):
             self._tell(members)
 
+    def _curve(self, trial_id: str) -> dict[int, float]:
+        """A member's metric by epochs: its own, else that of the trials of its identity."""
+        curve = {}
+        for t, i in self.identity.items():
+            if i == self.identity.get(trial_id) and t != trial_id:
+                curve.update(self.curves.get(t, {}))
+        return {**curve, **self.curves.get(trial_id, {})}
+
     def _value(self, trial_id: str, epochs: int) -> float:
-        """A member's metric after `epochs`: its own, else that of a trial of its identity."""
-        twins = [t for t, i in self.identity.items() if i == self.identity.get(trial_id)]
-        for t in (trial_id, *twins):
-            if epochs in self.curves.get(t, {}):
-                return self.curves[t][epochs]
-        return math.nan
+        return self._curve(trial_id).get(epochs, math.nan)
 
     def _tell(self, members: dict[int, str]) -> None:
         primary = members[0]  # the trial the searcher proposed; the others repeat it
         alive = {self.repeats[i]: t for i, t in members.items() if self.ended[t]}
-        reached = [max(self.curves[t]) for t in alive.values() if t in self.curves]
+        # where its members stopped; a group of twins alone (a configuration proposed twice): its models'
+        reached = ([max(self.curves[t]) for t in alive.values() if t in self.curves]
+                   or [max(self._curve(t)) for t in alive.values() if self._curve(t)])
         if not reached:
             self.searcher.on_trial_complete(primary, error=True)
             return

@@ -120,17 +120,19 @@ def collect(study: str, execution: str, paths: StudyPaths, configure,
 
 def twins_stopped(trials: list[dict]) -> list[dict]:
     """A twin the grouped scheduler stopped while it waited (halving's twins) trained nothing: it
-    is the model of the trial of its identity that trained, to where its group stopped -- as a
-    reused trial is that of a finished one."""
-    trained = {t["identity"]: t["trial_id"] for t in trials if t["identity"] and t["epochs_done"] and not t["reused_from"]}
+    is the model of the trial of its identity that trained furthest, to where its group stopped
+    -- as a reused trial is that of a finished one."""
+    trained = {}
+    for t in sorted(trials, key=lambda t: t["epochs_done"] or 0):
+        if t["identity"] and t["epochs_done"] and not t["reused_from"]:
+            trained[t["identity"]] = t["trial_id"]
     rungs = {}
     for t in trials:
         if t["status"] == STOPPED and t["epochs_done"]:
-            rungs[t["config_key"]] = max(rungs.get(t["config_key"], 0), t["epochs_done"])
+            rungs[t["group"]] = max(rungs.get(t["group"], 0), t["epochs_done"])
     for t in trials:
-        if t["status"] == STOPPED and not t["epochs_done"] and t["identity"] in trained and t["config_key"] in rungs:
-            t.update(reused_from=trained[t["identity"]], epochs_done=rungs[t["config_key"]],
-                     stopped_at=rungs[t["config_key"]])
+        if t["status"] == STOPPED and not t["epochs_done"] and t["identity"] in trained and t["group"] in rungs:
+            t.update(reused_from=trained[t["identity"]], epochs_done=rungs[t["group"]], stopped_at=rungs[t["group"]])
     return trials
 
 

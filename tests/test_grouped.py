@@ -248,6 +248,34 @@ def test_a_twin_resumes_to_reuse_the_result_once_its_model_finished_and_stops_wi
     assert s2.choose_trial_to_run(tc2) is a0
 
 
+def test_a_twin_that_completes_the_cohort_and_is_released_by_it_trains():
+    s, tc = halving()
+    a0, a1 = tc.add(FakeTrial("a0", 0, 0)), tc.add(FakeTrial("a1", 0, 1))
+    b0, b1 = tc.add(FakeTrial("b0", 1, 0)), tc.add(FakeTrial("b1", 1, 1))
+    start(tc, a0, "impulse-a"), start(tc, a1, "default"), start(tc, b0, "impulse-b")
+    tc.report(a0, 0, 30.0), tc.report(a1, 0, 10.0)
+    assert tc.report(b0, 0, 40.0) == "PAUSE"  # b1, the last to start, is not there
+    # b1 is a1's twin: a1's value completes the cohort, group 0 stops, a1 with it -- so b1 trains
+    assert start(tc, b1, "default") == "CONTINUE" and s.owner["default"] == "b1" and "b1" not in s.resume
+    assert s.choose_trial_to_run(tc) is b0
+
+
+def test_a_resumed_study_gives_a_stopped_twin_the_values_of_its_identity():
+    history = {"a0": [{"epoch": 0, "val_top1": 30.0}], "a1": [{"epoch": 0, "val_top1": 10.0, "identity": "default"}],
+               "b0": [{"epoch": 0, "val_top1": 15.0}], "b1": []}
+    s, tc = halving(lambda trial: history[trial.trial_id])
+    restored = [FakeTrial("b1", 1, 1, status="TERMINATED", last_result={"identity": "default", "val_top1": None}),
+                FakeTrial("b0", 1, 0, status="TERMINATED", last_result=history["b0"][0]),
+                FakeTrial("a1", 0, 1, status="PAUSED", last_result=history["a1"][0]),
+                FakeTrial("a0", 0, 0, status="PAUSED", last_result=history["a0"][0])]
+    for t in restored:
+        tc.add(t)
+    s._settle(tc)
+    assert s.groups[1].values["b1"] == {1: 10.0}  # from a1, the trial of its identity
+    assert {g: dict(s.groups[g].decided) for g in s.groups} == {0: {1: True}, 1: {1: False}}
+    assert s.owner["default"] == "a1"  # restored, it goes on training: a restarted twin waits for it
+
+
 class FakeSearcher:
     """What the Repeater's searcher hears."""
     metric, mode = "val_top1", "max"
@@ -300,11 +328,11 @@ def test_a_stopped_twin_is_told_with_the_values_of_the_trial_of_its_identity():
 def test_a_stopped_twins_row_is_the_model_of_its_identity_to_its_groups_rung():
     from structinit.record import twins_stopped
 
-    rows = [dict(trial_id="a1", config_key="k0", status="TERMINATED", identity="D", epochs_done=4, reused_from=None,
+    rows = [dict(trial_id="a1", group=0, config_key="k0", status="TERMINATED", identity="D", epochs_done=4, reused_from=None,
                  stopped_at=None),
-            dict(trial_id="b0", config_key="k1", status="STOPPED", identity="I", epochs_done=2, reused_from=None,
+            dict(trial_id="b0", group=1, config_key="k1", status="STOPPED", identity="I", epochs_done=2, reused_from=None,
                  stopped_at=2),
-            dict(trial_id="b1", config_key="k1", status="STOPPED", identity="D", epochs_done=0, reused_from=None,
+            dict(trial_id="b1", group=1, config_key="k1", status="STOPPED", identity="D", epochs_done=0, reused_from=None,
                  stopped_at=0)]
     out = {r["trial_id"]: r for r in twins_stopped(rows)}
     assert (out["b1"]["reused_from"], out["b1"]["epochs_done"], out["b1"]["stopped_at"]) == ("a1", 2, 2)
