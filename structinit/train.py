@@ -16,6 +16,7 @@ import copy
 import json
 import math
 import os
+import random
 import socket
 import tempfile
 import time
@@ -23,6 +24,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.data import Mixup
@@ -518,11 +520,15 @@ def run_epoch(t: Training, p: Progress, epoch: int, timing: dict) -> dict:
 
 def train_epoch(t: Training, p: Progress, epoch: int) -> dict:
     """Epoch `epoch`'s pass over the training split (`train_one_epoch`), moving `p.updates` on.
-    Data order, augmentation and drop-path follow from (seed, rank, epoch): a resume replays them
-    exactly."""
+    Data order, augmentation, mixup/cutmix and drop-path follow from (seed, rank, epoch): a resume
+    replays them exactly. timm's Mixup and RandAugment draw from NumPy's and Python's global
+    generators, so those are seeded with torch's."""
     r = t.cfg.recipe
     t.loaders["train"].sampler.set_epoch(epoch)
-    torch.manual_seed(t.cfg.seed * 1_000_003 + t.ctx.rank * 1009 + epoch)
+    seed = t.cfg.seed * 1_000_003 + t.ctx.rank * 1009 + epoch
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
     stats = train_one_epoch(t.model, t.loaders["train"], t.optimizer, t.scheduler, t.loss_fn, device=t.ctx.device,
                             dtype=t.dtype, scaler=t.scaler, grad_clip=r.grad_clip, mixup=t.mixup, epoch=epoch,
                             updates=p.updates)
