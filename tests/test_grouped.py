@@ -476,10 +476,10 @@ from structinit.commands.study import cli
 from structinit.config import make
 from structinit.study import Study, categorical
 
-LRS = {{"recipe.lr": {lrs!r}}}
+GRID = {{{field!r}: {values!r}}}
 PRESETS = {{"tiny": lambda: Study(
     "killed", make("digits", recipe_overrides=dict(epochs=4, warmup_epochs=0), model_overrides=dict(depth=1)),
-    partial(categorical, **LRS), num_configs=4, inits=("impulse", "default"), seeds=(0, 1), search_seed=6,
+    partial(categorical, **GRID), num_configs=4, inits=("impulse", "default"), seeds=(0, 1), search_seed=6,
     scheduler="grouped", grace_epochs=1, reduction_factor=2, objective="arm:impulse")}}
 if __name__ == "__main__":
     cli("killed", PRESETS, default="tiny")
@@ -511,11 +511,16 @@ def outcomes(summary: dict) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.cluster
-def test_grouped_study_driver_killed_mid_rung_resumes_to_the_same_decisions(tmp_path):
+@pytest.mark.parametrize("field,values", [
+    ("recipe.lr", [3e-3, 2e-3, 1e-3, 5e-4, 2e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6]),
+    # the default arm reads no target_mass: its trials are twins, paused or stopped while they wait
+    ("init.target_mass", [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99])])
+def test_grouped_study_driver_killed_mid_rung_resumes_to_the_same_decisions(tmp_path, field, values):
     """One study run through, and the same study (same seeds) SIGKILLed while members wait paused
-    at a rung, then `--resume`d: the same groups stop at the same rungs, the others finish."""
+    (at a rung, or as twins), then `--resume`d: the same groups stop at the same rungs, the others
+    finish."""
     script = tmp_path / "killed.py"
-    script.write_text(SCRIPT.format(lrs=[3e-3, 2e-3, 1e-3, 5e-4, 2e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6]))
+    script.write_text(SCRIPT.format(field=field, values=values))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
 
     def args(folder):
