@@ -399,8 +399,8 @@ def trial_run(study: str, trial: dict, ids: dict | None = None) -> tuple[str, di
                   "config": config, **{k: trial[k] for k in ("identity", "reused_from") if trial.get(k)}}
 
 
-STATUS = {"TERMINATED": "FINISHED", "STOPPED": "FINISHED", "ERROR": "FAILED"}  # Tune's final statuses (and
-# results.STOPPED: stopped by the scheduler) -> MLflow's; others KILLED
+# Tune's final statuses (and results.STOPPED: stopped by the scheduler) -> MLflow's; others KILLED
+STATUS = {"TERMINATED": "FINISHED", "STOPPED": "FINISHED", "ERROR": "FAILED"}
 
 
 def sync(uri: str, study: str, execution: str, trials: list[dict], history: list[dict],
