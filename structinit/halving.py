@@ -9,8 +9,8 @@ the report makes is paired within a group, so a group continues or stops as one:
                     at the rung it reached, as an intermediate value Optuna prunes the trial at
     GroupedHalving  a Tune TrialScheduler: at each rung (Study.rungs, grace x eta^k epochs) a
                     member PAUSEs (its trial checkpoints there: TrialConfig.checkpoint_at, and
-                    frees its CPUs/GPU) until its whole group has reached it; the group is then
-                    judged, and all its members continue or all stop
+                    frees its CPUs/GPU) until every group still going has reached it; the
+                    groups are then judged, and all of a group's members continue or all stop
 
 The judgment is synchronous successive halving (HyperBand's bracket): the cohort is every
 configuration the study proposes (Study.configs). At a rung, once every group of the cohort still
