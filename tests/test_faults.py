@@ -394,10 +394,11 @@ def test_a_train_run_that_fails_exits_1_with_one_line_and_leaves_no_run_running(
                           "--lr", "1e6", "--grad-clip", "none", "--max-failures", "0", "--depth", "1",
                           "--json-out", "summary.json"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert out.returncode == 1, out.stderr[-4000:]
-    # the last complete line the command printed (Ray redraws a worker's progress bar after each line, behind a
-    # \r, and may forward a worker's last lines, "(pid=...) ...", after the driver's own even past ray.shutdown)
-    lines = [line.rsplit("\r", 1)[-1] for line in out.stderr.split("\n")[:-1]]
-    last = [line for line in lines if not re.sub(r"\x1b\[[0-9;]*m", "", line).startswith("(")][-1]
+    # the last line the command itself printed: Ray redraws a worker's progress bar after each line (behind a
+    # \r, or as a blank line that clears it), and its log forwarding may deliver a worker's last lines,
+    # "(pid=...) ...", after the driver's own, even past ray.shutdown (seen under load)
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line.rsplit("\r", 1)[-1]) for line in out.stderr.split("\n")]
+    last = [line for line in lines if line.strip() and not line.startswith("(")][-1]
     assert last.startswith("structinit train: error: run train-digits-impulse-s0-") and "non-finite" in last, last
     assert "its records: MLflow run" in last and str(tmp_path / "runs" / "train-digits") in last, last
     assert not (tmp_path / "summary.json").exists()
