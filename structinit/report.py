@@ -315,10 +315,7 @@ def summary_plots(folder: str, cells: pd.DataFrame, diffs: pd.DataFrame, names: 
         keep = dict(zip(labels, handles))
         fig.legend(keep.values(), keep.keys(), fontsize=8, loc="outside lower center", ncol=len(keep))
         ax.axvline(0, color="k", lw=0.8)
-        for y in np.arange(len(ids) - 1) + 0.5:
-            ax.axhline(y, color="0.9", lw=0.8)
-        ax.set_yticks(np.arange(len(ids))[::-1], [wrap[c] for c in ids], fontsize=8)
-        ax.set_ylim(-0.5, len(ids) - 0.5)
+        _configuration_bands(ax, ids, wrap)
         ax.set(xlabel="difference in final test top-1 (pp), mean ± 95 % CI over seeds (right: p (Holm))",
                title="Paired differences, same configuration and seed (filled, *: p (Holm) < 0.05)")
         made.append(_save(fig, os.path.join(folder, SUMMARY_PLOTS[0])))
@@ -331,10 +328,7 @@ def summary_plots(folder: str, cells: pd.DataFrame, diffs: pd.DataFrame, names: 
             y = np.arange(len(ids))[::-1] + 0.4 - step * (k + 0.5)
             ax.errorbar(g["final_test_top1_mean"], y, xerr=g["final_test_top1_ci95"].fillna(0), fmt="o", capsize=3,
                         label=init, color=f"C{k}")
-        for y in np.arange(len(ids) - 1) + 0.5:
-            ax.axhline(y, color="0.9", lw=0.8)
-        ax.set_yticks(np.arange(len(ids))[::-1], [wrap[c] for c in ids], fontsize=8)
-        ax.set_ylim(-0.5, len(ids) - 0.5)
+        _configuration_bands(ax, ids, wrap)
         ax.set(xlabel="final test top-1 (%), mean ± 95 % CI over seeds",
                title="Final test top-1 per configuration and init")
         fig.legend(fontsize=8, loc="outside lower center", ncol=len(inits))
@@ -866,6 +860,14 @@ def attention_plot(curves: pd.DataFrame, path: str) -> str:
         axes[0][col].legend(fontsize=7)
     fig.suptitle("attention distance on held-out images per init (mean ± std over seeds)")
     return _save(fig, path)
+
+
+def _configuration_bands(ax, ids: list, wrap: dict) -> None:
+    """One row band per configuration, the first at the top, each labelled with its wrapped name."""
+    for y in np.arange(len(ids) - 1) + 0.5:
+        ax.axhline(y, color="0.9", lw=0.8)
+    ax.set_yticks(np.arange(len(ids))[::-1], [wrap[c] for c in ids], fontsize=8)
+    ax.set_ylim(-0.5, len(ids) - 0.5)
 
 
 def _save(fig, path: str) -> str:
