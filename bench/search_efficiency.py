@@ -38,10 +38,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -50,7 +48,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from study_speed import bare_loop, geometry, per_trial  # noqa: E402  (the floor as study_speed states it)
+from study_speed import bare_loop, geometry, per_trial, scratch  # noqa: E402  (the floor as study_speed states it)
 
 from structinit.config import label  # noqa: E402
 from structinit.declarations import PAIRS  # noqa: E402
@@ -238,8 +236,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (runs, logs)")
     args = parser.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="se", dir="/tmp"))  # short: a run's Ray socket paths live under it
-    try:
+    # short: a run's Ray socket paths live under it
+    with scratch("se", args.keep, "/tmp") as tmp:
         script = tmp / "heads_vs_dim_bench.py"
         seeds = tuple(int(s) for s in args.seeds.split(","))
         script.write_text(SCRIPT.format(studies=str(ROOT / "studies"), configs=args.configs, seeds=seeds,
@@ -260,11 +258,6 @@ def main() -> None:
         print_configs(runs)
         if fifo["best"] is not None:
             print_replays(fifo, objective, args)
-    finally:
-        if args.keep:
-            print(f"\nkept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -376,6 +377,19 @@ def row(label: str, wall: float, trials: pd.DataFrame, have: dict, bare: dict) -
             f"{fmt(trials['test_top1'].mean())} |")
 
 
+@contextmanager
+def scratch(prefix: str, keep: bool, folder: str | None = None):
+    """A temporary folder for a bench's runs and logs: removed at the end, or kept (and named)."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=folder))
+    try:
+        yield tmp
+    finally:
+        if keep:
+            print(f"\nkept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip-smoke", action="store_true", help="skip studies/heads_vs_dim.py --preset smoke")
@@ -398,8 +412,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (data, runs, logs)")
     args = parser.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="study_speed_"))
-    try:
+    with scratch("study_speed_", args.keep) as tmp:
         studies = [] if args.skip_smoke else [smoke]
         if not args.skip_fraction:
             studies += [partial(fraction, val_size=None if v == "default" else int(v))
@@ -434,11 +447,6 @@ def main() -> None:
             print(row(name, wall, trials, have, bare))
         if any(not have["train_seconds"] for *_, have in measured):
             print("\n* no train_seconds column: images per epoch (the trial's split) / images_per_s")
-    finally:
-        if args.keep:
-            print(f"\nkept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
