@@ -54,6 +54,7 @@ from structinit.config import label  # noqa: E402
 from structinit.declarations import PAIRS  # noqa: E402
 from structinit.halving import survivors  # noqa: E402
 from structinit.stats import configurations  # noqa: E402
+from structinit.study import rungs  # noqa: E402
 
 SCRIPT = '''
 import sys
@@ -137,14 +138,6 @@ def summarize(scheduler: str, wall: float, summary: dict, objective: str) -> dic
     return out
 
 
-def rungs_of(grace: int, eta: int, epochs: int) -> list[int]:
-    out, epoch = [], grace
-    while epoch < epochs:
-        out.append(epoch)
-        epoch *= eta
-    return out
-
-
 def replay(fifo: dict, objective: str, epochs: int, grace: int, eta: int) -> dict:
     """The grouped rule (halving.survivors at each rung, the cohort in proposal order) run on FIFO's
     curves: the same seeds train the same models, so these are the values a grouped run judges.
@@ -153,7 +146,7 @@ def replay(fifo: dict, objective: str, epochs: int, grace: int, eta: int) -> dic
     trials, history = fifo["trials"], pd.read_parquet(fifo["summary"]["history"])
     order = trials.groupby("config_key")["group"].min().sort_values()
     alive, reached = list(order.index), {}
-    for rung in rungs_of(grace, eta, epochs):
+    for rung in rungs(grace, eta, epochs):
         at = configurations(trials, history, objective, "val_top1", at=rung).set_index("config_key")["objective"]
         reached.update(dict.fromkeys(alive, rung))
         going = survivors({order[k]: at[k] for k in alive}, eta, "max")
@@ -220,7 +213,7 @@ def print_replays(fifo: dict, objective: str, args) -> None:
         for eta in (2, 3, 4):
             r = replay(fifo, objective, args.epochs, grace, eta)
             value = full.loc[r["finishes"], "objective"]
-            print(f"| {grace} | {eta} | {rungs_of(grace, eta, args.epochs)} | {label(full.loc[r['finishes'], 'params'])} "
+            print(f"| {grace} | {eta} | {rungs(grace, eta, args.epochs)} | {label(full.loc[r['finishes'], 'params'])} "
                   f"| {value:.2f} ({value - best:+.2f}) | {100 * r['once'] / fifo['epochs']:.0f} % | "
                   f"{100 * r['per_trial'] / fifo['epochs']:.0f} % |")
 
@@ -248,7 +241,7 @@ def main() -> None:
         flops, floor, bare, trained = floor_of(fifo)
         print(f"heads_vs_dim (v1, digits 25 %): {args.configs} configurations x 3 inits x seeds {seeds}, "
               f"{args.epochs} epochs, search seed {args.search_seed}; objective {objective} (validation top-1); "
-              f"asha and grouped: rungs at {rungs_of(args.grace, args.eta, args.epochs)} epochs (grace "
+              f"asha and grouped: rungs at {rungs(args.grace, args.eta, args.epochs)} epochs (grace "
               f"{args.grace}, eta {args.eta}); {os.cpu_count()} CPUs\n")
         print_runs(runs)
         print(f"\nFIFO's compute floor: {flops / 1e12:.3f} TFLOP trained ({len(trained)} trials, "

@@ -68,7 +68,7 @@ def summary(study: Study, execution: Execution, trials: list[dict], out: dict, s
     cluster they would starve other trials). Stopped early (Ctrl-C), it says how to continue."""
     finished = sum(out["statuses"].get(s, 0) for s in ("TERMINATED", STOPPED, "ERROR"))
     reused = sum(1 for t in trials if t["reused_from"])
-    expected = study.configs * len(study.repeats)
+    expected = study.trials
     orphans = close_orphans(study, execution.name) if finished == expected else 0
     left = cluster.placement_groups_left() if finished == expected else None
     if left:

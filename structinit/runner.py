@@ -195,7 +195,7 @@ def live_trials(study: Study) -> int:
     trial of the study; the cluster's CPUs/GPUs bound what trains."""
     t = study.trial
     if study.scheduler == "grouped":
-        return study.configs * len(study.repeats)
+        return study.trials
     return study.max_concurrent or cluster.concurrency(t.workers, t.cpus_per_worker, t.gpus_per_worker)
 
 
@@ -332,7 +332,7 @@ def tune(study: Study, execution: Execution) -> None:
         tuner = ray.tune.Tuner(
             trial,
             tune_config=ray.tune.TuneConfig(
-                metric=study.metric, mode=study.mode, num_samples=study.configs * len(study.repeats),
+                metric=study.metric, mode=study.mode, num_samples=study.trials,
                 search_alg=searcher(study, execution.name), scheduler=scheduler(study),
                 # a one-worker trial's process (torch, timm imported) serves the next
                 reuse_actors=True,

@@ -148,13 +148,23 @@ class Study:
 
     @property
     def rungs(self) -> tuple[int, ...]:
-        """Epochs (counted from 1) where the grouped scheduler judges a group: grace_epochs x
-        reduction_factor^k short of the last epoch (which every group that goes on reaches)."""
-        out, epoch = [], self.grace_epochs
-        while epoch < self.trial.recipe.epochs:
-            out.append(epoch)
-            epoch *= self.reduction_factor
-        return tuple(out)
+        """Epochs (counted from 1) where the grouped scheduler judges a group (`rungs`)."""
+        return rungs(self.grace_epochs, self.reduction_factor, self.trial.recipe.epochs)
+
+    @property
+    def trials(self) -> int:
+        """How many Tune trials the study runs: every configuration once per (init, seed)."""
+        return self.configs * len(self.repeats)
+
+
+def rungs(grace: int, reduction_factor: int, epochs: int) -> tuple[int, ...]:
+    """grace x reduction_factor^k epochs, short of the last epoch (which every group that goes on
+    reaches)."""
+    out, epoch = [], grace
+    while epoch < epochs:
+        out.append(epoch)
+        epoch *= reduction_factor
+    return tuple(out)
 
 
 # Search spaces: define-by-run over dotted TrialConfig fields, shared by the studies. Each is a plain
