@@ -93,6 +93,11 @@ class _Group:
     def stopped_below(self, rung: int) -> bool:
         return any(not go for r, go in self.decided.items() if r < rung)
 
+    @property
+    def stopped(self) -> bool:
+        """Stopped at some rung."""
+        return not all(self.decided.values())
+
     def gone(self) -> bool:
         return len(self.members) == self.size and self.dropped == set(self.members)
 
@@ -221,7 +226,7 @@ class GroupedHalving(FIFOScheduler):
         self.twin_of[trial.trial_id] = owner
         self._share(owner)
         self._settle(tune_controller, current=trial)
-        if self.groups[self.group_of[trial.trial_id]].stopped_below(self.epochs + 1):
+        if self.groups[self.group_of[trial.trial_id]].stopped:
             return TrialScheduler.STOP
         if trial.trial_id not in self.twin_of:  # judging released it (its member stopped): it trains
             self.owner[identity] = trial.trial_id
@@ -231,7 +236,7 @@ class GroupedHalving(FIFOScheduler):
     def _training(self, trial_id: str) -> bool:
         """Whether a member still trains: not completed, not failed for good, its group not stopped."""
         g = self.groups[self.group_of[trial_id]]
-        return trial_id not in self.ended and trial_id not in g.dropped and not g.stopped_below(self.epochs + 1)
+        return trial_id not in self.ended and trial_id not in g.dropped and not g.stopped
 
     def _share(self, trial_id: str) -> None:
         """Give a member's values at the rungs to every member of its identity (the same model:
@@ -248,7 +253,7 @@ class GroupedHalving(FIFOScheduler):
         reuse a finished result (runner.run_trial), or train it themselves."""
         for twin, owner in list(self.twin_of.items()):
             g = self.groups[self.group_of[twin]]
-            if not self._training(owner) and not g.stopped_below(self.epochs + 1) and twin not in g.dropped:
+            if not self._training(owner) and not g.stopped and twin not in g.dropped:
                 del self.twin_of[twin]
                 if self.trials[twin].status == Trial.PAUSED or self.trials[twin].is_saving:
                     self.resume.add(twin)
@@ -266,7 +271,7 @@ class GroupedHalving(FIFOScheduler):
         group = self.groups.get(self.group_of.get(trial.trial_id))
         if group is None or self._settling:
             return
-        if not any(not go for go in group.decided.values()):
+        if not group.stopped:
             group.dropped.add(trial.trial_id)
         self._settle(tune_controller)
 
@@ -349,7 +354,7 @@ class GroupedHalving(FIFOScheduler):
         return None
 
     def debug_string(self) -> str:
-        stopped = sum(1 for g in self.groups.values() if any(not go for go in g.decided.values()))
+        stopped = sum(1 for g in self.groups.values() if g.stopped)
         return (f"Grouped successive halving: rungs at {list(self.rungs)} epochs, eta {self.eta}, "
                 f"{len(self.groups)} groups, {stopped} stopped")
 
